@@ -1,0 +1,97 @@
+"""Draft signals: what the draft model tells us about each token it proposes.
+
+Per drafted token we keep the probability of the chosen token (confidence), the maximum probability, the entropy
+of the processed draft distribution, the top-1/top-2 margin and the position in the draft. Per step we keep the
+aggregates the SpecKV paper trains on (mean and max entropy, mean and min confidence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["StepSignals", "TokenSignals", "token_signals"]
+
+
+@dataclass(frozen=True)
+class TokenSignals:
+    """Signals of one drafted token.
+
+    Attributes:
+        confidence: probability the processed draft distribution gives to the drafted token.
+        max_prob: largest probability of the processed draft distribution.
+        entropy: entropy of the processed draft distribution, in nats.
+        margin: difference between the two largest probabilities.
+        position: 0-based position of the token inside the current draft.
+    """
+
+    confidence: float
+    max_prob: float
+    entropy: float
+    margin: float
+    position: int
+
+
+def token_signals(probs: torch.Tensor, token: torch.Tensor, position: int) -> TokenSignals:
+    """Computes the signals of one drafted token.
+
+    Args:
+        probs (`torch.Tensor` of shape `(vocab_size,)`): the processed draft distribution (sums to 1).
+        token (`torch.Tensor` of shape `()`): the drafted token id.
+        position: 0-based position of the token in the current draft.
+
+    Returns:
+        `TokenSignals` for the token.
+    """
+    top2 = torch.topk(probs, 2).values
+    safe = probs.clamp_min(1e-12)
+    entropy = -(probs * safe.log()).sum()
+    # One transfer to the host for all four scalars: each `.item()` is a device sync on GPU.
+    values = torch.stack((probs[token], top2[0], entropy, top2[0] - top2[1])).tolist()
+    return TokenSignals(
+        confidence=values[0], max_prob=values[1], entropy=max(values[2], 0.0), margin=values[3], position=position
+    )
+
+
+@dataclass(frozen=True)
+class StepSignals:
+    """Aggregates of the signals of one draft step (the SpecKV paper's features).
+
+    Attributes:
+        num_drafted: number of tokens drafted in the step (γ of the step).
+        mean_entropy: mean entropy over the drafted tokens (nats); 0 when nothing was drafted.
+        max_entropy: largest entropy over the drafted tokens (nats).
+        mean_confidence: mean probability of the drafted tokens.
+        min_confidence: smallest probability of the drafted tokens; 1 when nothing was drafted.
+    """
+
+    num_drafted: int
+    mean_entropy: float
+    max_entropy: float
+    mean_confidence: float
+    min_confidence: float
+
+    @classmethod
+    def from_tokens(cls, tokens: Sequence[TokenSignals]) -> StepSignals:
+        """Aggregates per-token signals.
+
+        Args:
+            tokens: the signals of the tokens drafted in the step, in order.
+
+        Returns:
+            The step's `StepSignals`.
+        """
+        if not tokens:
+            return cls(num_drafted=0, mean_entropy=0.0, max_entropy=0.0, mean_confidence=1.0, min_confidence=1.0)
+        entropies = [t.entropy for t in tokens]
+        confidences = [t.confidence for t in tokens]
+        return cls(
+            num_drafted=len(tokens),
+            mean_entropy=math.fsum(entropies) / len(tokens),
+            max_entropy=max(entropies),
+            mean_confidence=math.fsum(confidences) / len(tokens),
+            min_confidence=min(confidences),
+        )

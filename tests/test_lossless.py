@@ -1,0 +1,97 @@
+"""Greedy output with SpecKVGenerator is token-for-token the target's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from speckv_hf import SpecKVGenerator
+
+from .conftest import EOS, VOCAB, greedy, prompt
+
+POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidence"]
+PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
+
+
+@pytest.mark.parametrize("pair_name", PAIRS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_greedy_matches_target_alone(all_pairs, pair_name, policy):
+    target, draft = all_pairs[pair_name]
+    for seed in range(2):
+        input_ids = prompt(8, seed=seed)
+        expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
+        generator = SpecKVGenerator(policy)
+        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=30,
+                     eos_token_id=None)  # fmt: skip
+        assert torch.equal(out, expected), f"{pair_name}/{policy} diverged from target-alone greedy"
+        stats = generator.last_stats
+        assert stats.tokens_emitted == 30
+        assert stats.accepted_tokens <= stats.drafted_tokens
+
+
+def test_agreeing_draft_gets_long_accepted_runs(llama_target):
+    """A draft identical to the target is always accepted: γ grows and tokens per forward exceed 1."""
+    input_ids = prompt(8, seed=3)
+    generator = SpecKVGenerator("fixed:4")
+    out = greedy(llama_target, input_ids, assistant_model=llama_target, candidate_generator=generator,
+                 max_new_tokens=40, eos_token_id=None)  # fmt: skip
+    assert torch.equal(out, greedy(llama_target, input_ids, max_new_tokens=40, eos_token_id=None))
+    stats = generator.last_stats
+    assert stats.acceptance_rate == 1.0
+    assert stats.tokens_per_target_forward > 4.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtypes(llama_pairs, dtype):
+    target, draft = llama_pairs["llama-noisy"]
+    target, draft = target.to(dtype), draft.to(dtype)
+    try:
+        input_ids = prompt(8, seed=5)
+        expected = greedy(target, input_ids, max_new_tokens=24, eos_token_id=None)
+        generator = SpecKVGenerator("fixed:3")
+        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=24,
+                     eos_token_id=None)  # fmt: skip
+        assert torch.equal(out, expected)
+        assert generator.last_stats.compression.dtype == {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    finally:
+        target.float(), draft.float()
+
+
+def test_eos_stops_like_target_alone(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    input_ids = prompt(8, seed=0)
+    free_run = greedy(target, input_ids, max_new_tokens=20, eos_token_id=None)
+    eos = int(free_run[0, input_ids.shape[1] + 6])  # the 7th generated token becomes the eos
+    expected = greedy(target, input_ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
+    for policy in ("adaptive", "fixed:8"):
+        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=SpecKVGenerator(policy),
+                     max_new_tokens=20, eos_token_id=eos, pad_token_id=0)  # fmt: skip
+        assert torch.equal(out, expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt_tokens=st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=24),
+    max_new_tokens=st.integers(1, 40),
+    to_cache_edge=st.booleans(),
+    eos_at=st.one_of(st.none(), st.integers(0, 12)),
+    policy=st.sampled_from(POLICIES),
+    pair_name=st.sampled_from(["llama-noisy", "llama-layers", "gpt2-noisy"]),
+)
+def test_property_greedy_lossless(all_pairs, prompt_tokens, max_new_tokens, to_cache_edge, eos_at, policy, pair_name):
+    target, draft = all_pairs[pair_name]
+    input_ids = torch.tensor([prompt_tokens])
+    if to_cache_edge:  # end exactly at the model's last position
+        max_new_tokens = target.config.max_position_embeddings - input_ids.shape[1]
+    eos = EOS
+    if eos_at is not None:
+        free_run = greedy(target, input_ids, max_new_tokens=eos_at + 1, eos_token_id=None)
+        eos = int(free_run[0, -1])
+    expected = greedy(target, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0)
+    generator = SpecKVGenerator(policy)
+    out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator,
+                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0)  # fmt: skip
+    assert torch.equal(out, expected)
+    assert generator.last_stats.tokens_emitted == out.shape[1] - input_ids.shape[1]
