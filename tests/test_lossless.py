@@ -23,8 +23,14 @@ def test_greedy_matches_target_alone(all_pairs, pair_name, policy):
         input_ids = prompt(8, seed=seed)
         expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
         generator = SpecKVGenerator(policy)
-        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=30,
-                     eos_token_id=None)  # fmt: skip
+        out = greedy(
+            target,
+            input_ids,
+            assistant_model=draft,
+            candidate_generator=generator,
+            max_new_tokens=30,
+            eos_token_id=None,
+        )
         assert torch.equal(out, expected), f"{pair_name}/{policy} diverged from target-alone greedy"
         stats = generator.last_stats
         assert stats.tokens_emitted == 30
@@ -35,8 +41,14 @@ def test_agreeing_draft_gets_long_accepted_runs(llama_target):
     """A draft identical to the target is always accepted: γ grows and tokens per forward exceed 1."""
     input_ids = prompt(8, seed=3)
     generator = SpecKVGenerator("fixed:4")
-    out = greedy(llama_target, input_ids, assistant_model=llama_target, candidate_generator=generator,
-                 max_new_tokens=40, eos_token_id=None)  # fmt: skip
+    out = greedy(
+        llama_target,
+        input_ids,
+        assistant_model=llama_target,
+        candidate_generator=generator,
+        max_new_tokens=40,
+        eos_token_id=None,
+    )
     assert torch.equal(out, greedy(llama_target, input_ids, max_new_tokens=40, eos_token_id=None))
     stats = generator.last_stats
     assert stats.acceptance_rate == 1.0
@@ -51,8 +63,14 @@ def test_dtypes(llama_pairs, dtype):
         input_ids = prompt(8, seed=5)
         expected = greedy(target, input_ids, max_new_tokens=24, eos_token_id=None)
         generator = SpecKVGenerator("fixed:3")
-        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=24,
-                     eos_token_id=None)  # fmt: skip
+        out = greedy(
+            target,
+            input_ids,
+            assistant_model=draft,
+            candidate_generator=generator,
+            max_new_tokens=24,
+            eos_token_id=None,
+        )
         assert torch.equal(out, expected)
         assert generator.last_stats.compression.dtype == {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     finally:
@@ -66,8 +84,15 @@ def test_eos_stops_like_target_alone(llama_pairs):
     eos = int(free_run[0, input_ids.shape[1] + 6])  # the 7th generated token becomes the eos
     expected = greedy(target, input_ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
     for policy in ("adaptive", "fixed:8"):
-        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=SpecKVGenerator(policy),
-                     max_new_tokens=20, eos_token_id=eos, pad_token_id=0)  # fmt: skip
+        out = greedy(
+            target,
+            input_ids,
+            assistant_model=draft,
+            candidate_generator=SpecKVGenerator(policy),
+            max_new_tokens=20,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
         assert torch.equal(out, expected)
 
 
@@ -91,7 +116,14 @@ def test_property_greedy_lossless(all_pairs, prompt_tokens, max_new_tokens, to_c
         eos = int(free_run[0, -1])
     expected = greedy(target, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0)
     generator = SpecKVGenerator(policy)
-    out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator,
-                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=0)  # fmt: skip
+    out = greedy(
+        target,
+        input_ids,
+        assistant_model=draft,
+        candidate_generator=generator,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
     assert torch.equal(out, expected)
     assert generator.last_stats.tokens_emitted == out.shape[1] - input_ids.shape[1]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompressionInfo", "detect_compression"]
+__all__ = ["CompressionInfo", "detect_compression", "quantization_config"]
 
 _DTYPE_NAMES = {
     torch.float32: "fp32",
@@ -89,9 +89,9 @@ def detect_compression(model: torch.nn.Module) -> CompressionInfo:
     method = "none"
     bits = torch.finfo(dtype).bits if dtype.is_floating_point else 32
     if qconfig is not None:
-        quant_method = str(_config_value(qconfig, "quant_method", "unknown"))
-        quant_method = getattr(quant_method, "value", quant_method)
-        if quant_method.lower().endswith("bitsandbytes"):
+        quant_method = _config_value(qconfig, "quant_method", "unknown")
+        quant_method = str(getattr(quant_method, "value", quant_method)).lower()  # an enum in transformers
+        if quant_method in {"bitsandbytes", "bits_and_bytes"}:
             if _config_value(qconfig, "load_in_8bit", False):
                 method, bits = "bnb-int8", 8
             else:
@@ -100,10 +100,38 @@ def detect_compression(model: torch.nn.Module) -> CompressionInfo:
             if isinstance(compute, torch.dtype) and method != "bnb-int8":
                 dtype = compute
         else:
-            method = quant_method.lower()
+            method = quant_method
             bits = int(_config_value(qconfig, "bits", 0) or _config_value(qconfig, "w_bit", 0) or 0)
     else:
         layer_kind = _bnb_layer_kind(model)
         if layer_kind is not None:
             method, bits = layer_kind, 8 if layer_kind == "bnb-int8" else 4
     return CompressionInfo(method=method, dtype=_DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch.")), bits=bits)
+
+
+def quantization_config(label: str) -> Any:
+    """The `BitsAndBytesConfig` for a compression label, to load a target as the SpecKV paper's settings.
+
+    Args:
+        label: `"fp32"`, `"fp16"`, `"bf16"` (no quantization: returns None), `"int8"` or `"nf4"` / `"fp4"`.
+
+    Returns:
+        A `transformers.BitsAndBytesConfig`, or None for floating-point labels.
+
+    Raises:
+        ValueError: for an unknown label.
+        ImportError: when bitsandbytes is missing for a quantized label.
+    """
+    if label in {"fp32", "fp16", "bf16"}:
+        return None
+    if label not in {"int8", "nf4", "fp4"}:
+        raise ValueError(f"unknown compression {label!r}: choose one of fp32, fp16, bf16, int8, nf4, fp4.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"{label} targets need bitsandbytes: pip install 'speckv-hf[quant]'.") from error
+    from transformers import BitsAndBytesConfig
+
+    if label == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=label, bnb_4bit_compute_dtype=torch.float32)

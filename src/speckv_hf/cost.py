@@ -23,7 +23,7 @@ class Clock:
     transformers' own synchronization points.
 
     Args:
-        device: the devices whose queued work a reading must include.
+        *devices: the devices whose queued work a reading must include.
     """
 
     def __init__(self, *devices: torch.device | str) -> None:

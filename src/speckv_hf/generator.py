@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.generation.candidate_generator import CandidateGenerator
 
-from .compression import CompressionInfo, detect_compression
+from .compression import detect_compression
 from .cost import Clock, CostModel, CostSettings
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome, get_policy
 from .signals import StepSignals, TokenSignals, token_signals
@@ -205,7 +205,9 @@ class SpecKVGenerator(CandidateGenerator):
         return stats
 
     # -- CandidateGenerator API -----------------------------------------------------------------------------------
-    def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, torch.Tensor | None]:
+    def get_candidates(
+        self, input_ids: torch.LongTensor, **kwargs: Any
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
         """Drafts the candidates of one step.
 
         Args:
@@ -301,17 +303,13 @@ class SpecKVGenerator(CandidateGenerator):
         return None
 
     def _ask_policy(self, max_tokens: int) -> bool:
-        state = DraftState(
-            step=self._step, tokens=self._signals, max_tokens=max_tokens, throughput=self._throughput()
-        )
+        state = DraftState(step=self._step, tokens=self._signals, max_tokens=max_tokens, throughput=self._throughput())
         start = self._clock.now()
         decision = self.policy.should_draft(state)
         self.stats_.policy_seconds += self._clock.now() - start
         return decision
 
-    def _draft_step(
-        self, input_ids: torch.LongTensor, budget: int
-    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+    def _draft_step(self, input_ids: torch.LongTensor, budget: int) -> tuple[torch.LongTensor, torch.Tensor | None]:
         self._drafted, self._signals = [], []
         if budget == 0 or not self._ask_policy(budget):
             return input_ids, None
@@ -348,7 +346,7 @@ class SpecKVGenerator(CandidateGenerator):
         seq_len = int(draft_ids.shape[1])
         new_tokens = draft_ids[0, self._synced_len : seq_len].tolist()
         common = 0
-        for fed, actual in zip(self._pending, new_tokens):
+        for fed, actual in zip(self._pending, new_tokens, strict=False):
             if fed != actual:
                 break
             common += 1

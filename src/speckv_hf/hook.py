@@ -112,12 +112,30 @@ def install() -> None:
                 candidate_generator.finish(call.bound)
 
     @functools.wraps(original_get)
-    def _get_candidate_generator(self, generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
-                                 assistant_model=None, *args: Any, **kwargs: Any):  # fmt: skip
+    def _get_candidate_generator(
+        self,
+        generation_config,
+        input_ids,
+        inputs_tensor,
+        logits_processor,
+        model_kwargs,
+        assistant_model=None,
+        *args: Any,
+        **kwargs: Any,
+    ):
         call = _ACTIVE.get()
         if call is None or call.target is not self or call.bound is not None or assistant_model is None:
-            return original_get(self, generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
-                                assistant_model, *args, **kwargs)  # fmt: skip
+            return original_get(
+                self,
+                generation_config,
+                input_ids,
+                inputs_tensor,
+                logits_processor,
+                model_kwargs,
+                assistant_model,
+                *args,
+                **kwargs,
+            )
         call.bound = call.generator.bind(
             target=self,
             draft=assistant_model,
@@ -238,7 +256,7 @@ def speckv_generate(
     speckv_generator: SpecKVGenerator | None = None,
     **model_kwargs: Any,
 ) -> Any:
-    """A decoding method for transformers' `custom_generate=` route (transformers >= 5).
+    """A decoding method for transformers' `custom_generate=` route (a callable, as transformers >= 4.57 accepts).
 
     Usage::
 

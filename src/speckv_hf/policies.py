@@ -159,7 +159,9 @@ class HeuristicPolicy(DraftPolicy):
     def __init__(self, initial_tokens: int = 20, max_tokens: int = 64) -> None:
         _check_max_tokens(max_tokens)
         if not isinstance(initial_tokens, int) or not 1 <= initial_tokens <= max_tokens:
-            raise ValueError(f"initial_tokens must be an integer in [1, max_tokens={max_tokens}], got {initial_tokens!r}.")
+            raise ValueError(
+                f"initial_tokens must be an integer in [1, max_tokens={max_tokens}], got {initial_tokens!r}."
+            )
         self.initial_tokens = initial_tokens
         self.max_tokens = max_tokens
         self.num_tokens = initial_tokens

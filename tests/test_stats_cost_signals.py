@@ -1,0 +1,90 @@
+"""Stats, the cost model and the draft signals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from speckv_hf import CostModel, CostSettings, SpecKVGenerator, StepSignals, token_signals
+
+from .conftest import greedy, prompt
+
+
+def test_token_signals():
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    signals = token_signals(probs, torch.tensor(1), position=2)
+    assert signals.confidence == pytest.approx(0.3)
+    assert signals.max_prob == pytest.approx(0.5)
+    assert signals.margin == pytest.approx(0.2)
+    assert signals.entropy == pytest.approx(-sum(p * math.log(p) for p in (0.5, 0.3, 0.2)), rel=1e-5)
+    assert signals.position == 2
+
+
+def test_step_signals_aggregates():
+    tokens = [token_signals(torch.tensor(p), torch.tensor(0), i) for i, p in enumerate([[0.9, 0.1], [0.6, 0.4]])]
+    step = StepSignals.from_tokens(tokens)
+    assert step.num_drafted == 2
+    assert step.min_confidence == pytest.approx(0.6)
+    assert step.mean_confidence == pytest.approx(0.75)
+    assert step.max_entropy == pytest.approx(tokens[1].entropy)
+    assert StepSignals.from_tokens([]).num_drafted == 0
+
+
+def test_cost_model_fits_verify_line():
+    cost = CostModel(CostSettings(decay=1.0))
+    for k in (0, 2, 4, 8) * 3:
+        cost.observe_verify(k, 0.010 + 0.001 * k)
+    a, b = cost.verify_coefficients()
+    assert a == pytest.approx(0.010, rel=1e-6)
+    assert b == pytest.approx(0.001, rel=1e-6)
+    cost.observe_draft(0.002)
+    assert cost.cost_ratio == pytest.approx(0.2, rel=1e-6)
+    assert cost.step_time(3) == pytest.approx(3 * 0.002 + 0.013, rel=1e-6)
+
+
+def test_cost_ratio_override():
+    cost = CostModel(CostSettings(cost_ratio=0.1))
+    cost.observe_verify(0, 0.02)
+    assert cost.ready
+    assert cost.draft_time == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="cost_ratio must be > 0"):
+        CostSettings(cost_ratio=0)
+
+
+def test_stats_are_consistent(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    generator = SpecKVGenerator("fixed:3")
+    input_ids = prompt(8, seed=11)
+    out = greedy(
+        target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=30, eos_token_id=None
+    )
+    stats = generator.last_stats
+    assert stats.tokens_emitted == out.shape[1] - input_ids.shape[1] == 30
+    assert stats.prompt_tokens == 8
+    assert sum(stats.gamma_histogram.values()) == stats.target_forwards == len(stats.steps)
+    assert sum(stats.accepted_histogram.values()) == stats.target_forwards
+    assert sum(g * n for g, n in stats.gamma_histogram.items()) == stats.drafted_tokens
+    assert sum(s.tokens_produced for s in stats.steps) == 30
+    assert stats.tokens_per_target_forward == pytest.approx(30 / stats.target_forwards)
+    assert 0 < stats.acceptance_rate <= 1
+    assert stats.draft_forwards >= 1 and stats.draft_seconds > 0 and stats.verify_seconds > 0
+    assert stats.policy == {"name": "fixed", "num_tokens": 3}
+    text = repr(stats)
+    assert "tokens=30" in text and "acceptance=" in text and "gamma_hist=" in text and "fp32" in text
+    data = stats.to_dict()
+    assert data["steps"][0]["gamma"] == stats.steps[0].gamma
+    assert {"mean_draft_entropy", "min_draft_confidence", "accepted", "tokens_produced"} <= set(data["steps"][0])
+
+
+def test_warm_start_carries_costs_between_calls(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    generator = SpecKVGenerator()
+    greedy(target, prompt(8), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
+    assert generator._warm is not None and generator._warm.cost.num_verify_samples > 0
+    generator.reset()
+    assert generator._warm is None
+    cold = SpecKVGenerator(warm_start=False)
+    greedy(target, prompt(8), assistant_model=draft, candidate_generator=cold, max_new_tokens=20)
+    assert cold._warm is None
