@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from speckv_hf.bench import BenchResult, default_configs, measure_draft_forward, run_benchmark
+from speckv_hf.bench import BenchConfig, BenchResult, default_configs, measure_draft_forward, run_benchmark
 from speckv_hf.compression import quantization_config
 from speckv_hf.demo import CATEGORIES, load_pair, load_prompts, pair_path
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--extra-policies", default="", help="comma-separated extra SpecKV policies, e.g. fixed:3")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M, {len(prompts)} prompts, "
         f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}\n"
     )
+    configs = default_configs()
+    configs += [BenchConfig(f"speckv {p}", "speckv", policy=p) for p in args.extra_policies.split(",") if p]
     results = run_benchmark(
         target,
         draft,
         prompts,
-        configs=default_configs(),
+        configs=configs,
         max_new_tokens=args.max_new_tokens,
         progress=lambda done, total: print(f"  prompt {done}/{total}", file=sys.stderr),
     )

@@ -275,7 +275,8 @@ class AdaptivePolicy(DraftPolicy):
     """The default: draft while one more token is expected to raise tokens per second (marginal-value rule).
 
     After `j` drafted tokens with calibrated acceptance probabilities `q_1..q_j`, drafting token `j + 1` adds
-    `q_1 * ... * q_j * q_next` expected tokens for `draft_time + verify_slope` seconds. The policy drafts it when
+    `q_1 * ... * q_j * q_next` expected tokens for `draft_time + verify_slope` seconds (each `q` calibrated for its
+    draft position). The policy drafts it when
     that marginal rate beats the throughput the call is achieving, so a slow (e.g. INT8) target, which makes
     drafting relatively cheap, gets longer drafts, and a draft that is rarely accepted gets none: the step is then a
     plain target forward. `q` comes from an [`AcceptanceCalibrator`] learned online; `q_next` is the calibrated
@@ -287,6 +288,9 @@ class AdaptivePolicy(DraftPolicy):
             gathers its first measurements.
         explore_every: while the policy drafts nothing, every `explore_every`-th step still drafts one token so the
             acceptance estimate stays current (0 disables).
+        recent_decay: per-step decay of the recent-bias correction: calibrated probabilities are scaled by
+            (recent accepts + 1) / (recent predicted accepts + 1), so a passage where the draft does better or
+            worse than its confidence says (code vs prose) moves the estimate within a few steps.
         min_gain: required relative advantage of the marginal rate over the current throughput (e.g. 0.05 = 5%).
         calibrator: the confidence-to-acceptance calibrator (a fresh one by default).
     """
@@ -295,6 +299,7 @@ class AdaptivePolicy(DraftPolicy):
     warmup_steps: int = 3
     explore_every: int = 8
     min_gain: float = 0.0
+    recent_decay: float = 0.7
     calibrator: AcceptanceCalibrator = field(default_factory=AcceptanceCalibrator)
     name: ClassVar[str] = "adaptive"
 
@@ -306,6 +311,10 @@ class AdaptivePolicy(DraftPolicy):
             raise ValueError(f"explore_every must be >= 0, got {self.explore_every}.")
         if self.min_gain < 0:
             raise ValueError(f"min_gain must be >= 0, got {self.min_gain}.")
+        if not 0 <= self.recent_decay < 1:
+            raise ValueError(f"recent_decay must be in [0, 1), got {self.recent_decay}.")
+        self._recent_accepted = 0.0
+        self._recent_predicted = 0.0
         self._first_token = _Beta()
         self._skipped_steps = 0
         self._steps_seen = 0
@@ -314,9 +323,16 @@ class AdaptivePolicy(DraftPolicy):
         super().bind(context)
         self._skipped_steps = 0
 
-    def acceptance(self, token: TokenSignals) -> float:
-        """Calibrated probability that a drafted token is accepted."""
-        return self.calibrator.probability(token.confidence)
+    def acceptance(self, token: TokenSignals, position: int | None = None) -> float:
+        """Calibrated probability that a drafted token is accepted (given the draft before it was).
+
+        Args:
+            token: the token's signals.
+            position: the draft position to calibrate for (the token's own by default).
+        """
+        probability = self.calibrator.probability(token.confidence, token.position if position is None else position)
+        bias = (self._recent_accepted + 1.0) / (self._recent_predicted + 1.0)
+        return min(probability * bias, 0.995)
 
     def should_draft(self, state: DraftState) -> bool:
         drafted = len(state.tokens)
@@ -329,7 +345,10 @@ class AdaptivePolicy(DraftPolicy):
         if drafted == 0:
             expected_gain = self._first_token.mean
         else:
-            expected_gain = math.prod(self.acceptance(t) for t in state.tokens) * self.acceptance(state.tokens[-1])
+            # The next token is not drafted yet: its acceptance is estimated from the last token's confidence
+            # (confidence is persistent), calibrated for the next position.
+            next_acceptance = self.acceptance(state.tokens[-1], position=drafted)
+            expected_gain = math.prod(self.acceptance(t) for t in state.tokens) * next_acceptance
         marginal_rate = expected_gain / max(cost.marginal_time(drafted), 1e-9)
         worth_it = marginal_rate > state.throughput * (1.0 + self.min_gain)
         if drafted == 0 and not worth_it:
@@ -343,8 +362,13 @@ class AdaptivePolicy(DraftPolicy):
         if not outcome.tokens:
             return
         self._first_token.update(outcome.num_accepted > 0)
+        self._recent_accepted *= self.recent_decay
+        self._recent_predicted *= self.recent_decay
         for i, token in enumerate(outcome.tokens[: outcome.num_accepted + 1]):
-            self.calibrator.update(token.confidence, i < outcome.num_accepted)
+            accepted = i < outcome.num_accepted
+            self._recent_predicted += self.calibrator.probability(token.confidence, i)
+            self._recent_accepted += float(accepted)
+            self.calibrator.update(token.confidence, accepted, position=i)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -353,6 +377,7 @@ class AdaptivePolicy(DraftPolicy):
             "warmup_steps": self.warmup_steps,
             "explore_every": self.explore_every,
             "min_gain": self.min_gain,
+            "recent_decay": self.recent_decay,
         }
 
 
