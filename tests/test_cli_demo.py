@@ -19,6 +19,7 @@ def demo_pair():
 
 def test_demo_command_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells in a narrow terminal
     result = CliRunner().invoke(app, ["demo", "--prompts-per-category", "1", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
     for expected in ("target alone", "transformers assisted (defaults)", "SpecKVGenerator()", "structured", "math"):
@@ -40,7 +41,8 @@ def test_demo_pair_lossless(demo_pair, policy):
     for item in (load_prompts("structured")[0], load_prompts("code")[0]):
         inputs = tokenizer(item.text, return_tensors="pt")
         expected = target.generate(**inputs, max_new_tokens=32, do_sample=False)
-        out = target.generate(**inputs, assistant_model=draft, candidate_generator=generator, max_new_tokens=32,
-                              do_sample=False)
+        out = target.generate(
+            **inputs, assistant_model=draft, candidate_generator=generator, max_new_tokens=32, do_sample=False
+        )
         assert torch.equal(out, expected)
         assert generator.last_stats.accepted_tokens > 0  # a trained draft agrees with its target

@@ -96,7 +96,7 @@ def test_eos_stops_like_target_alone(llama_pairs):
         assert torch.equal(out, expected)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     prompt_tokens=st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=24),
     max_new_tokens=st.integers(1, 40),

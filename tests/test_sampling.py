@@ -14,7 +14,7 @@ from speckv_hf import SpecKVGenerator
 from .conftest import llama_config
 
 VOCAB = 8
-SAMPLES = 1200
+SAMPLES = 3000
 
 
 def _two_token_distribution(model, input_ids: torch.Tensor) -> torch.Tensor:

@@ -693,6 +693,8 @@ def save_model(model, tokenizer, out_dir: Path, save_dtype) -> None:
     config_file = out_dir / "tokenizer_config.json"
     tokenizer_config = json.loads(config_file.read_text())
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # Llama takes no token_type_ids; transformers 4.x tokenizers would return them unless told.
+    tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
     config_file.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
