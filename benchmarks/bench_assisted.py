@@ -68,9 +68,11 @@ def report(results: list[BenchResult], bare_draft_seconds: float, compression: s
         )
     print(f"\nbare draft forward (KV cache, 1 token): {bare_draft_seconds * 1e3:.2f} ms")
 
-    ours = next(r for r in results if r.config.name == "speckv adaptive")
-    hf_default = next(r for r in results if r.config.name == "hf default")
+    ours = next((r for r in results if r.config.name == "speckv adaptive"), None)
+    hf_default = next((r for r in results if r.config.name == "hf default"), None)
     constants = [r for r in results if r.config.name.startswith("hf constant")]
+    if ours is None or hf_default is None or not constants:
+        return {"rows": rows, "bare_draft_forward_ms": bare_draft_seconds * 1e3}
     best_constant = max(constants, key=lambda r: r.tokens_per_second)
     summary = {
         "compression": compression,
@@ -109,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--random-draft",
+        action="store_true",
+        help="replace the draft by a randomly initialized one of the same shape: speculation cannot pay",
+    )
+    parser.add_argument("--only", default="", help="comma-separated configuration names to run (default: all)")
     parser.add_argument("--extra-policies", default="", help="comma-separated extra SpecKV policies, e.g. fixed:3")
     args = parser.parse_args(argv)
     if args.threads:
@@ -126,8 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M, {len(prompts)} prompts, "
         f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}\n"
     )
+    if args.random_draft:
+        from transformers import LlamaForCausalLM
+
+        torch.manual_seed(0)
+        draft = LlamaForCausalLM(draft.config).eval()
     configs = default_configs()
     configs += [BenchConfig(f"speckv {p}", "speckv", policy=p) for p in args.extra_policies.split(",") if p]
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        configs = [c for c in configs if c.name in wanted or c.kind == "target"]
     results = run_benchmark(
         target,
         draft,

@@ -232,3 +232,30 @@ def test_custom_generate_route(llama_pairs):
     )
     assert torch.equal(out, greedy(target, input_ids, max_new_tokens=15, eos_token_id=None))
     assert generator.last_stats.tokens_emitted == 15
+
+
+def test_inputs_embeds_rejected(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    embeds = target.get_input_embeddings()(prompt(6))
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        target.generate(
+            inputs_embeds=embeds, assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4
+        )
+
+
+def test_model_default_cache_implementation_is_not_the_callers(llama_pairs):
+    """Hub configs may default to cache_implementation='hybrid' (Gemma); transformers replaces it for assisted
+    generation, so only an explicit request is refused."""
+    target, draft = llama_pairs["llama-noisy"]
+    saved = target.generation_config.cache_implementation
+    target.generation_config.cache_implementation = "hybrid"
+    try:
+        hook._validate_call(target, SpecKVGenerator(), {"assistant_model": draft, "inputs": prompt(4), "kwargs": {}})
+        with pytest.raises(ValueError, match="dynamic KV cache"):
+            hook._validate_call(
+                target,
+                SpecKVGenerator(),
+                {"assistant_model": draft, "inputs": prompt(4), "kwargs": {"cache_implementation": "static"}},
+            )
+    finally:
+        target.generation_config.cache_implementation = saved

@@ -127,3 +127,56 @@ def test_property_greedy_lossless(all_pairs, prompt_tokens, max_new_tokens, to_c
     )
     assert torch.equal(out, expected)
     assert generator.last_stats.tokens_emitted == out.shape[1] - input_ids.shape[1]
+
+
+def test_left_padded_prompt(llama_pairs):
+    """A single prompt with left padding: the draft gets the mask and matching positions."""
+    target, draft = llama_pairs["llama-noisy"]
+    input_ids = torch.cat((torch.zeros(1, 3, dtype=torch.long), prompt(8, seed=9)), dim=1)
+    mask = torch.cat((torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)), dim=1)
+    expected = greedy(target, input_ids, attention_mask=mask, max_new_tokens=24, eos_token_id=None, pad_token_id=0)
+    generator = SpecKVGenerator("fixed:4")
+    out = greedy(
+        target,
+        input_ids,
+        attention_mask=mask,
+        assistant_model=draft,
+        candidate_generator=generator,
+        max_new_tokens=24,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert torch.equal(out, expected)
+    assert generator.last_stats.accepted_tokens > 0  # the padded draft still agrees with its target
+
+
+def test_sliding_window_draft_past_its_window():
+    """A sliding-window draft (Mistral-style) keeps working after the sequence outgrows its window."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(3)
+    config = MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=8,
+        initializer_range=0.2,
+        pad_token_id=0,
+        eos_token_id=EOS,
+    )
+    target = MistralForCausalLM(config).eval()
+    from .conftest import noisy_copy
+
+    draft = noisy_copy(target, 0.02)
+    input_ids = prompt(6, seed=2)
+    expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
+    generator = SpecKVGenerator("fixed:3")
+    out = greedy(
+        target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=30, eos_token_id=None
+    )
+    assert torch.equal(out, expected)
+    assert generator.last_stats.accepted_tokens < generator.last_stats.drafted_tokens  # rollbacks happened

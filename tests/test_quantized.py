@@ -38,7 +38,7 @@ def test_quantized_target(saved_target, kind):
     info = detect_compression(target)
     assert info.method == f"bnb-{kind}" and info.quantized and info.label == kind
     draft = noisy_copy(fp_target, 0.01)
-    checked_steps = 0
+    accepted = 0
     for seed in range(6):
         input_ids = prompt(8, seed=seed)
         generator = SpecKVGenerator("fixed:4")
@@ -72,8 +72,8 @@ def test_quantized_target(saved_target, kind):
             path_noise = float((single - multi).abs().max())
             assert gap < max(NEAR_TIE, 2 * path_noise), f"divergence at a clear decision ({kind}): gap {gap:.4f}"
             assert gap < 0.1
-        checked_steps += stats.target_forwards
-    assert checked_steps > 0
+        accepted += stats.accepted_tokens
+    assert accepted > 0, "the quantized target accepted no draft token: the check above was vacuous"
 
 
 def test_detect_floating_point():

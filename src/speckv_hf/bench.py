@@ -8,13 +8,13 @@ timed with forward hooks, the same way for every configuration.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .cost import Clock
 from .generator import SpecKVGenerator
 
 __all__ = ["BenchConfig", "BenchResult", "ForwardCounter", "default_configs", "measure_draft_forward", "run_benchmark"]
@@ -28,6 +28,7 @@ class ForwardCounter:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
+        self._clock = Clock(*{p.device for p in model.parameters()})
         self.calls = 0
         self.seconds = 0.0
         self._start = 0.0
@@ -37,11 +38,11 @@ class ForwardCounter:
         ]
 
     def _pre(self, *_: Any) -> None:
-        self._start = time.perf_counter()
+        self._start = self._clock.now()
 
     def _post(self, *_: Any) -> None:
         self.calls += 1
-        self.seconds += time.perf_counter() - self._start
+        self.seconds += self._clock.now() - self._start
 
     def reset(self) -> None:
         """Sets the counters to zero."""
@@ -194,9 +195,10 @@ def _run_once(
         kwargs["candidate_generator"] = generators[config.name]
     for counter in counters:
         counter.reset()
-    start = time.perf_counter()
+    clock = counters[0]._clock
+    start = clock.now()
     out = target.generate(input_ids, **kwargs)
-    seconds = time.perf_counter() - start
+    seconds = clock.now() - start
     if result is None:  # warm-up
         return
     target_counter, draft_counter = counters
@@ -241,12 +243,13 @@ def run_benchmark(
         One `BenchResult` per configuration, in the order of `configs`.
     """
     configs = list(configs or default_configs())
+    prompts = list(prompts)
     generators = {c.name: SpecKVGenerator(c.policy) for c in configs if c.kind == "speckv"}
     results = [BenchResult(config) for config in configs]
     counters = (ForwardCounter(target), ForwardCounter(draft))
     saved = {key: getattr(draft.generation_config, key, None) for key in _HF_DEFAULTS}
     try:
-        for input_ids, mask in list(prompts)[:warmup_prompts]:
+        for input_ids, mask in prompts[:warmup_prompts]:
             for config in configs:
                 _run_once(config, target, draft, input_ids, mask, max_new_tokens, generators, None, counters)
         for index, (input_ids, mask) in enumerate(prompts):
@@ -275,14 +278,15 @@ def measure_draft_forward(draft: torch.nn.Module, input_ids: torch.Tensor, repea
     Returns:
         The median time in seconds.
     """
+    clock = Clock(*{p.device for p in draft.parameters()})
     times = []
     with torch.no_grad():
         out = draft(input_ids=input_ids, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock.now()
             out = draft(input_ids=token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
-            times.append(time.perf_counter() - start)
+            times.append(clock.now() - start)
             cache.crop(-1)  # keep the length constant
     return statistics.median(times)

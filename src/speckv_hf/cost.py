@@ -128,8 +128,11 @@ class CostModel:
         var_k = wkk / w - mean_k**2
         if self.settings.verify_slope is not None or var_k < 0.25:
             # Too little spread in k to fit a slope: use the user's or the prior relative slope.
-            rel = self.settings.verify_slope if self.settings.verify_slope is not None else None
-            rel = self.settings.prior_verify_slope if rel is None else rel
+            rel = (
+                self.settings.verify_slope
+                if self.settings.verify_slope is not None
+                else self.settings.prior_verify_slope
+            )
             a = mean_t / (1 + rel * mean_k)
             return a, a * rel
         slope = (wkt / w - mean_k * mean_t) / var_k

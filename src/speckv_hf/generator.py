@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import DynamicCache
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from .compression import detect_compression
@@ -102,6 +103,10 @@ class SpecKVGenerator(CandidateGenerator):
         """Alias of [`SpecKVGenerator.last_stats`]."""
         return self.last_stats
 
+    def clear_last_stats(self) -> None:
+        """Forgets the current thread's `last_stats` (the hook calls it when a call starts)."""
+        self._local.stats = None
+
     def reset(self) -> None:
         """Forgets the costs and policy state learned by earlier calls."""
         with self._lock:
@@ -140,20 +145,21 @@ class SpecKVGenerator(CandidateGenerator):
 
         bound = copy.copy(self)
         bound._bound = True
-        bound._parent = self
         bound._key = key
         bound._target = target
         bound._draft = draft
         bound._draft_device = _model_device(draft)
         bound._do_sample = bool(generation_config.do_sample)
         bound._max_length = int(generation_config.max_length)
-        eos = generation_config.eos_token_id
+        # The EOS ids transformers' stopping criteria use (the prepared tensor), so the draft stops where they do.
+        eos = getattr(generation_config, "_eos_token_tensor", None)
+        eos = eos.flatten().tolist() if isinstance(eos, torch.Tensor) else generation_config.eos_token_id
         bound._eos = set([eos] if isinstance(eos, int) else list(eos or []))
         bound._logits_processor = logits_processor if logits_processor is not None and len(logits_processor) else None
         bound._keep_logits = "logits_to_keep" in inspect.signature(draft.forward).parameters
         bound._clock = Clock(bound._draft_device, _model_device(target))
-        bound._cost = warm.cost.copy() if use_warm else CostModel(copy.copy(self.cost_settings))
-        bound._cost.settings = copy.copy(self.cost_settings)
+        bound._cost = warm.cost.copy() if use_warm else CostModel()
+        bound._cost.settings = copy.copy(self.cost_settings)  # the user's current settings win over the warm ones
         bound.policy = copy.deepcopy(warm.policy if use_warm else self.policy)
         compression = detect_compression(target)
         bound.policy.bind(PolicyContext(cost=bound._cost, compression=compression, do_sample=bound._do_sample))
@@ -313,11 +319,13 @@ class SpecKVGenerator(CandidateGenerator):
         self._drafted, self._signals = [], []
         if budget == 0 or not self._ask_policy(budget):
             return input_ids, None
-        draft_ids = input_ids.to(self._draft_device)
-        logits = self._catch_up(draft_ids)
-        sequence = draft_ids
+        logits = self._catch_up(input_ids.to(self._draft_device))
+        # Logits processors and sampling run where transformers runs them for the target (the device of
+        # `input_ids`): processors may hold tensors there. Only the draft's forward runs on the draft's device.
+        sequence = input_ids
         processed_logits: list[torch.Tensor] = []
         while True:
+            logits = logits.to(sequence.device)
             if self._logits_processor is not None:
                 logits = self._logits_processor(sequence, logits[None].float())[0]
             probs = torch.softmax(logits.float(), dim=-1)
@@ -327,11 +335,11 @@ class SpecKVGenerator(CandidateGenerator):
             self._drafted.append(token_id)
             self._signals.append(signals)
             if self._do_sample:
-                processed_logits.append(logits)
+                processed_logits.append(logits.float())  # the q that speculative sampling uses = the one sampled
             sequence = torch.cat((sequence, token.view(1, 1)), dim=1)
             if token_id in self._eos or len(self._drafted) >= budget or not self._ask_policy(budget):
                 break
-            logits = self._draft_forward(sequence[:, -1:], start=sequence.shape[1] - 1)
+            logits = self._draft_forward(sequence[:, -1:].to(self._draft_device), start=sequence.shape[1] - 1)
             self._pending.append(token_id)
         candidate_logits = torch.stack(processed_logits)[None] if self._do_sample else None
         return sequence, candidate_logits
@@ -359,6 +367,10 @@ class SpecKVGenerator(CandidateGenerator):
 
     def _draft_forward(self, new_ids: torch.LongTensor, start: int) -> torch.Tensor:
         """Runs the draft on `new_ids` (positions `start...`) with its cache; returns the last position's logits."""
+        if self._cache is None:
+            # Full-attention layers, as transformers builds for its own assistant: sliding-window layers cannot be
+            # cropped back once the window is reached on transformers 4.57.
+            self._cache = DynamicCache()
         kwargs: dict[str, Any] = {"input_ids": new_ids, "past_key_values": self._cache, "use_cache": True}
         if self._keep_logits and new_ids.shape[1] > 1:
             # Only for multi-token feeds: for one token, slicing the hidden states makes the LM head slower
@@ -374,9 +386,5 @@ class SpecKVGenerator(CandidateGenerator):
             kwargs["attention_mask"] = mask
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, start:end]
         outputs = self._draft(**kwargs)
-        if self._cache is None:
-            self._cache = outputs.past_key_values
-            if hasattr(self._cache, "activate_past_recording"):
-                self._cache.activate_past_recording()  # lets sliding-window layers be cropped (transformers 5)
         self.stats_.draft_forwards += 1
         return outputs.logits[0, -1]

@@ -203,7 +203,8 @@ def validate_pair(target: torch.nn.Module, draft: torch.nn.Module, input_ids: to
 
 
 def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> None:
-    """Checks a `generate(candidate_generator=...)` call before transformers does any work."""
+    """Checks a `generate(candidate_generator=...)` call before transformers does any work, and clears the
+    generator's `last_stats` for the calling thread."""
     from .generator import SpecKVGenerator
 
     kwargs = arguments.get("kwargs", {})
@@ -212,6 +213,7 @@ def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, 
             f"candidate_generator must be a speckv_hf.SpecKVGenerator, got {type(generator).__name__}: "
             "pass candidate_generator=SpecKVGenerator()."
         )
+    generator.clear_last_stats()  # a call that fails from here on leaves no stale stats behind
     draft = arguments.get("assistant_model")
     if draft is None:
         raise ValueError(
@@ -227,10 +229,12 @@ def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, 
         inputs = kwargs.get("input_ids")
     validate_pair(model, draft, inputs if isinstance(inputs, torch.Tensor) else None)
 
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("SpecKVGenerator needs input_ids: pass the prompt as token ids, not inputs_embeds=.")
+    # Only what the call asks for: a model's default `cache_implementation` (e.g. Gemma's "hybrid") is replaced by
+    # transformers itself for assisted generation.
     config = arguments.get("generation_config")
     cache_implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
-    if cache_implementation is None:
-        cache_implementation = getattr(getattr(model, "generation_config", None), "cache_implementation", None)
     past = kwargs.get("past_key_values")
     if cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
         past is not None and "Static" in type(past).__name__
@@ -289,7 +293,11 @@ def speckv_generate(
     if draft_model is None:
         raise ValueError("custom_generate=speckv_generate needs the draft: pass draft_model=your_draft.")
     generator = speckv_generator if speckv_generator is not None else SpecKVGenerator()
-    _validate_call(model, generator, {"assistant_model": draft_model, "inputs": input_ids, "kwargs": {}})
+    _validate_call(
+        model,
+        generator,
+        {"assistant_model": draft_model, "inputs": input_ids, "generation_config": generation_config, "kwargs": {}},
+    )
     install()
     call = _ActiveCall(generator=generator, target=model)
     token = _ACTIVE.set(call)
