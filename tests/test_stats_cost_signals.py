@@ -80,7 +80,7 @@ def test_stats_are_consistent(llama_pairs):
 
 def test_warm_start_carries_costs_between_calls(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
-    generator = SpecKVGenerator()
+    generator = SpecKVGenerator(plain_fallback=False)  # tiny pairs rarely pay: keep speculating
     greedy(target, prompt(8), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
     first = generator._warm.cost.num_verify_samples
     first_steps = generator.last_stats.target_forwards
@@ -103,3 +103,33 @@ def test_last_stats_cleared_when_a_call_fails_before_binding(llama_pairs):
     with pytest.raises(ValueError):
         greedy(target, prompt(8), assistant_model=draft, candidate_generator=generator, max_new_tokens=5, num_beams=2)
     assert generator.last_stats is None
+
+
+def test_plain_fallback_when_speculation_does_not_pay(llama_pairs):
+    """A draft that is never worth its cost: after one call the generator runs plain decoding, probing again
+    every `probe_every`-th call, and the output stays the target's."""
+    target, draft = llama_pairs["llama-random"]
+    generator = SpecKVGenerator(cost_ratio=3.0, probe_every=3)  # the draft costs 3 target forwards per token
+    input_ids = prompt(8, seed=4)
+    expected = greedy(target, input_ids, max_new_tokens=40, eos_token_id=None)
+    modes = []
+    for _ in range(4):
+        out = greedy(
+            target,
+            input_ids,
+            assistant_model=draft,
+            candidate_generator=generator,
+            max_new_tokens=40,
+            eos_token_id=None,
+        )
+        assert torch.equal(out, expected)
+        stats = generator.last_stats
+        assert stats.tokens_emitted == 40
+        modes.append(stats.plain_decoding)
+    assert modes == [False, True, True, False]  # speculate, plain, plain, probe
+    assert "plain decoding" in repr(generator.last_stats.__class__(plain_decoding=True))
+
+    useful = SpecKVGenerator("fixed:2", probe_every=1)  # fixed policies never fall back
+    for _ in range(2):
+        greedy(target, input_ids, assistant_model=draft, candidate_generator=useful, max_new_tokens=20)
+        assert not useful.last_stats.plain_decoding

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ class _Warm:
     key: tuple[int, int]
     cost: CostModel
     policy: DraftPolicy
+    speculation_paid: bool = True
+    plain_calls: int = 0
 
 
 class SpecKVGenerator(CandidateGenerator):
@@ -64,6 +67,11 @@ class SpecKVGenerator(CandidateGenerator):
         record_steps: keep per-step records in the stats (needed for profiling).
         warm_start: start each call with the costs and policy state learned by the previous call on the same
             target/draft pair.
+        plain_fallback: when the previous call on the same pair drafted nothing in at least 90% of its steps (the
+            policy found that speculation does not pay), run the next calls as plain decoding without the draft,
+            which avoids the assisted loop's extra per-step work; every `probe_every`-th call speculates again to
+            re-check. Only for policies that can decide to draft nothing (`adaptive`).
+        probe_every: see `plain_fallback`.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -78,12 +86,18 @@ class SpecKVGenerator(CandidateGenerator):
         verify_slope: float | None = None,
         record_steps: bool = True,
         warm_start: bool = True,
+        plain_fallback: bool = True,
+        probe_every: int = 8,
         **policy_kwargs: Any,
     ) -> None:
         self.policy = get_policy(policy, **policy_kwargs)
         self.cost_settings = CostSettings(cost_ratio=cost_ratio, verify_slope=verify_slope)
         self.record_steps = record_steps
         self.warm_start = warm_start
+        if probe_every < 1:
+            raise ValueError(f"probe_every must be >= 1, got {probe_every}.")
+        self.plain_fallback = plain_fallback
+        self.probe_every = probe_every
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warm: _Warm | None = None
@@ -206,9 +220,53 @@ class SpecKVGenerator(CandidateGenerator):
         stats.cost_ratio = bound._cost.cost_ratio
         self._local.stats = stats
         if self.warm_start:
+            # Speculation "paid" unless the policy judged, in at least 90% of 8+ steps, that drafting does not
+            # (its exploratory one-token drafts count as judged-not-to-pay).
+            skip_rate = getattr(bound.policy, "skip_rate", None)
+            paid = skip_rate is None or getattr(bound.policy, "_decisions", 0) < 8 or skip_rate < 0.9
             with self._lock:
-                self._warm = _Warm(key=bound._key, cost=bound._cost, policy=bound.policy)
+                self._warm = _Warm(key=bound._key, cost=bound._cost, policy=bound.policy, speculation_paid=paid)
         return stats
+
+    def wants_plain_decoding(self, target: torch.nn.Module, draft: torch.nn.Module) -> bool:
+        """Whether the next call on this pair should skip speculation (see `plain_fallback`). Counts the call.
+
+        Args:
+            target: the model generating.
+            draft: the assistant model.
+
+        Returns:
+            True to run the call as plain decoding, without the draft.
+        """
+        if not (self.plain_fallback and self.warm_start and getattr(self.policy, "can_skip_drafting", False)):
+            return False
+        with self._lock:
+            warm = self._warm
+            if warm is None or warm.key != (id(target), id(draft)) or warm.speculation_paid:
+                return False
+            warm.plain_calls += 1
+            return warm.plain_calls % self.probe_every != 0
+
+    def finish_plain(self, target: torch.nn.Module, prompt_tokens: int, new_tokens: int, seconds: float) -> None:
+        """Records the stats of a call that ran as plain decoding.
+
+        Args:
+            target: the model that generated.
+            prompt_tokens: length of the prompt.
+            new_tokens: tokens generated.
+            seconds: wall-clock time of the call.
+        """
+        self._local.stats = GenerationStats(
+            policy=self.policy.config(),
+            compression=detect_compression(target),
+            prompt_tokens=prompt_tokens,
+            tokens_emitted=new_tokens,
+            target_forwards=new_tokens,
+            gamma_histogram=Counter({0: new_tokens}),
+            accepted_histogram=Counter({0: new_tokens}),
+            verify_seconds=seconds,
+            plain_decoding=True,
+        )
 
     # -- CandidateGenerator API -----------------------------------------------------------------------------------
     def get_candidates(

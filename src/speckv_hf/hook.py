@@ -25,6 +25,8 @@ import transformers
 from packaging.version import Version
 from transformers.generation.utils import GenerationMixin
 
+from .cost import Clock
+
 if TYPE_CHECKING:
     from .generator import SpecKVGenerator
 
@@ -102,6 +104,8 @@ def install() -> None:
             return original_generate(self, *args, **kwargs)
         arguments = generate_signature.bind_partial(self, *args, **kwargs).arguments
         _validate_call(self, candidate_generator, arguments)
+        if "assistant_model" in kwargs and candidate_generator.wants_plain_decoding(self, kwargs["assistant_model"]):
+            return _plain_decoding(original_generate, self, candidate_generator, arguments, args, kwargs)
         call = _ActiveCall(generator=candidate_generator, target=self)
         token = _ACTIVE.set(call)
         try:
@@ -150,6 +154,21 @@ def install() -> None:
     _ORIGINALS["_get_candidate_generator"] = original_get
     GenerationMixin.generate = generate
     GenerationMixin._get_candidate_generator = _get_candidate_generator
+
+
+def _plain_decoding(original_generate, model, generator, arguments, args, kwargs) -> Any:
+    """Runs a call without the draft (the generator found that speculation does not pay) and records its stats."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "assistant_model"}
+    inputs = arguments.get("inputs")
+    inputs = kwargs.get("input_ids") if inputs is None else inputs
+    clock = Clock(getattr(model, "device", "cpu"))
+    start = clock.now()
+    output = original_generate(model, *args, **kwargs)
+    seconds = clock.now() - start
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    prompt_tokens = int(inputs.shape[-1]) if isinstance(inputs, torch.Tensor) else 0
+    generator.finish_plain(model, prompt_tokens, int(sequences.shape[-1]) - prompt_tokens, seconds)
+    return output
 
 
 def uninstall() -> None:

@@ -92,6 +92,8 @@ class DraftPolicy(ABC):
     """
 
     name: ClassVar[str] = "policy"
+    #: Whether the policy itself decides when drafting does not pay (enables the generator's plain fallback).
+    can_skip_drafting: ClassVar[bool] = False
 
     def bind(self, context: PolicyContext) -> None:
         """Attaches the policy to a call. Called once per `generate()` call, before the first step."""
@@ -302,6 +304,7 @@ class AdaptivePolicy(DraftPolicy):
     recent_decay: float = 0.7
     calibrator: AcceptanceCalibrator = field(default_factory=AcceptanceCalibrator)
     name: ClassVar[str] = "adaptive"
+    can_skip_drafting: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_max_tokens(self.max_tokens)
@@ -322,6 +325,13 @@ class AdaptivePolicy(DraftPolicy):
     def bind(self, context: PolicyContext) -> None:
         super().bind(context)
         self._skipped_steps = 0
+        self._decisions = 0
+
+    @property
+    def skip_rate(self) -> float | None:
+        """Share of this call's steps (after warm-up) where drafting was judged not to pay; None before any."""
+        decisions = getattr(self, "_decisions", 0)
+        return self._skipped_steps / decisions if decisions else None
 
     def acceptance(self, token: TokenSignals, position: int | None = None) -> float:
         """Calibrated probability that a drafted token is accepted (given the draft before it was).
@@ -343,6 +353,7 @@ class AdaptivePolicy(DraftPolicy):
             return drafted < 4 and (drafted == 0 or state.tokens[-1].confidence >= 0.4)
 
         if drafted == 0:
+            self._decisions += 1
             expected_gain = self._first_token.mean
         else:
             # The next token is not drafted yet: its acceptance is estimated from the last token's confidence

@@ -90,6 +90,8 @@ class GenerationStats:
         overhead_seconds: time in transformers' loop between steps.
         cost_ratio: measured draft/target forward-time ratio at the end of the call (None if unmeasured).
         steps: per-step records (kept when the generator's `record_steps` is True).
+        plain_decoding: True when the call ran without the draft, because earlier calls on the same pair found
+            that speculation does not pay (see `SpecKVGenerator(plain_fallback=...)`).
     """
 
     policy: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +110,7 @@ class GenerationStats:
     overhead_seconds: float = 0.0
     cost_ratio: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    plain_decoding: bool = False
 
     @property
     def acceptance_rate(self) -> float:
@@ -152,6 +155,12 @@ class GenerationStats:
         total = self.total_seconds or 1.0
         gammas = " ".join(f"{k}:{v}" for k, v in sorted(self.gamma_histogram.items()))
         ratio = f"{self.cost_ratio:.2f}" if self.cost_ratio is not None else "n/a"
+        if self.plain_decoding:
+            return (
+                f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "
+                f"tokens={self.tokens_emitted}, plain decoding: speculation did not pay on this pair, "
+                f"{self.total_seconds * 1e3:.1f} ms)"
+            )
         return (
             f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "
             f"tokens={self.tokens_emitted}, target_forwards={self.target_forwards}, "
