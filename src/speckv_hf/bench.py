@@ -16,6 +16,7 @@ import torch
 
 from .cost import Clock
 from .generator import SpecKVGenerator
+from .policies import DraftPolicy
 
 __all__ = ["BenchConfig", "BenchResult", "ForwardCounter", "default_configs", "measure_draft_forward", "run_benchmark"]
 
@@ -62,13 +63,14 @@ class BenchConfig:
         name: label in the report.
         kind: `"target"` (target alone), `"hf"` (transformers' assisted generation) or `"speckv"`.
         hf_settings: for `"hf"`, the assistant's generation-config settings (`num_assistant_tokens`, ...).
-        policy: for `"speckv"`, the policy spec passed to `SpecKVGenerator`.
+        policy: for `"speckv"`, the policy passed to `SpecKVGenerator` (a name such as `"fixed:4"` or a
+            `DraftPolicy`).
     """
 
     name: str
     kind: str
     hf_settings: dict[str, Any] = field(default_factory=dict)
-    policy: str = "adaptive"
+    policy: str | DraftPolicy = "adaptive"
 
 
 @dataclass

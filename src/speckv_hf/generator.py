@@ -220,10 +220,9 @@ class SpecKVGenerator(CandidateGenerator):
         stats.cost_ratio = bound._cost.cost_ratio
         self._local.stats = stats
         if self.warm_start:
-            # Speculation "paid" unless the policy judged, in at least 90% of 8+ steps, that drafting does not
-            # (its exploratory one-token drafts count as judged-not-to-pay).
+            # Speculation "paid" unless the policy judged, in at least 90% of its steps, that drafting does not.
             skip_rate = getattr(bound.policy, "skip_rate", None)
-            paid = skip_rate is None or getattr(bound.policy, "_decisions", 0) < 8 or skip_rate < 0.9
+            paid = skip_rate is None or skip_rate < 0.9
             with self._lock:
                 self._warm = _Warm(key=bound._key, cost=bound._cost, policy=bound.policy, speculation_paid=paid)
         return stats

@@ -329,9 +329,10 @@ class AdaptivePolicy(DraftPolicy):
 
     @property
     def skip_rate(self) -> float | None:
-        """Share of this call's steps (after warm-up) where drafting was judged not to pay; None before any."""
+        """Share of this call's steps (after warm-up) where drafting was judged not to pay (exploratory one-token
+        drafts included); None while fewer than 8 steps were judged."""
         decisions = getattr(self, "_decisions", 0)
-        return self._skipped_steps / decisions if decisions else None
+        return self._skipped_steps / decisions if decisions >= 8 else None
 
     def acceptance(self, token: TokenSignals, position: int | None = None) -> float:
         """Calibrated probability that a drafted token is accepted (given the draft before it was).
