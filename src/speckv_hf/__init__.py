@@ -6,7 +6,7 @@ Importing the package installs the documented hook (see `speckv_hf.hook`) that l
 
 from .__about__ import __version__
 from .calibration import AcceptanceCalibrator
-from .compression import CompressionInfo, detect_compression
+from .compression import CompressionInfo, detect_compression, quantization_config
 from .cost import Clock, CostModel, CostSettings
 from .generator import SpecKVGenerator
 from .hook import install, is_installed, speckv_generate, uninstall
@@ -52,6 +52,7 @@ __all__ = [
     "get_policy",
     "install",
     "is_installed",
+    "quantization_config",
     "speckv_generate",
     "token_signals",
     "uninstall",

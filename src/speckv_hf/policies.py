@@ -320,6 +320,7 @@ class AdaptivePolicy(DraftPolicy):
         self._recent_predicted = 0.0
         self._first_token = _Beta()
         self._skipped_steps = 0
+        self._decisions = 0
         self._steps_seen = 0
 
     def bind(self, context: PolicyContext) -> None:
@@ -331,8 +332,7 @@ class AdaptivePolicy(DraftPolicy):
     def skip_rate(self) -> float | None:
         """Share of this call's steps (after warm-up) where drafting was judged not to pay (exploratory one-token
         drafts included); None while fewer than 8 steps were judged."""
-        decisions = getattr(self, "_decisions", 0)
-        return self._skipped_steps / decisions if decisions >= 8 else None
+        return self._skipped_steps / self._decisions if self._decisions >= 8 else None
 
     def acceptance(self, token: TokenSignals, position: int | None = None) -> float:
         """Calibrated probability that a drafted token is accepted (given the draft before it was).
