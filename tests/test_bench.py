@@ -1,41 +1,153 @@
-"""The benchmark harness counts what it claims to count."""
+"""The benchmark harness: methods parse, calls are counted and interleaved, the report's arithmetic holds."""
 
 from __future__ import annotations
 
-from speckv_hf.bench import BenchConfig, default_configs, measure_draft_forward, run_benchmark
+import pytest
+import torch
+
+from speckv_hf.bench import CallRecord, encode_prompts, run_benchmark
+from speckv_hf.bench_methods import DEFAULT_METHODS, parse_methods
+from speckv_hf.bench_report import summarize
+from speckv_hf.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
+from speckv_hf.prompts import PromptItem
 
 from .conftest import prompt
 
 
-def test_run_benchmark_counts(llama_pairs):
-    target, draft = llama_pairs["llama-noisy"]
-    configs = [
-        BenchConfig("target alone", "target"),
-        BenchConfig("hf constant γ=2", "hf", {"num_assistant_tokens": 2, "assistant_confidence_threshold": 0.0}),
-        BenchConfig("speckv fixed:2", "speckv", policy="fixed:2"),
+def test_parse_methods_defaults_and_ranges():
+    methods = parse_methods(DEFAULT_METHODS)
+    names = [m.name for m in methods]
+    assert names[:4] == ["target-only", "hf-default", "hf-heuristic", "adaptive"]
+    assert names[4:12] == [f"fixed:{k}" for k in range(1, 9)] and names[-1] == "oracle"
+    assert {m.kind for m in methods} == {"target", "hf", "speckv", "oracle"}
+    # target-only always first, duplicates dropped, hf ranges expand.
+    assert [m.name for m in parse_methods("fixed:4, fixed:4,hf-fixed-2-3")] == [
+        "target-only",
+        "fixed:4",
+        "hf-fixed-2",
+        "hf-fixed-3",
     ]
-    prompts = [(prompt(6, seed=s), None) for s in range(2)]
+    assert parse_methods("hf-fixed-3")[1].hf_settings["num_assistant_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [("nope", "unknown method 'nope'"), ("fixed:5-2", "bad method range"), ("hf-fixed-0", "hf-fixed-K")],
+)
+def test_parse_methods_errors_name_the_fix(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_methods(spec)
+
+
+class _Tokenizer:
+    """Maps each character to one token id."""
+
+    def __call__(self, text, return_tensors="pt"):
+        class Batch:
+            input_ids = torch.tensor([[3 + ord(c) % 90 for c in text]], dtype=torch.long)
+
+        return Batch()
+
+
+def _prompts(count: int):
+    items = [PromptItem(f"t-{i}", "task", "".join(chr(97 + (i * 7 + j) % 26) for j in range(6))) for i in range(count)]
+    return encode_prompts(_Tokenizer(), items)
+
+
+def test_encode_prompts_refuses_empty_prompt():
+    with pytest.raises(ValueError, match="tokenizes to no token"):
+        encode_prompts(_Tokenizer(), [PromptItem("e", "task", "")])
+
+
+def test_run_benchmark_counts_and_interleaves(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    methods = parse_methods("hf-fixed-2,fixed:2,oracle")
     saved = draft.generation_config.num_assistant_tokens
-    results = run_benchmark(target, draft, prompts, configs=configs, max_new_tokens=12)
+    seen: list[str] = []
+    records, reference = run_benchmark(
+        target, draft, _prompts(2), methods, max_new_tokens=12, repeats=2, progress=seen.append
+    )
     assert draft.generation_config.num_assistant_tokens == saved  # settings restored
-    alone, hf, ours = results
-    assert alone.tokens == hf.tokens == ours.tokens == 24
-    assert alone.target_forwards == 24 and alone.draft_forwards == 0
-    assert alone.outputs == hf.outputs == ours.outputs  # greedy: every method emits the target's tokens
-    assert ours.target_forwards < 24 and ours.drafted > 0 and 0 <= ours.acceptance_rate <= 1
-    assert hf.acceptance_rate is not None and alone.acceptance_rate is None
-    assert ours.tokens_per_target_forward > 1 and ours.seconds > 0
-    assert sum(ours.time_split.values()) <= ours.seconds
-    assert ours.draft_loop_seconds_per_token is not None and alone.draft_loop_seconds_per_token is None
+    assert len(records) == 2 * 2 * 4 and len(seen) == len(records) + 4  # measured calls + one warm-up prompt
+    # The order rotates from prompt to prompt.
+    firsts = [records[i].method for i in range(0, len(records), 4)]
+    assert len(set(firsts)) > 1
+    for record in records:
+        assert record.new_tokens == 12 and record.seconds > 0
+        assert record.output == reference[record.prompt_id]  # greedy: every method emits the target's tokens
+    by_method = {m.name: [r for r in records if r.method == m.name] for m in methods}
+    assert all(r.target_forwards == 12 and r.draft_forwards == 0 for r in by_method["target-only"])
+    assert all(r.drafted is None and r.draft_forwards > 0 for r in by_method["hf-fixed-2"])
+    ours = by_method["fixed:2"]
+    assert all(r.drafted > 0 and max(r.gamma_histogram) <= 2 and r.target_forwards < 12 for r in ours)
+    assert all(r.accepted == r.drafted for r in by_method["oracle"])  # the oracle drafts only what is accepted
+    assert all(r.target_seconds is not None and r.target_seconds <= r.seconds for r in records)
 
 
-def test_default_configs_cover_the_issue():
-    names = [c.name for c in default_configs()]
-    assert names[:3] == ["target alone", "hf default", "hf heuristic"]
-    assert [n for n in names if n.startswith("hf constant")] == [f"hf constant γ={g}" for g in (1, 2, 4, 6, 8)]
-    assert {"speckv adaptive", "speckv fixed:4", "speckv heuristic", "speckv confidence"} <= set(names)
+def test_run_benchmark_refuses_bad_settings(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    with pytest.raises(ValueError, match="oracle is defined on greedy"):
+        run_benchmark(target, draft, _prompts(1), parse_methods("oracle"), do_sample=True)
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        run_benchmark(target, draft, _prompts(1), parse_methods("fixed:1"), repeats=0)
 
 
-def test_measure_draft_forward(llama_pairs):
-    _, draft = llama_pairs["llama-noisy"]
+def test_sampled_benchmark_is_seeded(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    runs = [
+        run_benchmark(target, draft, _prompts(1), parse_methods("fixed:2"), max_new_tokens=8, do_sample=True)[0]
+        for _ in range(2)
+    ]
+    assert [r.output for r in runs[0]] == [r.output for r in runs[1]]
+
+
+def _record(method, prompt_id, seconds, tokens=10, repeat=0, **extra):
+    return CallRecord(method, prompt_id, "task", repeat, seconds, tokens, target_forwards=5, draft_forwards=4, **extra)
+
+
+def test_summarize_arithmetic():
+    records = [
+        _record("target-only", "a", 1.0),
+        _record("target-only", "b", 1.0),
+        _record("fixed:2", "a", 0.5, drafted=8, accepted=6, gamma_histogram={2: 4}),
+        _record("fixed:2", "b", 0.5, drafted=8, accepted=2, gamma_histogram={2: 4}),
+        _record("fixed:3", "a", 0.8),
+        _record("fixed:3", "b", 0.8),
+        _record("oracle", "a", 0.25),
+        _record("oracle", "b", 0.25),
+    ]
+    divergences = {
+        ("fixed:3", "a"): Divergence(position=3, gap=0.01, path_noise=0.0, near_tie=True),
+        ("fixed:3", "b"): Divergence(position=1, gap=2.0, path_noise=0.0, near_tie=False),
+    }
+    rows, overall = summarize("fp32", "fp32", records, divergences, do_sample=False)
+    by_name = {r.method: r for r in rows}
+    assert by_name["target-only"].tokens_per_s == pytest.approx(10.0)
+    assert by_name["fixed:2"].speedup == pytest.approx(2.0) and by_name["fixed:2"].of_oracle == pytest.approx(0.5)
+    assert by_name["fixed:2"].acceptance_rate == pytest.approx(0.5)
+    assert by_name["fixed:2"].gamma_histogram == {2: 8}
+    assert by_name["fixed:3"].mismatches == 2 and by_name["fixed:3"].near_tie_mismatches == 1
+    assert overall.best_fixed == "fixed:2" and overall.measured_oracle_tokens_per_s == pytest.approx(40.0)
+    assert [f["prompt_id"] for f in overall.failures] == ["b"]
+    sampled, _ = summarize("fp32", "fp32", records, {}, do_sample=True)
+    assert all(r.mismatches is None for r in sampled)
+
+
+def test_first_divergence(llama_pairs):
+    target, _ = llama_pairs["llama-noisy"]
+    input_ids = prompt(6)
+    reference = target.generate(input_ids, max_new_tokens=8, do_sample=False)[0, 6:].tolist()
+    assert first_divergence(target, input_ids, reference, list(reference)) is None
+    changed = list(reference)
+    changed[4] = (changed[4] + 1) % 96
+    divergence = first_divergence(target, input_ids, reference, changed)
+    assert divergence.position == 4
+    assert divergence.gap > 0.03 and not divergence.near_tie  # a random swap is not the model's near-tie
+
+
+def test_measured_forward_costs(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
     assert 0 < measure_draft_forward(draft, prompt(6), repeats=3) < 1.0
+    costs = measure_forward_costs(target, draft, prompt(6), max_candidates=4)
+    assert sorted(costs.target_forward) == [0, 1, 2, 4]
+    assert costs.target_prefill > 0 and costs.draft_forward > 0

@@ -19,12 +19,15 @@ def demo_pair():
 
 def test_demo_command_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells in a narrow terminal
+    monkeypatch.setenv("COLUMNS", "80")
     result = CliRunner().invoke(app, ["demo", "--prompts-per-category", "1", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
-    for expected in ("target alone", "transformers assisted (defaults)", "SpecKVGenerator()", "structured", "math"):
+    for expected in ("target alone", "transformers", "SpecKVGenerator()", "structured", "math", "all"):
         assert expected in result.output
-    assert "identical to target alone" in result.output
+    assert "identical to target alone" in result.output and "DIFFERS" not in result.output
+    table = result.output[result.output.index("category") :]
+    assert all(len(line) <= 80 for line in table.splitlines()), table  # the table fits 80 columns
+    assert "Loading weights" not in result.output  # model loading is quiet
 
 
 def test_cli_help():

@@ -1,294 +1,249 @@
-"""Benchmark harness: SpecKV policies against transformers' own assisted generation and the target alone.
+"""The benchmark harness behind `speckv bench`: every method on the same prompts, interleaved, with the oracle.
 
-Every configuration runs on the same prompts, interleaved per prompt (the order rotates from prompt to prompt) after
-a warm-up, so slow drifts of the machine hit all configurations alike. Target and draft forwards are counted and
-timed with forward hooks, the same way for every configuration.
+Every method runs on the same prompts, interleaved per prompt with the order rotating from prompt to prompt, after
+a warm-up prompt, so slow drifts of the machine hit all methods alike. Target and draft forwards are counted (and,
+on CPU, timed) with forward hooks, the same way for every method. One `SpecKVGenerator` per method serves every
+prompt, as users reuse one. [`run_benchmark`] returns one [`CallRecord`] per measured `generate()` call;
+`speckv_hf.bench_report` aggregates them.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .cost import Clock
+from .bench_methods import DEFAULT_METHODS, HF_DEFAULTS, Method, parse_methods
 from .generator import SpecKVGenerator
-from .policies import DraftPolicy
+from .measure import ForwardCounter
+from .oracle import OraclePolicy, acceptance_runs
+from .prompts import PromptItem
 
-__all__ = ["BenchConfig", "BenchResult", "ForwardCounter", "default_configs", "measure_draft_forward", "run_benchmark"]
+__all__ = ["CallRecord", "EncodedPrompt", "encode_prompts", "run_benchmark"]
 
 
-class ForwardCounter:
-    """Counts and times the forward calls of a model with forward hooks.
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt with its token ids.
+
+    Attributes:
+        item: the prompt.
+        input_ids (`torch.LongTensor` of shape `(1, length)`): its tokens, on the target's device.
+        attention_mask (`torch.LongTensor` of shape `(1, length)`): all ones.
+    """
+
+    item: PromptItem
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def encode_prompts(tokenizer: Any, items: Sequence[PromptItem], device: str | torch.device = "cpu") -> list:
+    """Tokenizes prompts one by one (no padding).
 
     Args:
-        model: the model to watch.
+        tokenizer: the target's tokenizer.
+        items: the prompts.
+        device: where the ids go (the target's device).
+
+    Returns:
+        A list of [`EncodedPrompt`].
+
+    Raises:
+        ValueError: for a prompt that tokenizes to no token.
     """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self._clock = Clock(*{p.device for p in model.parameters()})
-        self.calls = 0
-        self.seconds = 0.0
-        self._start = 0.0
-        self._handles = [
-            model.register_forward_pre_hook(self._pre),
-            model.register_forward_hook(self._post),
-        ]
-
-    def _pre(self, *_: Any) -> None:
-        self._start = self._clock.now()
-
-    def _post(self, *_: Any) -> None:
-        self.calls += 1
-        self.seconds += self._clock.now() - self._start
-
-    def reset(self) -> None:
-        """Sets the counters to zero."""
-        self.calls, self.seconds = 0, 0.0
-
-    def remove(self) -> None:
-        """Removes the hooks."""
-        for handle in self._handles:
-            handle.remove()
+    encoded = []
+    for item in items:
+        batch = tokenizer(item.text, return_tensors="pt")
+        if batch.input_ids.shape[1] == 0:
+            raise ValueError(f"prompt {item.id!r} tokenizes to no token: give it some text.")
+        encoded.append(EncodedPrompt(item, batch.input_ids.to(device), torch.ones_like(batch.input_ids).to(device)))
+    return encoded
 
 
 @dataclass
-class BenchConfig:
-    """One configuration to benchmark.
+class CallRecord:
+    """One measured `generate()` call.
 
     Attributes:
-        name: label in the report.
-        kind: `"target"` (target alone), `"hf"` (transformers' assisted generation) or `"speckv"`.
-        hf_settings: for `"hf"`, the assistant's generation-config settings (`num_assistant_tokens`, ...).
-        policy: for `"speckv"`, the policy passed to `SpecKVGenerator` (a name such as `"fixed:4"` or a
-            `DraftPolicy`).
-    """
-
-    name: str
-    kind: str
-    hf_settings: dict[str, Any] = field(default_factory=dict)
-    policy: str | DraftPolicy = "adaptive"
-
-
-@dataclass
-class BenchResult:
-    """Aggregated measurements of one configuration over all prompts.
-
-    Attributes:
-        config: the configuration.
-        seconds: wall-clock seconds of all `generate()` calls.
-        tokens: new tokens generated.
-        target_forwards: target forward calls.
+        method: the method's name.
+        prompt_id: the prompt's id.
+        task: the prompt's task.
+        repeat: 0-based index of the pass over the prompts.
+        seconds: wall-clock time of the call.
+        new_tokens: tokens generated.
+        target_forwards: target forward calls (the prefill included).
         draft_forwards: draft forward calls.
-        target_seconds: time inside target forwards.
-        draft_seconds: time inside draft forwards.
-        drafted: tokens drafted (SpecKV only; transformers' is estimated as draft forwards).
-        accepted: drafted tokens accepted (SpecKV only).
-        time_split: SpecKV's draft / verify / loop / policy seconds.
-        outputs: generated token ids per prompt.
+        target_seconds: time inside target forwards (None where forwards are not timed, on CUDA).
+        draft_seconds: time inside draft forwards (None where not timed).
+        drafted: tokens drafted (SpecKV and oracle; None for transformers' methods, whose count is not exposed).
+        accepted: drafted tokens accepted (as `drafted`).
+        gamma_histogram: γ per step -> steps (as `drafted`).
+        accepted_histogram: accepted tokens per step -> steps (as `drafted`).
+        output: the generated token ids.
     """
 
-    config: BenchConfig
-    seconds: float = 0.0
-    tokens: int = 0
-    target_forwards: int = 0
-    draft_forwards: int = 0
-    target_seconds: float = 0.0
-    draft_seconds: float = 0.0
-    drafted: int = 0
-    accepted: int = 0
-    time_split: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("draft", "verify", "loop", "policy"), 0.0)
-    )
-    outputs: list[list[int]] = field(default_factory=list)
+    method: str
+    prompt_id: str
+    task: str
+    repeat: int
+    seconds: float
+    new_tokens: int
+    target_forwards: int
+    draft_forwards: int
+    target_seconds: float | None = None
+    draft_seconds: float | None = None
+    drafted: int | None = None
+    accepted: int | None = None
+    gamma_histogram: dict[int, int] | None = None
+    accepted_histogram: dict[int, int] | None = None
+    output: list[int] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def tokens_per_target_forward(self) -> float:
-        return self.tokens / self.target_forwards if self.target_forwards else 0.0
-
-    @property
-    def mean_accepted_length(self) -> float:
-        """Accepted drafted tokens per target forward (tokens per forward minus the target's own token)."""
-        return self.tokens_per_target_forward - 1 if self.target_forwards else 0.0
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        """Accepted over drafted tokens. For transformers' runs, drafted tokens are counted as draft forwards (its
-        assistant runs one forward per drafted token) and accepted ones as tokens beyond one per target forward."""
-        if self.config.kind == "speckv":
-            return self.accepted / self.drafted if self.drafted else None
-        if self.config.kind == "hf" and self.draft_forwards:
-            return (self.tokens - self.target_forwards) / self.draft_forwards
-        return None
-
-    @property
-    def draft_loop_seconds_per_token(self) -> float | None:
-        """Time outside target forwards per drafted token (draft forwards + loop + policy); None if none drafted."""
-        drafted = self.drafted or (self.draft_forwards if self.config.kind == "hf" else 0)
-        if not drafted:
-            return None
-        return (self.seconds - self.target_seconds) / drafted
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def default_configs() -> list[BenchConfig]:
-    """The configurations of the issue's benchmark: target alone, transformers' assisted generation (defaults,
-    heuristic, constant γ 1, 2, 4, 6, 8) and every SpecKV policy."""
-    configs = [BenchConfig("target alone", "target"), BenchConfig("hf default", "hf", {})]
-    configs.append(
-        BenchConfig(
-            "hf heuristic",
-            "hf",
-            {
-                "num_assistant_tokens": 20,
-                "num_assistant_tokens_schedule": "heuristic_transient",
-                "assistant_confidence_threshold": 0.0,
-            },
+@dataclass
+class _Harness:
+    target: torch.nn.Module
+    draft: torch.nn.Module
+    max_new_tokens: int
+    do_sample: bool
+    seed: int
+    counters: tuple[ForwardCounter, ForwardCounter]
+    generators: dict[str, SpecKVGenerator] = field(default_factory=dict)
+    oracles: dict[str, list[int]] = field(default_factory=dict)
+
+    def call(self, method: Method, prompt: EncodedPrompt, index: int, repeat: int) -> CallRecord:
+        kwargs: dict[str, Any] = {
+            "attention_mask": prompt.attention_mask,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+        }
+        generator = None
+        if method.kind == "hf":
+            for key, value in {**HF_DEFAULTS, **method.hf_settings}.items():
+                setattr(self.draft.generation_config, key, value)
+            kwargs["assistant_model"] = self.draft
+        elif method.kind == "speckv":
+            generator = self.generators.setdefault(method.name, SpecKVGenerator(method.policy))
+        elif method.kind == "oracle":
+            runs = self.oracles[prompt.item.id]
+            generator = SpecKVGenerator(OraclePolicy(runs, prompt.input_ids.shape[1]), warm_start=False)
+        if generator is not None:
+            kwargs.update(assistant_model=self.draft, candidate_generator=generator)
+        if self.do_sample:
+            torch.manual_seed(self.seed + 1000 * repeat + index)
+        target_counter, draft_counter = self.counters
+        target_counter.reset()
+        draft_counter.reset()
+        clock = target_counter._clock
+        start = clock.now()
+        out = self.target.generate(prompt.input_ids, **kwargs)
+        seconds = clock.now() - start
+        length = prompt.input_ids.shape[1]
+        record = CallRecord(
+            method=method.name,
+            prompt_id=prompt.item.id,
+            task=prompt.item.task,
+            repeat=repeat,
+            seconds=seconds,
+            new_tokens=int(out.shape[1] - length),
+            target_forwards=target_counter.calls,
+            draft_forwards=draft_counter.calls,
+            target_seconds=target_counter.seconds if target_counter.timed else None,
+            draft_seconds=draft_counter.seconds if draft_counter.timed else None,
+            output=out[0, length:].tolist(),
         )
-    )
-    for gamma in (1, 2, 4, 6, 8):
-        configs.append(
-            BenchConfig(
-                f"hf constant γ={gamma}",
-                "hf",
-                {
-                    "num_assistant_tokens": gamma,
-                    "num_assistant_tokens_schedule": "constant",
-                    "assistant_confidence_threshold": 0.0,
-                },
-            )
-        )
-    for policy in ("adaptive", "fixed:4", "heuristic", "confidence"):
-        configs.append(BenchConfig(f"speckv {policy}", "speckv", policy=policy))
-    return configs
-
-
-_HF_DEFAULTS = {
-    "num_assistant_tokens": 20,
-    "num_assistant_tokens_schedule": "constant",
-    "assistant_confidence_threshold": 0.4,
-}
-
-
-def _run_once(
-    config: BenchConfig,
-    target: torch.nn.Module,
-    draft: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    max_new_tokens: int,
-    generators: dict[str, SpecKVGenerator],
-    result: BenchResult | None,
-    counters: tuple[ForwardCounter, ForwardCounter],
-) -> None:
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "attention_mask": attention_mask}
-    if config.kind == "hf":
-        for key, value in {**_HF_DEFAULTS, **config.hf_settings}.items():
-            setattr(draft.generation_config, key, value)
-        kwargs["assistant_model"] = draft
-    elif config.kind == "speckv":
-        kwargs["assistant_model"] = draft
-        kwargs["candidate_generator"] = generators[config.name]
-    for counter in counters:
-        counter.reset()
-    clock = counters[0]._clock
-    start = clock.now()
-    out = target.generate(input_ids, **kwargs)
-    seconds = clock.now() - start
-    if result is None:  # warm-up
-        return
-    target_counter, draft_counter = counters
-    result.seconds += seconds
-    result.tokens += out.shape[1] - input_ids.shape[1]
-    result.target_forwards += target_counter.calls
-    result.target_seconds += target_counter.seconds
-    result.draft_forwards += draft_counter.calls
-    result.draft_seconds += draft_counter.seconds
-    result.outputs.append(out[0, input_ids.shape[1] :].tolist())
-    if config.kind == "speckv":
-        stats = generators[config.name].last_stats
-        result.drafted += stats.drafted_tokens
-        result.accepted += stats.accepted_tokens
-        result.time_split["draft"] += stats.draft_seconds - stats.policy_seconds
-        result.time_split["policy"] += stats.policy_seconds
-        result.time_split["verify"] += stats.verify_seconds
-        result.time_split["loop"] += stats.overhead_seconds
+        if generator is not None:
+            stats = generator.last_stats
+            record.drafted, record.accepted = stats.drafted_tokens, stats.accepted_tokens
+            record.gamma_histogram = dict(stats.gamma_histogram)
+            record.accepted_histogram = dict(stats.accepted_histogram)
+        return record
 
 
 def run_benchmark(
     target: torch.nn.Module,
     draft: torch.nn.Module,
-    prompts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-    configs: Sequence[BenchConfig] | None = None,
+    prompts: Sequence[EncodedPrompt],
+    methods: Sequence[Method] | None = None,
     max_new_tokens: int = 64,
+    do_sample: bool = False,
+    repeats: int = 1,
     warmup_prompts: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[BenchResult]:
-    """Runs every configuration on every prompt, interleaved, and aggregates.
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[CallRecord], dict[str, list[int]]]:
+    """Runs every method on every prompt, interleaved, `repeats` times.
+
+    Before measuring, target-alone greedy output is computed for every prompt (the reference for `mismatches`
+    and for the oracle, whose acceptance runs come from the draft teacher-forced along it), and the first
+    `warmup_prompts` prompts run once through every method.
 
     Args:
         target: the target model.
         draft: the draft model.
-        prompts: `(input_ids, attention_mask)` pairs, each of shape `(1, length)`.
-        configs: configurations to run (`default_configs()` by default).
-        max_new_tokens: tokens to generate per prompt.
-        warmup_prompts: prompts run once through every configuration before measuring.
-        progress: called with `(done, total)` after each prompt.
+        prompts: the prompts (see [`encode_prompts`]).
+        methods: the methods (`parse_methods(DEFAULT_METHODS)` by default); the oracle needs greedy decoding.
+        max_new_tokens: tokens to generate per call.
+        do_sample: sample instead of greedy decoding (each call seeded from `seed`, the prompt and the repeat).
+        repeats: passes over the prompts.
+        warmup_prompts: prompts run once through every method before measuring.
+        seed: base seed for sampling.
+        progress: called with a method name after each measured or warm-up call (for a progress bar).
 
     Returns:
-        One `BenchResult` per configuration, in the order of `configs`.
+        The measured calls, and the reference (target-alone greedy) output per prompt id.
+
+    Raises:
+        ValueError: for the oracle with `do_sample=True`, for `repeats < 1` or no prompts, or duplicate prompt ids.
     """
-    configs = list(configs or default_configs())
-    prompts = list(prompts)
-    generators = {c.name: SpecKVGenerator(c.policy) for c in configs if c.kind == "speckv"}
-    results = [BenchResult(config) for config in configs]
-    counters = (ForwardCounter(target), ForwardCounter(draft))
-    saved = {key: getattr(draft.generation_config, key, None) for key in _HF_DEFAULTS}
+    methods = list(methods) if methods is not None else parse_methods(DEFAULT_METHODS)
+    if do_sample and any(m.kind == "oracle" for m in methods):
+        raise ValueError("the oracle is defined on greedy output: drop 'oracle' from the methods with --do-sample.")
+    if repeats < 1 or not prompts:
+        raise ValueError("run_benchmark needs at least one prompt and repeats >= 1.")
+    if len({p.item.id for p in prompts}) != len(prompts):
+        raise ValueError("prompt ids must be unique.")
+    timed = all(p.device.type != "cuda" for model in (target, draft) for p in model.parameters())
+    harness = _Harness(
+        target, draft, max_new_tokens, do_sample, seed, (ForwardCounter(target, timed), ForwardCounter(draft, timed))
+    )
+    saved = {key: getattr(draft.generation_config, key, None) for key in HF_DEFAULTS}
+    reference: dict[str, list[int]] = {}
+    records: list[CallRecord] = []
     try:
-        for input_ids, mask in prompts[:warmup_prompts]:
-            for config in configs:
-                _run_once(config, target, draft, input_ids, mask, max_new_tokens, generators, None, counters)
-        for index, (input_ids, mask) in enumerate(prompts):
-            order = list(range(len(configs)))
-            shift = index % len(order)
-            for i in order[shift:] + order[:shift]:
-                _run_once(configs[i], target, draft, input_ids, mask, max_new_tokens, generators, results[i], counters)
-            if progress is not None:
-                progress(index + 1, len(prompts))
+        with torch.no_grad():
+            for prompt in prompts:
+                out = target.generate(
+                    prompt.input_ids,
+                    attention_mask=prompt.attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                )
+                reference[prompt.item.id] = out[0, prompt.input_ids.shape[1] :].tolist()
+                if any(m.kind == "oracle" for m in methods):
+                    harness.oracles[prompt.item.id] = acceptance_runs(
+                        draft, prompt.input_ids, reference[prompt.item.id]
+                    )
+        for index, prompt in enumerate(prompts[:warmup_prompts]):
+            for method in methods:
+                harness.call(method, prompt, index, repeat=-1)
+                if progress is not None:
+                    progress(method.name)
+        for repeat in range(repeats):
+            for index, prompt in enumerate(prompts):
+                shift = (index + repeat) % len(methods)
+                for method in methods[shift:] + methods[:shift]:
+                    records.append(harness.call(method, prompt, index, repeat))
+                    if progress is not None:
+                        progress(method.name)
     finally:
-        for counter in counters:
+        for counter in harness.counters:
             counter.remove()
         for key, value in saved.items():
             setattr(draft.generation_config, key, value)
-    return results
-
-
-def measure_draft_forward(draft: torch.nn.Module, input_ids: torch.Tensor, repeats: int = 30) -> float:
-    """Median time of one bare single-token draft forward with a KV cache (seconds).
-
-    Args:
-        draft: the draft model.
-        input_ids (`torch.LongTensor` of shape `(1, length)`): a prompt to fill the cache with.
-        repeats: timed forwards.
-
-    Returns:
-        The median time in seconds.
-    """
-    clock = Clock(*{p.device for p in draft.parameters()})
-    times = []
-    with torch.no_grad():
-        out = draft(input_ids=input_ids, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(repeats):
-            start = clock.now()
-            out = draft(input_ids=token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            times.append(clock.now() - start)
-            cache.crop(-1)  # keep the length constant
-    return statistics.median(times)
+    return records, reference

@@ -7,7 +7,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompressionInfo", "detect_compression", "quantization_config"]
+__all__ = ["COMPRESSIONS", "CompressionInfo", "detect_compression", "quantization_config"]
+
+#: Compression names the command line accepts (`bnb-int8` is an alias of `int8`, `bnb-nf4` of `nf4`, ...).
+COMPRESSIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "nf4", "fp4", "bnb-int8", "bnb-nf4", "bnb-fp4")
 
 _DTYPE_NAMES = {
     torch.float32: "fp32",
@@ -113,7 +116,8 @@ def quantization_config(label: str) -> Any:
     """The `BitsAndBytesConfig` for a compression label, to load a target as the SpecKV paper's settings.
 
     Args:
-        label: `"fp32"`, `"fp16"`, `"bf16"` (no quantization: returns None), `"int8"` or `"nf4"` / `"fp4"`.
+        label: `"fp32"`, `"fp16"`, `"bf16"` (no quantization: returns None), `"int8"` or `"nf4"` / `"fp4"`
+            (bitsandbytes; also spelled `"bnb-int8"`, `"bnb-nf4"`, `"bnb-fp4"`).
 
     Returns:
         A `transformers.BitsAndBytesConfig`, or None for floating-point labels.
@@ -122,10 +126,11 @@ def quantization_config(label: str) -> Any:
         ValueError: for an unknown label.
         ImportError: when bitsandbytes is missing for a quantized label.
     """
+    if label not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {label!r}: choose one of {', '.join(COMPRESSIONS)}.")
     if label in {"fp32", "fp16", "bf16"}:
         return None
-    if label not in {"int8", "nf4", "fp4"}:
-        raise ValueError(f"unknown compression {label!r}: choose one of fp32, fp16, bf16, int8, nf4, fp4.")
+    label = label.removeprefix("bnb-")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:

@@ -366,7 +366,13 @@ class SpecKVGenerator(CandidateGenerator):
         return None
 
     def _ask_policy(self, max_tokens: int) -> bool:
-        state = DraftState(step=self._step, tokens=self._signals, max_tokens=max_tokens, throughput=self._throughput())
+        state = DraftState(
+            step=self._step,
+            tokens=self._signals,
+            max_tokens=max_tokens,
+            throughput=self._throughput(),
+            sequence_length=self._step_start_len,
+        )
         start = self._clock.now()
         decision = self.policy.should_draft(state)
         self.stats_.policy_seconds += self._clock.now() - start

@@ -60,12 +60,15 @@ class DraftState:
         tokens: signals of the tokens drafted so far in this step, in order (empty before the first).
         max_tokens: hard cap on the tokens of this step (length budget), already enforced by the generator.
         throughput: tokens per second the call has achieved so far, or None before any measurement.
+        sequence_length: tokens in the sequence before this step's drafts (prompt included), so a policy knows
+            where in the generation the step is.
     """
 
     step: int
     tokens: list[TokenSignals]
     max_tokens: int
     throughput: float | None = None
+    sequence_length: int = 0
 
 
 @dataclass

@@ -1,0 +1,385 @@
+"""What `speckv bench` reports: per-method summaries, the oracle ceilings, the JSON document and its schema.
+
+The JSON document is versioned (`schema_version`) and described by the JSON Schema in
+`speckv_hf/schemas/bench.schema.json` (see [`bench_schema`]); `docs/benchmarks.md` documents every field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata, resources
+from typing import Any
+
+from .bench import CallRecord
+from .measure import Divergence
+from .oracle import ForwardCosts, oracle_steps
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CompressionSummary",
+    "MethodSummary",
+    "bench_schema",
+    "build_document",
+    "machine_info",
+    "markdown_tables",
+    "summarize",
+]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class MethodSummary:
+    """One method at one compression, aggregated over prompts and repeats (the `results` entries of the JSON).
+
+    Attributes:
+        compression: the compression name.
+        method: the method name.
+        kind: `target`, `hf`, `speckv` or `oracle`.
+        calls: measured `generate()` calls.
+        tokens: tokens generated.
+        seconds: wall-clock seconds of those calls.
+        tokens_per_s: `tokens / seconds`.
+        median_tokens_per_s: median over calls of each call's tokens per second.
+        iqr_tokens_per_s: 25th and 75th percentiles over calls.
+        repeat_speedups: speedup over target-only in each repeat (its spread says how far to trust the figure).
+        speedup: `tokens_per_s` over target-only's.
+        of_oracle: `tokens_per_s` over the measured oracle's (None without the oracle).
+        tokens_per_target_forward: tokens over target forwards.
+        draft_forwards_per_token: draft forwards over tokens.
+        acceptance_rate: accepted over drafted tokens (transformers' methods: estimated as tokens beyond one per
+            target forward over draft forwards; None for target-only).
+        gamma_histogram: γ per step -> steps (SpecKV and oracle only).
+        accepted_histogram: accepted tokens per step -> steps (SpecKV and oracle only).
+        time_split: shares of the time in target forwards, draft forwards and everything else (None when forwards
+            are not timed).
+        mismatches: prompts whose greedy output differs from target-only (None when sampling).
+        near_tie_mismatches: of those, the ones whose first difference is a near-tie.
+    """
+
+    compression: str
+    method: str
+    kind: str
+    calls: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    median_tokens_per_s: float
+    iqr_tokens_per_s: tuple[float, float]
+    repeat_speedups: list[float]
+    speedup: float
+    of_oracle: float | None
+    tokens_per_target_forward: float
+    draft_forwards_per_token: float
+    acceptance_rate: float | None
+    gamma_histogram: dict[int, int] | None
+    accepted_histogram: dict[int, int] | None
+    time_split: dict[str, float] | None
+    mismatches: int | None
+    near_tie_mismatches: int | None
+
+
+@dataclass
+class CompressionSummary:
+    """What one compression's run says as a whole (the `compressions` entries of the JSON).
+
+    Attributes:
+        compression: the name asked for.
+        detected: what `detect_compression` reads from the loaded target.
+        best_fixed: the fastest `fixed:K` of our own loop (None when none ran).
+        best_fixed_tokens_per_s: its tokens per second.
+        measured_oracle_tokens_per_s: the oracle through our loop (None without the oracle).
+        modeled_oracle_tokens_per_s: the oracle's steps priced with bare forward times (no loop overhead).
+        modeled_target_tokens_per_s: target-alone decoding priced the same way.
+        loop_efficiency: measured over modeled oracle tokens per second: what the loop's own cost leaves.
+        forward_ms: the bare forward times used (`draft`, `target_prefill`, `target` by drafted tokens).
+        failures: greedy outputs that differ from target-only away from a near-tie (method, prompt, position, gap).
+    """
+
+    compression: str
+    detected: str
+    best_fixed: str | None = None
+    best_fixed_tokens_per_s: float | None = None
+    measured_oracle_tokens_per_s: float | None = None
+    modeled_oracle_tokens_per_s: float | None = None
+    modeled_target_tokens_per_s: float | None = None
+    loop_efficiency: float | None = None
+    forward_ms: dict[str, Any] | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def _merge(histograms: Sequence[dict[int, int] | None]) -> dict[int, int] | None:
+    present = [h for h in histograms if h is not None]
+    if not present:
+        return None
+    total: Counter[int] = Counter()
+    for histogram in present:
+        total.update(histogram)
+    return dict(sorted(total.items()))
+
+
+def summarize(
+    compression: str,
+    detected: str,
+    records: Sequence[CallRecord],
+    divergences: Mapping[tuple[str, str], Divergence],
+    do_sample: bool,
+    oracle_runs: Mapping[str, Sequence[int]] | None = None,
+    forward_costs: ForwardCosts | None = None,
+    max_new_tokens: int | None = None,
+) -> tuple[list[MethodSummary], CompressionSummary]:
+    """Aggregates one compression's calls.
+
+    Args:
+        compression: the compression name.
+        detected: the detected compression, as text.
+        records: the measured calls (every method, every prompt, every repeat).
+        divergences: `(method, prompt_id) -> Divergence` for greedy outputs that differ from the reference.
+        do_sample: whether the calls sampled (then `mismatches` are None).
+        oracle_runs: `prompt_id -> acceptance runs`, for the modeled ceiling.
+        forward_costs: bare forward times, for the modeled ceiling.
+        max_new_tokens: the length budget of the calls.
+
+    Returns:
+        One `MethodSummary` per method (in first-seen order) and the `CompressionSummary`.
+    """
+    methods = list(dict.fromkeys(r.method for r in records))
+    by_method = {m: [r for r in records if r.method == m] for m in methods}
+    repeats = sorted({r.repeat for r in records})
+
+    def rate(calls: Sequence[CallRecord]) -> float:
+        seconds = sum(c.seconds for c in calls)
+        return sum(c.new_tokens for c in calls) / seconds if seconds else 0.0
+
+    base = by_method.get("target-only", [])
+    base_rate = rate(base)
+    oracle_rate = rate(by_method["oracle"]) if "oracle" in by_method else None
+    summaries = []
+    for method, calls in by_method.items():
+        kind = _kind(method)
+        tokens = sum(c.new_tokens for c in calls)
+        seconds = sum(c.seconds for c in calls)
+        forwards = sum(c.target_forwards for c in calls)
+        drafts = sum(c.draft_forwards for c in calls)
+        q1, median, q3 = _quartiles([c.tokens_per_second for c in calls])
+        repeat_speedups = []
+        for repeat in repeats:
+            mine = [c for c in calls if c.repeat == repeat]
+            theirs = [c for c in base if c.repeat == repeat]
+            if mine and theirs and rate(theirs):
+                repeat_speedups.append(rate(mine) / rate(theirs))
+        drafted = [c.drafted for c in calls if c.drafted is not None]
+        if drafted:
+            accepted = sum(c.accepted or 0 for c in calls)
+            acceptance = accepted / sum(drafted) if sum(drafted) else None
+        elif kind == "hf" and drafts:
+            acceptance = (tokens - forwards) / drafts
+        else:
+            acceptance = None
+        timed = [c for c in calls if c.target_seconds is not None]
+        time_split = None
+        if timed and seconds:
+            target_share = sum(c.target_seconds or 0.0 for c in timed) / seconds
+            draft_share = sum(c.draft_seconds or 0.0 for c in timed) / seconds
+            time_split = {
+                "target_forward": target_share,
+                "draft_forward": draft_share,
+                "other": max(1.0 - target_share - draft_share, 0.0),
+            }
+        prompts = {c.prompt_id for c in calls}
+        diverged = [divergences[(method, p)] for p in prompts if (method, p) in divergences]
+        summaries.append(
+            MethodSummary(
+                compression=compression,
+                method=method,
+                kind=kind,
+                calls=len(calls),
+                tokens=tokens,
+                seconds=seconds,
+                tokens_per_s=rate(calls),
+                median_tokens_per_s=median,
+                iqr_tokens_per_s=(q1, q3),
+                repeat_speedups=repeat_speedups,
+                speedup=rate(calls) / base_rate if base_rate else 0.0,
+                of_oracle=rate(calls) / oracle_rate if oracle_rate else None,
+                tokens_per_target_forward=tokens / forwards if forwards else 0.0,
+                draft_forwards_per_token=drafts / tokens if tokens else 0.0,
+                acceptance_rate=acceptance,
+                gamma_histogram=_merge([c.gamma_histogram for c in calls]),
+                accepted_histogram=_merge([c.accepted_histogram for c in calls]),
+                time_split=time_split,
+                mismatches=None if do_sample else len(diverged),
+                near_tie_mismatches=None if do_sample else sum(d.near_tie for d in diverged),
+            )
+        )
+    overall = CompressionSummary(compression=compression, detected=detected, measured_oracle_tokens_per_s=oracle_rate)
+    fixed = [s for s in summaries if s.method.startswith("fixed:")]
+    if fixed:
+        best = max(fixed, key=lambda s: s.tokens_per_s)
+        overall.best_fixed, overall.best_fixed_tokens_per_s = best.method, best.tokens_per_s
+    if oracle_runs and forward_costs is not None:
+        steps = {p: oracle_steps(runs, max_new_tokens) for p, runs in oracle_runs.items()}
+        tokens = sum(sum(s) + len(s) for s in steps.values())
+        oracle_seconds = sum(forward_costs.oracle_seconds(s) for s in steps.values())
+        target_seconds = sum(forward_costs.target_seconds(sum(s) + len(s)) for s in steps.values())
+        overall.modeled_oracle_tokens_per_s = tokens / oracle_seconds if oracle_seconds else None
+        overall.modeled_target_tokens_per_s = tokens / target_seconds if target_seconds else None
+        if oracle_rate and overall.modeled_oracle_tokens_per_s:
+            overall.loop_efficiency = oracle_rate / overall.modeled_oracle_tokens_per_s
+        overall.forward_ms = {
+            "draft": forward_costs.draft_forward * 1e3,
+            "target_prefill": forward_costs.target_prefill * 1e3,
+            "target": {str(k): v * 1e3 for k, v in sorted(forward_costs.target_forward.items())},
+        }
+    for (method, prompt_id), divergence in sorted(divergences.items()):
+        if not divergence.near_tie:
+            overall.failures.append({"method": method, "prompt_id": prompt_id, **asdict(divergence)})
+    return summaries, overall
+
+
+def _kind(method: str) -> str:
+    if method == "target-only":
+        return "target"
+    if method == "oracle":
+        return "oracle"
+    return "hf" if method.startswith("hf-") else "speckv"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and library versions a run happened on (the `machine` object of the JSON)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("speckv-hf", "torch", "transformers", "accelerate", "huggingface-hub", "bitsandbytes"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def build_document(
+    settings: dict[str, Any],
+    results: Sequence[MethodSummary],
+    compressions: Sequence[CompressionSummary],
+    machine: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON document of a `speckv bench` run (validates against [`bench_schema`]).
+
+    Args:
+        settings: the run's settings (models, prompts, methods, lengths, ...).
+        results: every method summary.
+        compressions: every compression summary.
+        machine: the machine (measured now by default).
+
+    Returns:
+        A JSON-serializable dictionary.
+    """
+    document = {
+        "schema": "speckv-bench",
+        "schema_version": SCHEMA_VERSION,
+        "machine": machine if machine is not None else machine_info(),
+        "settings": settings,
+        "results": [asdict(r) for r in results],
+        "compressions": [asdict(c) for c in compressions],
+    }
+    return json.loads(json.dumps(document))  # int keys of histograms become strings, tuples lists
+
+
+def bench_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the document [`build_document`] writes."""
+    text = resources.files("speckv_hf").joinpath("schemas/bench.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown_tables(results: Sequence[MethodSummary], compressions: Sequence[CompressionSummary]) -> str:
+    """Markdown tables of a run, one per compression, with the ceilings under each.
+
+    Args:
+        results: every method summary.
+        compressions: every compression summary.
+
+    Returns:
+        The Markdown text.
+    """
+    lines: list[str] = []
+    for overall in compressions:
+        rows = [r for r in results if r.compression == overall.compression]
+        lines += [
+            f"### {overall.compression} (detected: {overall.detected})",
+            "",
+            "| method | tok/s | median [IQR] | speedup | spread | of oracle | tok/fwd | draft fwd/tok | acceptance "
+            "| mismatches |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            spread = (
+                f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}" if len(r.repeat_speedups) > 1 else "-"
+            )
+            mismatches = "-" if r.mismatches is None else f"{r.mismatches} ({r.near_tie_mismatches} near-tie)"
+            lines.append(
+                f"| {r.method} | {r.tokens_per_s:.1f} | {r.median_tokens_per_s:.1f} "
+                f"[{r.iqr_tokens_per_s[0]:.1f}, {r.iqr_tokens_per_s[1]:.1f}] | {r.speedup:.2f}x | {spread} "
+                f"| {_cell(r.of_oracle, '.2f')} | {r.tokens_per_target_forward:.2f} "
+                f"| {r.draft_forwards_per_token:.2f} | {_cell(r.acceptance_rate, '.0%')} | {mismatches} |"
+            )
+        lines.append("")
+        lines += _ceiling_lines(overall, rows)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ceiling_lines(overall: CompressionSummary, rows: Sequence[MethodSummary]) -> list[str]:
+    lines = []
+    if overall.best_fixed is not None:
+        best = f"`{overall.best_fixed}` ({overall.best_fixed_tokens_per_s:.1f} tok/s)"
+        lines.append(f"- best constant γ of our loop: {best}")
+        for r in rows:
+            if r.kind == "speckv" and not r.method.startswith("fixed:"):
+                ratio = r.tokens_per_s / overall.best_fixed_tokens_per_s
+                lines.append(f"- `{r.method}` against it: {ratio:.2f}x")
+    if overall.measured_oracle_tokens_per_s is not None:
+        lines.append(f"- oracle, measured through our loop: {overall.measured_oracle_tokens_per_s:.1f} tok/s")
+    if overall.modeled_oracle_tokens_per_s is not None:
+        lines.append(
+            f"- oracle, modeled from bare forward times: {overall.modeled_oracle_tokens_per_s:.1f} tok/s "
+            f"(target alone modeled: {_cell(overall.modeled_target_tokens_per_s, '.1f')} tok/s); "
+            f"measured/modeled: {_cell(overall.loop_efficiency, '.2f')}"
+        )
+    for failure in overall.failures:
+        lines.append(
+            f"- **MISMATCH** `{failure['method']}` on `{failure['prompt_id']}` at token {failure['position']}: "
+            f"top-2 gap {failure['gap']:.4f} is not a near-tie"
+        )
+    return lines

@@ -1,0 +1,274 @@
+"""`speckv bench`: every method side by side on your own pair, with the oracle ceiling, a table, JSON, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._common import atomic_write_text, fail, split_list
+
+DEFAULT_PROMPTS_PER_TASK = 3
+# speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that `speckv --help` does not import torch (tested equal).
+DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
+
+
+def bench(
+    target: str | None = typer.Option(
+        None, help="Target model: a local folder or a Hub id (default: the embedded pair)."
+    ),
+    draft: str | None = typer.Option(None, help="Draft model: a local folder or a Hub id (with --target)."),
+    prompts: Path | None = typer.Option(
+        None, help='JSON Lines file of {"task": ..., "prompt": ...} (default: the embedded held-out suite).'
+    ),
+    prompts_per_task: int = typer.Option(
+        DEFAULT_PROMPTS_PER_TASK, min=1, help="With the embedded suite: prompts per category."
+    ),
+    compression: str = typer.Option("fp32", help="Comma-separated target compressions: fp32, bf16, int8, nf4, ..."),
+    methods: str = typer.Option(
+        DEFAULT_METHODS,
+        help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, and SpecKV "
+        "policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range).",
+    ),
+    max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
+    do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
+    repeats: int = typer.Option(1, min=1, help="Passes over the prompts; the table shows the spread across them."),
+    warmup_prompts: int = typer.Option(1, min=0, help="Prompts run through every method before measuring."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's)."),
+    seed: int = typer.Option(0, help="Base seed of the sampled calls."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON (schema in the docs)."),
+    markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the tables as Markdown."),
+    plots: Path | None = typer.Option(None, help="Write PNG plots into this folder (needs matplotlib)."),
+) -> None:
+    """Benchmark target-only, transformers' assisted generation, SpecKV policies and the oracle, interleaved.
+
+    Exits with status 1 when a greedy output differs from the target's own away from a near-tie.
+    """
+    if target is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
+    from ..bench_methods import parse_methods
+    from ..compression import COMPRESSIONS, quantization_config
+    from ..prompts import PromptsFileError, demo_prompts, read_prompts_jsonl
+
+    # Every check before any model loads.
+    compressions = split_list(compression)
+    for name in compressions:
+        if name not in COMPRESSIONS:
+            fail(f"unknown compression {name!r}: choose from {', '.join(COMPRESSIONS)}.")
+        try:
+            quantization_config(name)
+        except ImportError as error:
+            fail(str(error))
+    if not compressions:
+        fail("--compression is empty: give at least one, e.g. --compression fp32.")
+    if (target is None) != (draft is None):
+        fail("pass both --target and --draft (or neither, for the embedded pair).")
+    method_specs = split_list(methods)
+    if do_sample and "oracle" in method_specs:
+        if methods == DEFAULT_METHODS:
+            method_specs.remove("oracle")
+        else:
+            fail("the oracle is defined on greedy output: drop 'oracle' from --methods with --do-sample.")
+    try:
+        method_list = parse_methods(method_specs)
+        items = read_prompts_jsonl(prompts) if prompts is not None else demo_prompts(prompts_per_task)
+    except (ValueError, PromptsFileError) as error:
+        fail(str(error))
+    for path in (json_out, markdown_out):
+        if path is not None and not path.parent.exists():
+            fail(f"folder {path.parent} does not exist: create it or write elsewhere.")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    from ..bench_report import build_document, markdown_tables
+
+    console = Console(stderr=True)
+    results, summaries = [], []
+    for name in compressions:
+        method_rows, overall = _run_compression(
+            console, name, target, draft, items, method_list, max_new_tokens, do_sample, repeats, warmup_prompts,
+            device, seed,
+        )  # fmt: skip
+        results += method_rows
+        summaries.append(overall)
+        Console().print(_table(name, overall, method_rows, repeats))
+        for line in _verdict_lines(overall, method_rows):
+            Console().print(line)
+
+    settings = {
+        "target": target or "embedded",
+        "draft": draft or "embedded",
+        "prompts": str(prompts) if prompts is not None else f"embedded suite, {prompts_per_task} per category",
+        "num_prompts": len(items),
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "repeats": repeats,
+        "warmup_prompts": warmup_prompts,
+        "methods": [m.name for m in method_list],
+        "compressions": compressions,
+        "device": device or _device_name(),
+        "seed": seed,
+        "command": " ".join(["speckv", *sys.argv[1:]]) if sys.argv[0].endswith("speckv") else "speckv bench",
+    }
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(build_document(settings, results, summaries), indent=2) + "\n")
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, markdown_tables(results, summaries))
+    if plots is not None:
+        from ..plots import bench_plots
+
+        try:
+            written = bench_plots(results, summaries, plots)
+        except ImportError as error:
+            fail(str(error))
+        console.print(f"plots: {', '.join(str(p) for p in written)}")
+    failures = [f for s in summaries for f in s.failures]
+    if failures:
+        Console(stderr=True).print(
+            f"[bold red]{len(failures)} greedy output(s) differ from the target's own away from a near-tie: "
+            "the output is not lossless.[/bold red]"
+        )
+        raise typer.Exit(1)
+
+
+def _device_name() -> str:
+    from ..models import default_device
+
+    return default_device()
+
+
+def _run_compression(
+    console: Console,
+    compression: str,
+    target: str | None,
+    draft: str | None,
+    items: list,
+    methods: list,
+    max_new_tokens: int,
+    do_sample: bool,
+    repeats: int,
+    warmup_prompts: int,
+    device: str | None,
+    seed: int,
+) -> tuple[list, Any]:
+    from .. import bench as harness
+    from ..bench_report import summarize
+    from ..compression import detect_compression
+    from ..measure import first_divergence, measure_forward_costs
+    from ..models import load_pair_for, quiet_transformers
+
+    with console.status(f"loading the pair ({compression})"):
+        pair = load_pair_for(compression, target, draft, device)
+    model_device = next(pair.target.parameters()).device
+    encoded = harness.encode_prompts(pair.tokenizer, items, model_device)
+    warmup = min(warmup_prompts, len(encoded))
+    total = (warmup + len(encoded) * repeats) * len(methods)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress, quiet_transformers():
+        task = progress.add_task(f"{compression}: reference outputs", total=total)
+        records, reference = harness.run_benchmark(
+            pair.target,
+            pair.draft,
+            encoded,
+            methods,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            repeats=repeats,
+            warmup_prompts=warmup,
+            seed=seed,
+            progress=lambda name: progress.update(task, advance=1, description=f"{compression}: {name}"),
+        )
+        progress.update(task, description=f"{compression}: checking outputs")
+        divergences = {}
+        if not do_sample:
+            by_id = {p.item.id: p for p in encoded}
+            for record in records:
+                key = (record.method, record.prompt_id)
+                if key in divergences or record.output == reference[record.prompt_id]:
+                    continue
+                ids = by_id[record.prompt_id].input_ids
+                divergence = first_divergence(pair.target, ids, reference[record.prompt_id], record.output)
+                if divergence is not None:
+                    divergences[key] = divergence
+        oracle_runs, costs = None, None
+        if any(m.kind == "oracle" for m in methods):
+            from ..oracle import acceptance_runs
+
+            progress.update(task, description=f"{compression}: bare forward times")
+            oracle_runs = {p.item.id: acceptance_runs(pair.draft, p.input_ids, reference[p.item.id]) for p in encoded}
+            typical = sorted(encoded, key=lambda p: p.input_ids.shape[1])[len(encoded) // 2]
+            longest = max(max(runs, default=0) for runs in oracle_runs.values())
+            costs = measure_forward_costs(pair.target, pair.draft, typical.input_ids, max(min(longest, 64), 1))
+    return summarize(
+        compression,
+        str(detect_compression(pair.target)),
+        records,
+        divergences,
+        do_sample,
+        oracle_runs,
+        costs,
+        max_new_tokens,
+    )
+
+
+def _table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
+    table = Table(
+        title=f"{compression} target (detected: {overall.detected})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title_justify="left",
+    )
+    headers = ["method", "tok/s", "IQR", "speedup", "oracle", "tok/fwd", "accept", "mism"]
+    if repeats > 1:
+        headers.insert(4, "range")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "method" else "right", no_wrap=True)
+    for r in rows:
+        cells = [
+            r.method,
+            f"{r.tokens_per_s:.1f}",
+            f"{r.iqr_tokens_per_s[0]:.0f}-{r.iqr_tokens_per_s[1]:.0f}",
+            f"{r.speedup:.2f}x",
+            "-" if r.of_oracle is None else f"{r.of_oracle:.2f}",
+            f"{r.tokens_per_target_forward:.2f}",
+            "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
+            "-" if r.mismatches is None else _mismatch_cell(r),
+        ]
+        if repeats > 1:
+            cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def _mismatch_cell(row: Any) -> str:
+    hard = row.mismatches - row.near_tie_mismatches
+    if hard:
+        return f"[bold red]{hard}![/bold red]"
+    return f"{row.mismatches}~" if row.mismatches else "0"
+
+
+def _verdict_lines(overall: Any, rows: list) -> list[str]:
+    lines = []
+    if overall.best_fixed is not None:
+        for r in rows:
+            if r.kind == "speckv" and not r.method.startswith("fixed:"):
+                ratio = r.tokens_per_s / overall.best_fixed_tokens_per_s
+                lines.append(f"{r.method}: {ratio:.2f}x the best constant γ of our loop ({overall.best_fixed})")
+    if overall.measured_oracle_tokens_per_s is not None and overall.modeled_oracle_tokens_per_s is not None:
+        lines.append(
+            f"oracle: {overall.measured_oracle_tokens_per_s:.1f} tok/s measured, "
+            f"{overall.modeled_oracle_tokens_per_s:.1f} modeled (bare forwards)"
+        )
+    lines.append("mism: outputs unlike target-only's (~ at near-ties, ! elsewhere)")
+    return lines
