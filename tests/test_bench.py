@@ -124,10 +124,12 @@ def test_summarize_arithmetic():
     by_name = {r.method: r for r in rows}
     assert by_name["target-only"].tokens_per_s == pytest.approx(10.0)
     assert by_name["fixed:2"].speedup == pytest.approx(2.0) and by_name["fixed:2"].of_oracle == pytest.approx(0.5)
+    assert by_name["fixed:2"].median_speedup == pytest.approx(2.0) and by_name["oracle"].iqr_speedup == (4.0, 4.0)
     assert by_name["fixed:2"].acceptance_rate == pytest.approx(0.5)
     assert by_name["fixed:2"].gamma_histogram == {2: 8}
     assert by_name["fixed:3"].mismatches == 2 and by_name["fixed:3"].near_tie_mismatches == 1
     assert overall.best_fixed == "fixed:2" and overall.measured_oracle_tokens_per_s == pytest.approx(40.0)
+    assert overall.vs_best_fixed == {"oracle": {"total": pytest.approx(2.0), "paired": pytest.approx(2.0)}}
     assert [f["prompt_id"] for f in overall.failures] == ["b"]
     sampled, _ = summarize("fp32", "fp32", records, {}, do_sample=True)
     assert all(r.mismatches is None for r in sampled)

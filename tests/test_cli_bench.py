@@ -73,7 +73,7 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     assert oracle["of_oracle"] == pytest.approx(1.0) and oracle["acceptance_rate"] in (None, 1.0)
     summary = document["compressions"][0]
     assert summary["best_fixed"] in {"fixed:1", "fixed:2"} and summary["modeled_oracle_tokens_per_s"] > 0
-    assert summary["failures"] == []
+    assert summary["failures"] == [] and set(summary["vs_best_fixed"]) == {"adaptive", "oracle"}
     assert "| oracle |" in (out / "r.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "accepted_runs.png",

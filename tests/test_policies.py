@@ -19,6 +19,7 @@ from speckv_hf import (
     TokenSignals,
     available_policies,
     get_policy,
+    register_policy,
 )
 from speckv_hf.policies import _roc_threshold
 
@@ -169,10 +170,55 @@ def test_invalid_policy_settings(spec, kwargs, match):
 
 
 def test_get_policy_by_name():
-    assert available_policies() == ["adaptive", "confidence", "fixed", "heuristic"]
+    assert available_policies() == ["adaptive", "confidence", "fixed", "heuristic", "speckv"]
     assert get_policy("fixed:6").num_tokens == 6
     policy = FixedPolicy(2)
     assert get_policy(policy) is policy
     assert repr(get_policy("adaptive")).startswith("AdaptivePolicy(max_tokens=16")
     with pytest.raises(ValueError, match="policy object"):
         get_policy(policy, num_tokens=3)
+
+
+def test_register_policy_third_party():
+    class Greedy2(FixedPolicy):
+        name = "greedy2"
+
+        def __init__(self) -> None:
+            super().__init__(2)
+
+    register_policy("greedy2", Greedy2)
+    try:
+        assert "greedy2" in available_policies() and get_policy("greedy2").num_tokens == 2
+        with pytest.raises(ValueError, match="already registered"):
+            register_policy("greedy2", Greedy2)
+        with pytest.raises(ValueError, match="letters, digits"):
+            register_policy("bad:name", Greedy2)
+        register_policy("not-a-policy", lambda: object())
+        with pytest.raises(TypeError, match="not a DraftPolicy"):
+            get_policy("not-a-policy")
+    finally:
+        from speckv_hf import registry
+
+        registry._POLICIES.pop("greedy2", None)
+        registry._POLICIES.pop("not-a-policy", None)
+
+
+def test_speculation_verdict_needs_evidence_over_many_steps():
+    """No cliff: one call's worth of skipped steps gives no verdict; the verdict comes from many steps."""
+    cost = measured_cost(target_seconds=0.01, draft_seconds=0.05)  # drafting costs 5 target forwards
+    policy = bound(AdaptivePolicy(warmup_steps=0, explore_every=0), cost)
+    assert FixedPolicy(2).speculation_pays() is None  # the default: no opinion
+    for step in range(30):
+        assert not policy.should_draft(DraftState(step=step, tokens=[], max_tokens=8, throughput=100.0))
+        policy.observe(StepOutcome(step=step, tokens=[], num_accepted=0))
+    assert policy.speculation_pays() is None
+    for step in range(30, 80):
+        policy.should_draft(DraftState(step=step, tokens=[], max_tokens=8, throughput=100.0))
+    assert policy.speculation_pays() is False
+    # Steps where drafting pays bring the verdict back.
+    cheap = measured_cost(target_seconds=0.01, draft_seconds=0.0001)
+    policy.bind(PolicyContext(cost=cheap, compression=FP32))
+    policy._first_token.successes, policy._first_token.trials = 9.0, 10.0
+    for step in range(80, 200):
+        assert policy.should_draft(DraftState(step=step, tokens=[], max_tokens=8, throughput=100.0))
+    assert policy.speculation_pays() is True

@@ -5,13 +5,15 @@ Importing the package installs the documented hook (see `speckv_hf.hook`) that l
 """
 
 from .__about__ import __version__
+from .adaptive import AdaptivePolicy, MarginalValuePolicy
 from .calibration import AcceptanceCalibrator
 from .compression import CompressionInfo, detect_compression, quantization_config
 from .cost import Clock, CostModel, CostSettings
+from .features import PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
 from .generator import SpecKVGenerator
 from .hook import install, is_installed, speckv_generate, uninstall
+from .oracle import OraclePolicy
 from .policies import (
-    AdaptivePolicy,
     ConfidencePolicy,
     DraftPolicy,
     DraftState,
@@ -19,15 +21,17 @@ from .policies import (
     HeuristicPolicy,
     PolicyContext,
     StepOutcome,
-    available_policies,
-    get_policy,
 )
+from .predictor import GammaPredictor, PredictorLoadError
+from .registry import available_policies, get_policy, register_policy
 from .signals import StepSignals, TokenSignals, token_signals
+from .speckv_policy import SpeckvPolicy
 from .stats import GenerationStats, StepRecord
 
 install()
 
 __all__ = [
+    "PORTABLE_FEATURES",
     "AcceptanceCalibrator",
     "AdaptivePolicy",
     "Clock",
@@ -37,11 +41,18 @@ __all__ = [
     "CostSettings",
     "DraftPolicy",
     "DraftState",
+    "FeatureSchema",
     "FixedPolicy",
+    "GammaPredictor",
     "GenerationStats",
     "HeuristicPolicy",
+    "MarginalValuePolicy",
+    "OraclePolicy",
     "PolicyContext",
+    "PredictorLoadError",
+    "PredictorSchemaError",
     "SpecKVGenerator",
+    "SpeckvPolicy",
     "StepOutcome",
     "StepRecord",
     "StepSignals",
@@ -53,6 +64,7 @@ __all__ = [
     "install",
     "is_installed",
     "quantization_config",
+    "register_policy",
     "speckv_generate",
     "token_signals",
     "uninstall",

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policies import DraftPolicy, get_policy
+from .policies import DraftPolicy
+from .registry import get_policy
 
 __all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "Method", "parse_methods"]
 

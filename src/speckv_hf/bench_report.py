@@ -50,6 +50,9 @@ class MethodSummary:
         iqr_tokens_per_s: 25th and 75th percentiles over calls.
         repeat_speedups: speedup over target-only in each repeat (its spread says how far to trust the figure).
         speedup: `tokens_per_s` over target-only's.
+        median_speedup: median over calls of each call's tokens per second over target-only's on the same prompt
+            in the same repeat (run next to it): robust to a call slowed by the machine.
+        iqr_speedup: 25th and 75th percentiles of those paired ratios.
         of_oracle: `tokens_per_s` over the measured oracle's (None without the oracle).
         tokens_per_target_forward: tokens over target forwards.
         draft_forwards_per_token: draft forwards over tokens.
@@ -74,6 +77,8 @@ class MethodSummary:
     iqr_tokens_per_s: tuple[float, float]
     repeat_speedups: list[float]
     speedup: float
+    median_speedup: float
+    iqr_speedup: tuple[float, float]
     of_oracle: float | None
     tokens_per_target_forward: float
     draft_forwards_per_token: float
@@ -94,6 +99,8 @@ class CompressionSummary:
         detected: what `detect_compression` reads from the loaded target.
         best_fixed: the fastest `fixed:K` of our own loop (None when none ran).
         best_fixed_tokens_per_s: its tokens per second.
+        vs_best_fixed: for each other SpecKV method and the oracle, its tokens per second over the best constant's
+            (`total`), and the median over prompts and repeats of the same ratio on each prompt (`paired`).
         measured_oracle_tokens_per_s: the oracle through our loop (None without the oracle).
         modeled_oracle_tokens_per_s: the oracle's steps priced with bare forward times (no loop overhead).
         modeled_target_tokens_per_s: target-alone decoding priced the same way.
@@ -106,6 +113,7 @@ class CompressionSummary:
     detected: str
     best_fixed: str | None = None
     best_fixed_tokens_per_s: float | None = None
+    vs_best_fixed: dict[str, dict[str, float]] = field(default_factory=dict)
     measured_oracle_tokens_per_s: float | None = None
     modeled_oracle_tokens_per_s: float | None = None
     modeled_target_tokens_per_s: float | None = None
@@ -166,6 +174,7 @@ def summarize(
 
     base = by_method.get("target-only", [])
     base_rate = rate(base)
+    paired_base = {(c.prompt_id, c.repeat): c.tokens_per_second for c in base}
     oracle_rate = rate(by_method["oracle"]) if "oracle" in by_method else None
     summaries = []
     for method, calls in by_method.items():
@@ -175,6 +184,12 @@ def summarize(
         forwards = sum(c.target_forwards for c in calls)
         drafts = sum(c.draft_forwards for c in calls)
         q1, median, q3 = _quartiles([c.tokens_per_second for c in calls])
+        paired = [
+            c.tokens_per_second / paired_base[(c.prompt_id, c.repeat)]
+            for c in calls
+            if paired_base.get((c.prompt_id, c.repeat))
+        ]
+        s1, median_speedup, s3 = _quartiles(paired) if paired else (0.0, 0.0, 0.0)
         repeat_speedups = []
         for repeat in repeats:
             mine = [c for c in calls if c.repeat == repeat]
@@ -214,6 +229,8 @@ def summarize(
                 iqr_tokens_per_s=(q1, q3),
                 repeat_speedups=repeat_speedups,
                 speedup=rate(calls) / base_rate if base_rate else 0.0,
+                median_speedup=median_speedup,
+                iqr_speedup=(s1, s3),
                 of_oracle=rate(calls) / oracle_rate if oracle_rate else None,
                 tokens_per_target_forward=tokens / forwards if forwards else 0.0,
                 draft_forwards_per_token=drafts / tokens if tokens else 0.0,
@@ -230,6 +247,18 @@ def summarize(
     if fixed:
         best = max(fixed, key=lambda s: s.tokens_per_s)
         overall.best_fixed, overall.best_fixed_tokens_per_s = best.method, best.tokens_per_s
+        best_calls = {(c.prompt_id, c.repeat): c.tokens_per_second for c in by_method[best.method]}
+        for summary in summaries:
+            if summary.kind in {"speckv", "oracle"} and not summary.method.startswith("fixed:"):
+                ratios = [
+                    c.tokens_per_second / best_calls[(c.prompt_id, c.repeat)]
+                    for c in by_method[summary.method]
+                    if best_calls.get((c.prompt_id, c.repeat))
+                ]
+                overall.vs_best_fixed[summary.method] = {
+                    "total": summary.tokens_per_s / best.tokens_per_s,
+                    "paired": statistics.median(ratios) if ratios else 0.0,
+                }
     if oracle_runs and forward_costs is not None:
         steps = {p: oracle_steps(runs, max_new_tokens) for p, runs in oracle_runs.items()}
         tokens = sum(sum(s) + len(s) for s in steps.values())
@@ -339,9 +368,9 @@ def markdown_tables(results: Sequence[MethodSummary], compressions: Sequence[Com
         lines += [
             f"### {overall.compression} (detected: {overall.detected})",
             "",
-            "| method | tok/s | median [IQR] | speedup | spread | of oracle | tok/fwd | draft fwd/tok | acceptance "
-            "| mismatches |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | tok/s | median [IQR] | speedup | paired speedup [IQR] | spread | of oracle | tok/fwd "
+            "| draft fwd/tok | acceptance | mismatches |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             spread = (
@@ -350,7 +379,8 @@ def markdown_tables(results: Sequence[MethodSummary], compressions: Sequence[Com
             mismatches = "-" if r.mismatches is None else f"{r.mismatches} ({r.near_tie_mismatches} near-tie)"
             lines.append(
                 f"| {r.method} | {r.tokens_per_s:.1f} | {r.median_tokens_per_s:.1f} "
-                f"[{r.iqr_tokens_per_s[0]:.1f}, {r.iqr_tokens_per_s[1]:.1f}] | {r.speedup:.2f}x | {spread} "
+                f"[{r.iqr_tokens_per_s[0]:.1f}, {r.iqr_tokens_per_s[1]:.1f}] | {r.speedup:.2f}x "
+                f"| {r.median_speedup:.2f}x [{r.iqr_speedup[0]:.2f}, {r.iqr_speedup[1]:.2f}] | {spread} "
                 f"| {_cell(r.of_oracle, '.2f')} | {r.tokens_per_target_forward:.2f} "
                 f"| {r.draft_forwards_per_token:.2f} | {_cell(r.acceptance_rate, '.0%')} | {mismatches} |"
             )
@@ -365,10 +395,8 @@ def _ceiling_lines(overall: CompressionSummary, rows: Sequence[MethodSummary]) -
     if overall.best_fixed is not None:
         best = f"`{overall.best_fixed}` ({overall.best_fixed_tokens_per_s:.1f} tok/s)"
         lines.append(f"- best constant γ of our loop: {best}")
-        for r in rows:
-            if r.kind == "speckv" and not r.method.startswith("fixed:"):
-                ratio = r.tokens_per_s / overall.best_fixed_tokens_per_s
-                lines.append(f"- `{r.method}` against it: {ratio:.2f}x")
+        for method, ratio in overall.vs_best_fixed.items():
+            lines.append(f"- `{method}` against it: {ratio['total']:.2f}x (paired median {ratio['paired']:.2f}x)")
     if overall.measured_oracle_tokens_per_s is not None:
         lines.append(f"- oracle, measured through our loop: {overall.measured_oracle_tokens_per_s:.1f} tok/s")
     if overall.modeled_oracle_tokens_per_s is not None:

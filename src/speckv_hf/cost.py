@@ -6,12 +6,16 @@ All timing in the library goes through [`Clock`]; all cost estimates through [`C
 from __future__ import annotations
 
 import copy
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["Clock", "CostModel", "CostSettings"]
+
+_MAX_BUCKET = 32  # verifications of more drafted tokens share one bucket of samples
 
 
 class Clock:
@@ -46,21 +50,22 @@ class CostSettings:
         verify_slope: relative growth of the target's verification time per extra candidate token
             (`T(k) = T(0) * (1 + verify_slope * k)`). When unset it is fitted online.
         prior_verify_slope: slope assumed before enough varied measurements exist.
-        decay: forgetting factor of the online estimates per observation, in (0, 1].
+        window: how many recent samples each estimate is the median of (per drafted-token count for
+            verification).
     """
 
     cost_ratio: float | None = None
     verify_slope: float | None = None
     prior_verify_slope: float = 0.03
-    decay: float = 0.98
+    window: int = 48
 
     def __post_init__(self) -> None:
         if self.cost_ratio is not None and not self.cost_ratio > 0:
             raise ValueError(f"cost_ratio must be > 0 (draft time / target time), got {self.cost_ratio}.")
         if self.verify_slope is not None and self.verify_slope < 0:
             raise ValueError(f"verify_slope must be >= 0, got {self.verify_slope}.")
-        if not 0 < self.decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {self.decay}.")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}.")
 
 
 class CostModel:
@@ -68,7 +73,8 @@ class CostModel:
 
     A step that drafts `k` tokens costs `overhead + k * draft_time + verify_time(k)`, where `verify_time(k)` is the
     target's forward over `k + 1` positions plus transformers' acceptance bookkeeping, modelled as `a + b * k` and
-    fitted by exponentially weighted least squares.
+    fitted by least squares over the median time of each `k`. Every estimate is a median of recent samples, so a
+    single noisy measurement cannot swing a decision.
 
     Args:
         settings: user overrides and fitting parameters.
@@ -76,10 +82,12 @@ class CostModel:
 
     def __init__(self, settings: CostSettings | None = None) -> None:
         self.settings = settings or CostSettings()
-        self._draft_time: float | None = None
-        self._overhead: float | None = None
-        # Exponentially weighted sums for the linear fit: w, w*k, w*k^2, w*t, w*k*t.
-        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+        # Recent samples, so that estimates are medians: one slow forward (a page fault, another process) moves a
+        # median by nothing, where it would move a mean by its whole excess divided by the window.
+        self._draft_samples: deque[float] = deque(maxlen=self.settings.window)
+        self._overhead_samples: deque[float] = deque(maxlen=self.settings.window)
+        self._verify_samples: dict[int, deque[float]] = {}
+        self._estimates: tuple[float, float, float, float] | None = None  # draft, overhead, a, b (cached)
         self.num_verify_samples = 0
         self.num_draft_samples = 0
 
@@ -90,43 +98,43 @@ class CostModel:
     # -- observations -------------------------------------------------------------------------------------------
     def observe_draft(self, seconds: float) -> None:
         """Records the time of one single-token draft forward (signals and policy included)."""
-        self._draft_time = self._ema(self._draft_time, seconds)
+        self._draft_samples.append(seconds)
         self.num_draft_samples += 1
+        self._estimates = None
 
     def observe_verify(self, num_candidates: int, seconds: float) -> None:
         """Records the time of one verification of `num_candidates` drafted tokens."""
-        decay = self.settings.decay
-        k = float(num_candidates)
-        self._sums = [s * decay for s in self._sums]
-        for i, value in enumerate((1.0, k, k * k, seconds, k * seconds)):
-            self._sums[i] += value
+        bucket = min(int(num_candidates), _MAX_BUCKET)
+        samples = self._verify_samples.get(bucket)
+        if samples is None:
+            samples = self._verify_samples[bucket] = deque(maxlen=self.settings.window)
+        samples.append(seconds)
         self.num_verify_samples += 1
+        self._estimates = None
 
     def observe_overhead(self, seconds: float) -> None:
         """Records the time transformers' loop spends between a verification and the next draft."""
-        self._overhead = self._ema(self._overhead, seconds)
+        self._overhead_samples.append(seconds)
+        self._estimates = None
 
-    def _ema(self, old: float | None, new: float) -> float:
-        if old is None:
-            return new
-        alpha = max(1.0 - self.settings.decay, 0.05)
-        return (1 - alpha) * old + alpha * new
+    def _estimate(self) -> tuple[float, float, float, float]:
+        if self._estimates is None:
+            draft = statistics.median(self._draft_samples) if self._draft_samples else 0.0
+            overhead = statistics.median(self._overhead_samples) if self._overhead_samples else 0.0
+            self._estimates = (draft, overhead, *self._fit_verify())
+        return self._estimates
 
-    # -- estimates ----------------------------------------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        """Whether enough was measured for the estimates to mean something."""
-        has_draft = self.settings.cost_ratio is not None or self._draft_time is not None
-        return self.num_verify_samples >= 1 and has_draft
-
-    def verify_coefficients(self) -> tuple[float, float]:
-        """Returns `(a, b)` of `verify_time(k) = a + b * k`, in seconds (0, 0 before any measurement)."""
-        w, wk, wkk, wt, wkt = self._sums
-        if w <= 0:
+    def _fit_verify(self) -> tuple[float, float]:
+        """`(a, b)` of `verify_time(k) = a + b * k`: least squares over the median time of each `k`, weighted by
+        its number of samples."""
+        points = [(k, statistics.median(s), len(s)) for k, s in self._verify_samples.items() if s]
+        if not points:
             return 0.0, 0.0
-        mean_k, mean_t = wk / w, wt / w
-        var_k = wkk / w - mean_k**2
-        if self.settings.verify_slope is not None or var_k < 0.25:
+        w = sum(n for _, _, n in points)
+        mean_k = sum(k * n for k, _, n in points) / w
+        mean_t = sum(t * n for _, t, n in points) / w
+        var_k = sum(n * (k - mean_k) ** 2 for k, _, n in points) / w
+        if self.settings.verify_slope is not None or var_k < 0.25 or len(points) < 2:
             # Too little spread in k to fit a slope: use the user's or the prior relative slope.
             rel = (
                 self.settings.verify_slope
@@ -135,9 +143,20 @@ class CostModel:
             )
             a = mean_t / (1 + rel * mean_k)
             return a, a * rel
-        slope = (wkt / w - mean_k * mean_t) / var_k
+        slope = sum(n * (k - mean_k) * (t - mean_t) for k, t, n in points) / (w * var_k)
         slope = max(slope, 0.0)
         return max(mean_t - slope * mean_k, 1e-9), slope
+
+    # -- estimates ----------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Whether enough was measured for the estimates to mean something."""
+        has_draft = self.settings.cost_ratio is not None or bool(self._draft_samples)
+        return self.num_verify_samples >= 1 and has_draft
+
+    def verify_coefficients(self) -> tuple[float, float]:
+        """Returns `(a, b)` of `verify_time(k) = a + b * k`, in seconds (0, 0 before any measurement)."""
+        return self._estimate()[2:]
 
     def verify_time(self, num_candidates: int) -> float:
         """Estimated verification time for `num_candidates` drafted tokens (seconds)."""
@@ -149,18 +168,18 @@ class CostModel:
         """Estimated time of one draft token (seconds)."""
         if self.settings.cost_ratio is not None:
             return self.settings.cost_ratio * self.verify_coefficients()[0]
-        return self._draft_time or 0.0
+        return self._estimate()[0]
 
     @property
     def overhead(self) -> float:
         """Estimated per-step loop overhead outside draft and verification (seconds)."""
-        return self._overhead or 0.0
+        return self._estimate()[1]
 
     @property
     def cost_ratio(self) -> float | None:
         """Draft forward time over target single-token verification time, or None before measurements."""
         a, _ = self.verify_coefficients()
-        if a <= 0 or (self.settings.cost_ratio is None and self._draft_time is None):
+        if a <= 0 or (self.settings.cost_ratio is None and not self._draft_samples):
             return None
         return self.draft_time / a
 

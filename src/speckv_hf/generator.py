@@ -7,6 +7,7 @@ import inspect
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,7 +16,8 @@ from transformers.generation.candidate_generator import CandidateGenerator
 
 from .compression import detect_compression
 from .cost import Clock, CostModel, CostSettings
-from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome, get_policy
+from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
+from .registry import get_policy
 from .signals import StepSignals, TokenSignals, token_signals
 from .stats import GenerationStats, StepRecord
 
@@ -60,17 +62,19 @@ class SpecKVGenerator(CandidateGenerator):
     sampling keeps the target's distribution.
 
     Args:
-        policy: a policy name (`"adaptive"`, `"confidence"`, `"fixed"`, `"heuristic"`, or `"fixed:K"`) or a
-            [`DraftPolicy`] instance. Defaults to the cost-aware `"adaptive"` policy.
+        policy: a policy name (`"adaptive"`, `"speckv"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"fixed:K"`, or
+            a name registered with `register_policy`) or a [`DraftPolicy`] instance. Defaults to the cost-aware
+            `"adaptive"` policy.
         cost_ratio: draft/target forward-time ratio to assume instead of measuring it.
         verify_slope: relative growth of the target's verification time per candidate token, instead of fitting it.
         record_steps: keep per-step records in the stats (needed for profiling).
         warm_start: start each call with the costs and policy state learned by the previous call on the same
             target/draft pair.
-        plain_fallback: when the previous call on the same pair drafted nothing in at least 90% of its steps (the
-            policy found that speculation does not pay), run the next calls as plain decoding without the draft,
-            which avoids the assisted loop's extra per-step work; every `probe_every`-th call speculates again to
-            re-check. Only for policies that can decide to draft nothing (`adaptive`).
+        plain_fallback: when the policy's evidence, gathered over many steps of this and earlier calls on the same
+            pair, says that speculation does not pay (`DraftPolicy.speculation_pays()` is False), run the next calls
+            as plain decoding without the draft, which avoids the assisted loop's extra per-step work; every
+            `probe_every`-th call speculates again to re-check. Only for policies that can decide to draft nothing
+            (`adaptive`, `speckv`).
         probe_every: see `plain_fallback`.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
@@ -105,6 +109,34 @@ class SpecKVGenerator(CandidateGenerator):
 
     def __repr__(self) -> str:
         return f"SpecKVGenerator(policy={self.policy!r})"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        predictor: str | Path,
+        *,
+        revision: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> SpecKVGenerator:
+        """A generator whose `speckv` policy runs a trained predictor from a local folder or the Hub.
+
+        Args:
+            predictor: a folder written by `speckv train` / `GammaPredictor.save_pretrained`, or a Hub repo id.
+            revision: the Hub revision (branch, tag or commit).
+            policy_kwargs: settings of the [`SpeckvPolicy`] (e.g. `max_tokens`).
+            **kwargs: the generator's settings (`warm_start`, `plain_fallback`, ...).
+
+        Returns:
+            The generator.
+
+        Raises:
+            PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
+            PredictorSchemaError: for a predictor that reads other features.
+        """
+        from .speckv_policy import SpeckvPolicy
+
+        return cls(SpeckvPolicy(predictor=str(predictor), revision=revision, **(policy_kwargs or {})), **kwargs)
 
     # -- results --------------------------------------------------------------------------------------------------
     @property
@@ -220,9 +252,8 @@ class SpecKVGenerator(CandidateGenerator):
         stats.cost_ratio = bound._cost.cost_ratio
         self._local.stats = stats
         if self.warm_start:
-            # Speculation "paid" unless the policy judged, in at least 90% of its steps, that drafting does not.
-            skip_rate = getattr(bound.policy, "skip_rate", None)
-            paid = skip_rate is None or skip_rate < 0.9
+            # Plain decoding only on the policy's evidence-based verdict (many steps, over calls), never on one call.
+            paid = bound.policy.speculation_pays() is not False
             with self._lock:
                 self._warm = _Warm(key=bound._key, cost=bound._cost, policy=bound.policy, speculation_paid=paid)
         return stats
@@ -346,8 +377,7 @@ class SpecKVGenerator(CandidateGenerator):
                     accepted=accepted,
                     tokens_produced=len(appended),
                     signals=StepSignals.from_tokens(self._signals),
-                    confidences=tuple(t.confidence for t in self._signals),
-                    entropies=tuple(t.entropy for t in self._signals),
+                    tokens=tuple(self._signals),
                     draft_seconds=self._draft_seconds,
                     verify_seconds=verify_seconds,
                     overhead_seconds=self._overhead_seconds,

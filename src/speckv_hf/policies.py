@@ -4,26 +4,23 @@ A policy sees the signals of the tokens drafted so far in the step (and the call
 through its context) and answers one question: draft one more token? γ is thereby chosen per step, causally.
 After the target verified the step, the policy observes how many tokens were accepted.
 
-Every policy implements [`DraftPolicy`]; the trained MLP policy of a later release plugs in the same way.
+Every policy implements [`DraftPolicy`]; the cost-aware ones (`adaptive`, `speckv`) live in `speckv_hf.adaptive` and
+`speckv_hf.speckv_policy`, and `speckv_hf.registry` builds any of them from a name.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .calibration import AcceptanceCalibrator
 from .compression import CompressionInfo
 from .cost import CostModel
 from .signals import TokenSignals
 
 __all__ = [
-    "AdaptivePolicy",
     "ConfidencePolicy",
     "DraftPolicy",
     "DraftState",
@@ -31,8 +28,6 @@ __all__ = [
     "HeuristicPolicy",
     "PolicyContext",
     "StepOutcome",
-    "available_policies",
-    "get_policy",
 ]
 
 
@@ -115,6 +110,12 @@ class DraftPolicy(ABC):
 
     def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
         """Learns from a verified step. The default does nothing."""
+
+    def speculation_pays(self) -> bool | None:
+        """Whether the evidence the policy gathered (over this call and the warm-started earlier ones) says that
+        speculation pays on this pair. The generator runs later calls as plain decoding only on False, and only for
+        policies with `can_skip_drafting`. The default has no opinion (None)."""
+        return None
 
     def config(self) -> dict[str, Any]:
         """The policy's settings, for stats and records."""
@@ -256,187 +257,3 @@ class ConfidencePolicy(DraftPolicy):
             "adaptive": self.adaptive,
             "max_tokens": self.max_tokens,
         }
-
-
-@dataclass
-class _Beta:
-    """A decayed Beta estimate of a rate."""
-
-    successes: float = 1.0
-    trials: float = 2.0
-    decay: float = 0.98
-
-    @property
-    def mean(self) -> float:
-        return self.successes / self.trials
-
-    def update(self, success: bool) -> None:
-        self.successes = self.successes * self.decay + float(success)
-        self.trials = self.trials * self.decay + 1.0
-
-
-@dataclass(repr=False, eq=False)
-class AdaptivePolicy(DraftPolicy):
-    """The default: draft while one more token is expected to raise tokens per second (marginal-value rule).
-
-    After `j` drafted tokens with calibrated acceptance probabilities `q_1..q_j`, drafting token `j + 1` adds
-    `q_1 * ... * q_j * q_next` expected tokens for `draft_time + verify_slope` seconds (each `q` calibrated for its
-    draft position). The policy drafts it when
-    that marginal rate beats the throughput the call is achieving, so a slow (e.g. INT8) target, which makes
-    drafting relatively cheap, gets longer drafts, and a draft that is rarely accepted gets none: the step is then a
-    plain target forward. `q` comes from an [`AcceptanceCalibrator`] learned online; `q_next` is the calibrated
-    probability of the last drafted token (confidence is persistent), or the first-token acceptance rate.
-
-    Args:
-        max_tokens: upper bound on γ.
-        warmup_steps: steps run with a confidence rule (threshold 0.4, at most 4 tokens) while the cost model
-            gathers its first measurements.
-        explore_every: while the policy drafts nothing, every `explore_every`-th step still drafts one token so the
-            acceptance estimate stays current (0 disables).
-        recent_decay: per-step decay of the recent-bias correction: calibrated probabilities are scaled by
-            (recent accepts + 1) / (recent predicted accepts + 1), so a passage where the draft does better or
-            worse than its confidence says (code vs prose) moves the estimate within a few steps.
-        min_gain: required relative advantage of the marginal rate over the current throughput (e.g. 0.05 = 5%).
-        calibrator: the confidence-to-acceptance calibrator (a fresh one by default).
-    """
-
-    max_tokens: int = 16
-    warmup_steps: int = 3
-    explore_every: int = 8
-    min_gain: float = 0.0
-    recent_decay: float = 0.7
-    calibrator: AcceptanceCalibrator = field(default_factory=AcceptanceCalibrator)
-    name: ClassVar[str] = "adaptive"
-    can_skip_drafting: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_max_tokens(self.max_tokens)
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
-        if self.explore_every < 0:
-            raise ValueError(f"explore_every must be >= 0, got {self.explore_every}.")
-        if self.min_gain < 0:
-            raise ValueError(f"min_gain must be >= 0, got {self.min_gain}.")
-        if not 0 <= self.recent_decay < 1:
-            raise ValueError(f"recent_decay must be in [0, 1), got {self.recent_decay}.")
-        self._recent_accepted = 0.0
-        self._recent_predicted = 0.0
-        self._first_token = _Beta()
-        self._skipped_steps = 0
-        self._decisions = 0
-        self._steps_seen = 0
-
-    def bind(self, context: PolicyContext) -> None:
-        super().bind(context)
-        self._skipped_steps = 0
-        self._decisions = 0
-
-    @property
-    def skip_rate(self) -> float | None:
-        """Share of this call's steps (after warm-up) where drafting was judged not to pay (exploratory one-token
-        drafts included); None while fewer than 8 steps were judged."""
-        return self._skipped_steps / self._decisions if self._decisions >= 8 else None
-
-    def acceptance(self, token: TokenSignals, position: int | None = None) -> float:
-        """Calibrated probability that a drafted token is accepted (given the draft before it was).
-
-        Args:
-            token: the token's signals.
-            position: the draft position to calibrate for (the token's own by default).
-        """
-        probability = self.calibrator.probability(token.confidence, token.position if position is None else position)
-        bias = (self._recent_accepted + 1.0) / (self._recent_predicted + 1.0)
-        return min(probability * bias, 0.995)
-
-    def should_draft(self, state: DraftState) -> bool:
-        drafted = len(state.tokens)
-        if drafted >= self.max_tokens:
-            return False
-        cost = self.context.cost
-        if self._steps_seen < self.warmup_steps or not cost.ready or not state.throughput:
-            return drafted < 4 and (drafted == 0 or state.tokens[-1].confidence >= 0.4)
-
-        if drafted == 0:
-            self._decisions += 1
-            expected_gain = self._first_token.mean
-        else:
-            # The next token is not drafted yet: its acceptance is estimated from the last token's confidence
-            # (confidence is persistent), calibrated for the next position.
-            next_acceptance = self.acceptance(state.tokens[-1], position=drafted)
-            expected_gain = math.prod(self.acceptance(t) for t in state.tokens) * next_acceptance
-        marginal_rate = expected_gain / max(cost.marginal_time(drafted), 1e-9)
-        worth_it = marginal_rate > state.throughput * (1.0 + self.min_gain)
-        if drafted == 0 and not worth_it:
-            self._skipped_steps += 1
-            if self.explore_every and self._skipped_steps % self.explore_every == 0:
-                return True
-        return worth_it
-
-    def observe(self, outcome: StepOutcome) -> None:
-        self._steps_seen += 1
-        if not outcome.tokens:
-            return
-        self._first_token.update(outcome.num_accepted > 0)
-        self._recent_accepted *= self.recent_decay
-        self._recent_predicted *= self.recent_decay
-        for i, token in enumerate(outcome.tokens[: outcome.num_accepted + 1]):
-            accepted = i < outcome.num_accepted
-            self._recent_predicted += self.calibrator.probability(token.confidence, i)
-            self._recent_accepted += float(accepted)
-            self.calibrator.update(token.confidence, accepted, position=i)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "max_tokens": self.max_tokens,
-            "warmup_steps": self.warmup_steps,
-            "explore_every": self.explore_every,
-            "min_gain": self.min_gain,
-            "recent_decay": self.recent_decay,
-        }
-
-
-_POLICIES: dict[str, Callable[..., DraftPolicy]] = {
-    "adaptive": AdaptivePolicy,
-    "confidence": ConfidencePolicy,
-    "fixed": FixedPolicy,
-    "heuristic": HeuristicPolicy,
-}
-
-
-def available_policies() -> list[str]:
-    """Names accepted by [`get_policy`]."""
-    return sorted(_POLICIES)
-
-
-def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
-    """Builds a policy from its name, or returns a policy object unchanged.
-
-    Args:
-        policy: a policy name (`"adaptive"`, `"confidence"`, `"fixed"`, `"heuristic"`), `"fixed:K"` as a shorthand
-            for `FixedPolicy(K)`, or a `DraftPolicy` instance.
-        **kwargs: settings passed to the policy's constructor.
-
-    Returns:
-        The policy.
-
-    Raises:
-        ValueError: for an unknown name or invalid settings.
-    """
-    if isinstance(policy, DraftPolicy):
-        if kwargs:
-            raise ValueError("policy settings can only be given with a policy name, not with a policy object.")
-        return policy
-    if not isinstance(policy, str):
-        raise TypeError(f"policy must be a name or a DraftPolicy, got {type(policy).__name__}.")
-    name, _, arg = policy.partition(":")
-    if name not in _POLICIES:
-        raise ValueError(f"unknown policy {policy!r}: choose one of {available_policies()} or pass a DraftPolicy.")
-    if arg:
-        if name != "fixed" or not arg.isdigit():
-            raise ValueError(f"bad policy spec {policy!r}: only 'fixed:K' takes an argument, e.g. 'fixed:4'.")
-        kwargs["num_tokens"] = int(arg)
-    try:
-        return _POLICIES[name](**kwargs)
-    except TypeError as error:
-        raise ValueError(f"invalid settings for policy {name!r}: {error}") from None

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .compression import CompressionInfo
-from .signals import StepSignals
+from .signals import StepSignals, TokenSignals
 
 __all__ = ["GenerationStats", "StepRecord"]
 
@@ -25,8 +25,8 @@ class StepRecord:
         accepted: drafted tokens the target accepted.
         tokens_produced: tokens the step appended (accepted + the target's own token; fewer at the length limit).
         signals: aggregates of the draft signals of the step.
-        confidences: per drafted token, the draft's probability of it.
-        entropies: per drafted token, the entropy of the draft distribution (nats).
+        tokens: the signals of every drafted token, in order (confidence, max probability, entropy, margin,
+            position), for records and training.
         draft_seconds: time drafting (draft forwards, signals, policy).
         verify_seconds: time from candidates returned to verification done (target forward and acceptance).
         overhead_seconds: time in transformers' loop between the previous verification and this draft.
@@ -37,8 +37,7 @@ class StepRecord:
     accepted: int
     tokens_produced: int
     signals: StepSignals
-    confidences: tuple[float, ...]
-    entropies: tuple[float, ...]
+    tokens: tuple[TokenSignals, ...]
     draft_seconds: float
     verify_seconds: float
     overhead_seconds: float
@@ -47,6 +46,16 @@ class StepRecord:
     def acceptance_rate(self) -> float:
         """Accepted over drafted tokens (0 when nothing was drafted)."""
         return self.accepted / self.gamma if self.gamma else 0.0
+
+    @property
+    def confidences(self) -> tuple[float, ...]:
+        """Per drafted token, the draft's probability of it."""
+        return tuple(t.confidence for t in self.tokens)
+
+    @property
+    def entropies(self) -> tuple[float, ...]:
+        """Per drafted token, the entropy of the draft distribution (nats)."""
+        return tuple(t.entropy for t in self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dictionary with the paper's column names first."""

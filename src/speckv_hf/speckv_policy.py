@@ -1,0 +1,207 @@
+"""The `speckv` policy: the marginal-value rule with acceptance probabilities from a trained predictor.
+
+A portable [`GammaPredictor`] turns each drafted token's signals (and the call's acceptance so far, the target's
+compression and the measured cost ratio: `speckv_hf.features`) into the probability that the target accepts it.
+A per-pair online correction, learned while generating, rescales those probabilities by bins (`observed accepts /
+predicted accepts`, starting at 1), so a predictor trained on one pair is corrected on another.
+
+One decision evaluates the MLP once for the token just drafted and once for the next position, as one batch of two
+rows, in numpy with preallocated buffers and the feature normalization folded into the first layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .adaptive import MarginalValuePolicy
+from .features import PORTABLE_FEATURES
+from .policies import PolicyContext, StepOutcome
+from .signals import TokenSignals
+
+__all__ = ["DEFAULT_PREDICTOR", "SpeckvPolicy", "default_predictor_path"]
+
+#: Where the package's default predictor (trained on the embedded pair) lives, inside the package.
+DEFAULT_PREDICTOR = "predictors/default"
+_BINS = 10
+_TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin")
+
+
+def default_predictor_path() -> Path:
+    """The folder of the predictor that ships with the package.
+
+    Raises:
+        FileNotFoundError: when the package was installed without it.
+    """
+    path = Path(str(resources.files("speckv_hf").joinpath(DEFAULT_PREDICTOR)))
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no default predictor at {path}: reinstall speckv-hf, or pass SpeckvPolicy(predictor=PATH_OR_REPO)."
+        )
+    return path
+
+
+@dataclass(repr=False, eq=False)
+class SpeckvPolicy(MarginalValuePolicy):
+    """Draft while one more token is expected to raise tokens per second, with a trained acceptance predictor.
+
+    Args:
+        predictor: a portable `GammaPredictor`, or a local folder or Hub id to load one from (strictly, with the
+            portable feature schema); None for the predictor that ships with the package.
+        revision: the Hub revision when `predictor` is a Hub id.
+        max_tokens: upper bound on γ.
+        warmup_steps: see [`MarginalValuePolicy`].
+        explore_every: see [`MarginalValuePolicy`].
+        min_gain: see [`MarginalValuePolicy`].
+        correction_strength: weight, in predicted accepts, of the prior "the predictor is right" in each bin of the
+            online correction (larger: slower to correct).
+        correction_decay: forgetting factor of the online correction per verified token, in (0, 1].
+
+    Raises:
+        ValueError: for a predictor that is not portable or reads other features, or invalid settings.
+    """
+
+    predictor: Any = None
+    revision: str | None = None
+    correction_strength: float = 20.0
+    correction_decay: float = 0.995
+    name: ClassVar[str] = "speckv"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.correction_strength <= 0 or not 0 < self.correction_decay <= 1:
+            raise ValueError("correction_strength must be > 0 and correction_decay in (0, 1].")
+        model, self.source = self._load(self.predictor, self.revision)
+        self.predictor = None  # the numpy copy below is what runs; deep copies per call stay cheap
+        self._weights = _numpy_layers(model)
+        first = self._weights[0][0]
+        index = {name: i for i, name in enumerate(PORTABLE_FEATURES)}
+        self._w_token = np.ascontiguousarray(first[:, [index[c] for c in _TOKEN_COLUMNS]])
+        self._w_position = first[:, index["position"]].copy()
+        call_columns = [i for i, c in enumerate(PORTABLE_FEATURES) if c not in (*_TOKEN_COLUMNS, "position")]
+        self._w_call = np.ascontiguousarray(first[:, call_columns])
+        self._token_x = np.zeros(len(_TOKEN_COLUMNS))
+        self._rows = np.zeros((2, first.shape[0]))
+        self._hidden = [np.zeros((2, w.shape[0])) for w, _ in self._weights[1:]]
+        self._observed = np.full(_BINS, self.correction_strength)
+        self._predicted = np.full(_BINS, self.correction_strength)
+        self._reset_call()
+
+    @staticmethod
+    def _load(predictor: Any, revision: str | None) -> tuple[Any, str]:
+        from .predictor import GammaPredictor
+
+        if isinstance(predictor, GammaPredictor):
+            model, source = predictor, str(predictor.metadata.get("repo_id", "in-memory"))
+        else:
+            path = default_predictor_path() if predictor is None else predictor
+            model = GammaPredictor.from_pretrained(str(path), revision=revision, expected_features=PORTABLE_FEATURES)
+            source = "default" if predictor is None else str(predictor)
+        if model.kind != "portable" or tuple(model.features) != PORTABLE_FEATURES:
+            raise ValueError(
+                f"the speckv policy runs portable predictors reading {list(PORTABLE_FEATURES)}; got a {model.kind!r} "
+                "predictor: train one with `speckv train RECORDS --kind portable`."
+            )
+        return model, source
+
+    def _reset_call(self) -> None:
+        self._prev_fraction = 1.0
+        self._call_drafted = 0
+        self._call_accepted = 0
+        self._step_raw: list[float] = []
+        self._next = 0.5
+        self._call_bias = np.zeros(self._w_call.shape[0])
+
+    def bind(self, context: PolicyContext) -> None:
+        super().bind(context)
+        self._reset_call()
+        self._update_call_features()
+
+    def _update_call_features(self) -> None:
+        """The first layer's contribution of the features that are constant within a step, plus its bias."""
+        compression = self.context.compression
+        ratio = max(self.context.cost.cost_ratio or 0.1, 1e-4)
+        running = self._call_accepted / self._call_drafted if self._call_drafted else 1.0
+        call_x = np.array(
+            [self._prev_fraction, running, compression.bits, float(compression.quantized), ratio, math.log(ratio)]
+        )
+        np.dot(self._w_call, call_x, out=self._call_bias)
+        self._call_bias += self._weights[0][1]
+
+    def _raw(self, token: TokenSignals, position: int) -> tuple[float, float]:
+        """The predictor's probabilities for `token` at `position` and for the next token at `position + 1`."""
+        x = self._token_x
+        x[0], x[1], x[2], x[3] = token.confidence, token.max_prob, token.entropy, token.margin
+        rows = self._rows
+        np.dot(self._w_token, x, out=rows[0])
+        rows[0] += self._call_bias
+        rows[0] += position * self._w_position
+        np.add(rows[0], self._w_position, out=rows[1])
+        activations = rows
+        for (weight, bias), out in zip(self._weights[1:], self._hidden, strict=True):
+            np.maximum(activations, 0.0, out=activations)
+            np.dot(activations, weight.T, out=out)
+            out += bias
+            activations = out
+        here, following = activations[0, 0], activations[1, 0]
+        return 1.0 / (1.0 + math.exp(-here)), 1.0 / (1.0 + math.exp(-following))
+
+    def _corrected(self, probability: float) -> float:
+        b = min(int(probability * _BINS), _BINS - 1)
+        return min(probability * self._observed[b] / self._predicted[b], 0.995)
+
+    def _token_acceptance(self, token: TokenSignals, position: int) -> float:
+        # Called for each drafted token at its own position, then for the next position: one MLP batch serves both.
+        if position == token.position:
+            here, following = self._raw(token, position)
+            self._step_raw.append(here)
+            self._next = following
+            return self._corrected(here)
+        return self._corrected(self._next)
+
+    def should_draft(self, state: Any) -> bool:
+        if not state.tokens:
+            self._step_raw.clear()
+        return super().should_draft(state)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        super().observe(outcome)
+        if not outcome.tokens:
+            return
+        decay = self.correction_decay
+        for i, token in enumerate(outcome.tokens[: outcome.num_accepted + 1]):
+            probability = self._step_raw[i] if i < len(self._step_raw) else self._raw(token, i)[0]
+            b = min(int(probability * _BINS), _BINS - 1)
+            self._observed[b] = self._observed[b] * decay + float(i < outcome.num_accepted)
+            self._predicted[b] = self._predicted[b] * decay + probability
+        self._prev_fraction = outcome.num_accepted / len(outcome.tokens)
+        self._call_drafted += len(outcome.tokens)
+        self._call_accepted += outcome.num_accepted
+        self._update_call_features()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "predictor": self.source,
+            "correction_strength": self.correction_strength,
+            "correction_decay": self.correction_decay,
+        }
+
+
+def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The MLP's linear layers as float64 numpy `(weight, bias)` pairs, the input normalization folded into the
+    first: `W (x - mean) / std + b = (W / std) x + (b - W mean / std)`."""
+    import torch
+
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    layers = [(m.weight.detach().double().numpy().copy(), m.bias.detach().double().numpy().copy()) for m in linears]
+    mean = model.feature_mean.detach().double().numpy()
+    std = model.feature_std.detach().double().numpy()
+    weight, bias = layers[0]
+    layers[0] = (weight / std, bias - (weight / std) @ mean)
+    return layers
