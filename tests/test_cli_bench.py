@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import speckv_hf
 from speckv_hf import bench as bench_module
-from speckv_hf.bench_report import SCHEMA_VERSION, bench_schema
+from speckv_hf.bench_report import SCHEMA_VERSION, bench_schema, markdown_tables, summaries_from_document
 from speckv_hf.cli import app
 from speckv_hf.demo import pair_path
 
@@ -75,6 +75,8 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     assert summary["best_fixed"] in {"fixed:1", "fixed:2"} and summary["modeled_oracle_tokens_per_s"] > 0
     assert summary["failures"] == [] and set(summary["vs_best_fixed"]) == {"adaptive", "oracle"}
     assert "| oracle |" in (out / "r.md").read_text()
+    results, compressions = summaries_from_document(document)  # a run read back renders the same tables
+    assert markdown_tables(results, compressions) == (out / "r.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "accepted_runs.png",
         "gamma_distribution.png",

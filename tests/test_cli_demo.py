@@ -35,7 +35,7 @@ def test_cli_help():
     assert result.exit_code == 0 and "demo" in result.output
 
 
-@pytest.mark.parametrize("policy", ["adaptive", "fixed:6"])
+@pytest.mark.parametrize("policy", ["adaptive", "fixed:6", "speckv"])
 def test_demo_pair_lossless(demo_pair, policy):
     from speckv_hf.demo import load_prompts
 

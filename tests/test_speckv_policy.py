@@ -131,3 +131,12 @@ def test_policy_copies_are_independent():
     twin.bind(PolicyContext(cost=_cost(), compression=INT8))
     policy.observe(StepOutcome(step=0, tokens=[_token(0.9, 0)], num_accepted=0))
     assert not (policy._observed == twin._observed).all()
+
+
+def test_shipped_default_predictor_loads_strictly():
+    from speckv_hf.speckv_policy import default_predictor_path
+
+    predictor = GammaPredictor.from_pretrained(str(default_predictor_path()), expected_features=PORTABLE_FEATURES)
+    assert predictor.kind == "portable" and predictor.metadata["metrics"]
+    assert "AUC" in (default_predictor_path() / "README.md").read_text()
+    assert SpeckvPolicy().config()["predictor"] == "default"

@@ -60,6 +60,18 @@ def test_cost_estimates_are_robust_to_a_noisy_sample():
         CostSettings(window=0)
 
 
+def test_verify_intercept_never_collapses():
+    cost = CostModel()
+    for _ in range(5):  # noisy: the long verifications happen to be fast, the short ones slow
+        cost.observe_verify(1, 0.010)
+        cost.observe_verify(2, 0.030)
+        cost.observe_verify(3, 0.050)
+    cost.observe_draft(0.001)
+    a, b = cost.verify_coefficients()
+    assert a >= 0.005 and b >= 0
+    assert cost.cost_ratio <= 0.2
+
+
 def test_cost_ratio_override():
     cost = CostModel(CostSettings(cost_ratio=0.1))
     cost.observe_verify(0, 0.02)

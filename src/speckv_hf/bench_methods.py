@@ -91,7 +91,9 @@ def _expand(spec: str) -> list[Method]:
     if spec.startswith("hf-"):
         return [_hf_method(spec)]
     try:
-        get_policy(spec)  # validates the spec; each run builds its own policy
+        get_policy(spec)  # validates the spec (and loads a predictor); each run builds its own policy
+    except OSError as error:
+        raise ValueError(f"method {spec!r} cannot be built: {error}") from None
     except ValueError:
         raise ValueError(
             f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, or a SpecKV "

@@ -28,6 +28,7 @@ __all__ = [
     "build_document",
     "machine_info",
     "markdown_tables",
+    "summaries_from_document",
     "summarize",
 ]
 
@@ -340,6 +341,41 @@ def build_document(
         "compressions": [asdict(c) for c in compressions],
     }
     return json.loads(json.dumps(document))  # int keys of histograms become strings, tuples lists
+
+
+def summaries_from_document(document: dict[str, Any]) -> tuple[list[MethodSummary], list[CompressionSummary]]:
+    """Reads the summaries back from a JSON document (e.g. to plot an earlier run again).
+
+    Args:
+        document: what [`build_document`] returned, as loaded from the `--json` file.
+
+    Returns:
+        The method summaries and the compression summaries.
+
+    Raises:
+        ValueError: for a document of another schema version.
+    """
+    if document.get("schema") != "speckv-bench" or document.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"not a speckv bench document of schema version {SCHEMA_VERSION}: rerun speckv bench with this version."
+        )
+
+    def histogram(value: dict[str, int] | None) -> dict[int, int] | None:
+        return None if value is None else {int(k): v for k, v in value.items()}
+
+    results = [
+        MethodSummary(
+            **{
+                **row,
+                "iqr_tokens_per_s": tuple(row["iqr_tokens_per_s"]),
+                "iqr_speedup": tuple(row["iqr_speedup"]),
+                "gamma_histogram": histogram(row["gamma_histogram"]),
+                "accepted_histogram": histogram(row["accepted_histogram"]),
+            }
+        )
+        for row in document["results"]
+    ]
+    return results, [CompressionSummary(**entry) for entry in document["compressions"]]
 
 
 def bench_schema() -> dict[str, Any]:

@@ -85,9 +85,10 @@ class CostModel:
         # Recent samples, so that estimates are medians: one slow forward (a page fault, another process) moves a
         # median by nothing, where it would move a mean by its whole excess divided by the window.
         self._draft_samples: deque[float] = deque(maxlen=self.settings.window)
+        self._first_draft_samples: deque[float] = deque(maxlen=self.settings.window)
         self._overhead_samples: deque[float] = deque(maxlen=self.settings.window)
         self._verify_samples: dict[int, deque[float]] = {}
-        self._estimates: tuple[float, float, float, float] | None = None  # draft, overhead, a, b (cached)
+        self._estimates: tuple[float, float, float, float, float] | None = None  # draft, overhead, a, b, first
         self.num_verify_samples = 0
         self.num_draft_samples = 0
 
@@ -97,9 +98,16 @@ class CostModel:
 
     # -- observations -------------------------------------------------------------------------------------------
     def observe_draft(self, seconds: float) -> None:
-        """Records the time of one single-token draft forward (signals and policy included)."""
+        """Records the time of one more drafted token within a step: its single-token draft forward, signals and
+        policy decision (the marginal cost of drafting one more)."""
         self._draft_samples.append(seconds)
         self.num_draft_samples += 1
+        self._estimates = None
+
+    def observe_first_draft(self, seconds: float) -> None:
+        """Records the time to the first drafted token of a step, which also pays the draft's catch-up forward
+        over the tokens the target added."""
+        self._first_draft_samples.append(seconds)
         self._estimates = None
 
     def observe_verify(self, num_candidates: int, seconds: float) -> None:
@@ -117,11 +125,12 @@ class CostModel:
         self._overhead_samples.append(seconds)
         self._estimates = None
 
-    def _estimate(self) -> tuple[float, float, float, float]:
+    def _estimate(self) -> tuple[float, float, float, float, float]:
         if self._estimates is None:
-            draft = statistics.median(self._draft_samples) if self._draft_samples else 0.0
+            first = statistics.median(self._first_draft_samples) if self._first_draft_samples else None
+            draft = statistics.median(self._draft_samples) if self._draft_samples else (first or 0.0)
             overhead = statistics.median(self._overhead_samples) if self._overhead_samples else 0.0
-            self._estimates = (draft, overhead, *self._fit_verify())
+            self._estimates = (draft, overhead, *self._fit_verify(), draft if first is None else first)
         return self._estimates
 
     def _fit_verify(self) -> tuple[float, float]:
@@ -143,20 +152,26 @@ class CostModel:
             )
             a = mean_t / (1 + rel * mean_k)
             return a, a * rel
-        slope = sum(n * (k - mean_k) * (t - mean_t) for k, t, n in points) / (w * var_k)
-        slope = max(slope, 0.0)
-        return max(mean_t - slope * mean_k, 1e-9), slope
+        slope = max(sum(n * (k - mean_k) * (t - mean_t) for k, t, n in points) / (w * var_k), 0.0)
+        # A verification never costs less than half the fastest median seen: a steep noisy fit cannot drive the
+        # intercept (the target's forward time, the denominator of the cost ratio) to zero.
+        floor = 0.5 * min(t for _, t, _ in points)
+        intercept = mean_t - slope * mean_k
+        if intercept < floor:
+            intercept = floor
+            slope = max((mean_t - intercept) / mean_k, 0.0) if mean_k > 0 else 0.0
+        return intercept, slope
 
     # -- estimates ----------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         """Whether enough was measured for the estimates to mean something."""
-        has_draft = self.settings.cost_ratio is not None or bool(self._draft_samples)
+        has_draft = self.settings.cost_ratio is not None or bool(self._draft_samples or self._first_draft_samples)
         return self.num_verify_samples >= 1 and has_draft
 
     def verify_coefficients(self) -> tuple[float, float]:
         """Returns `(a, b)` of `verify_time(k) = a + b * k`, in seconds (0, 0 before any measurement)."""
-        return self._estimate()[2:]
+        return self._estimate()[2:4]
 
     def verify_time(self, num_candidates: int) -> float:
         """Estimated verification time for `num_candidates` drafted tokens (seconds)."""
@@ -171,6 +186,13 @@ class CostModel:
         return self._estimate()[0]
 
     @property
+    def first_draft_time(self) -> float:
+        """Estimated time to the first draft token of a step (catch-up forward included; seconds)."""
+        if self.settings.cost_ratio is not None:
+            return self.draft_time
+        return self._estimate()[4]
+
+    @property
     def overhead(self) -> float:
         """Estimated per-step loop overhead outside draft and verification (seconds)."""
         return self._estimate()[1]
@@ -179,15 +201,16 @@ class CostModel:
     def cost_ratio(self) -> float | None:
         """Draft forward time over target single-token verification time, or None before measurements."""
         a, _ = self.verify_coefficients()
-        if a <= 0 or (self.settings.cost_ratio is None and not self._draft_samples):
+        if a <= 0 or (self.settings.cost_ratio is None and not (self._draft_samples or self._first_draft_samples)):
             return None
         return self.draft_time / a
 
     def step_time(self, num_candidates: int) -> float:
         """Estimated time of a whole step drafting `num_candidates` tokens (seconds)."""
-        return self.overhead + num_candidates * self.draft_time + self.verify_time(num_candidates)
+        drafting = self.first_draft_time + (num_candidates - 1) * self.draft_time if num_candidates else 0.0
+        return self.overhead + drafting + self.verify_time(num_candidates)
 
     def marginal_time(self, num_candidates: int) -> float:
         """Extra time of drafting token number `num_candidates + 1` of a step (seconds)."""
         _, b = self.verify_coefficients()
-        return self.draft_time + b
+        return (self.first_draft_time if num_candidates == 0 else self.draft_time) + b

@@ -232,6 +232,8 @@ class SpecKVGenerator(CandidateGenerator):
         self._drafted: list[int] = []
         self._signals: list[TokenSignals] = []
         self._draft_seconds = 0.0
+        self._step_started_at = 0.0
+        self._first_token_at = 0.0
         self._returned_at: float | None = None
         self._verified_at: float | None = None
         self._overhead_seconds = 0.0
@@ -249,7 +251,10 @@ class SpecKVGenerator(CandidateGenerator):
             The call's statistics.
         """
         stats = bound.stats_
-        stats.cost_ratio = bound._cost.cost_ratio
+        cost = bound._cost
+        stats.cost_ratio = cost.cost_ratio
+        if stats.cost_ratio is not None:
+            stats.draft_token_seconds, stats.target_seconds = cost.draft_time, cost.verify_coefficients()[0]
         self._local.stats = stats
         if self.warm_start:
             # Plain decoding only on the policy's evidence-based verdict (many steps, over calls), never on one call.
@@ -317,7 +322,7 @@ class SpecKVGenerator(CandidateGenerator):
                 "SpecKVGenerator must be passed to generate() as candidate_generator=..., together with "
                 "assistant_model=...; it is bound to the models when generate() starts."
             )
-        start = self._clock.now()
+        start = self._step_started_at = self._clock.now()
         if self._verified_at is not None:
             self._overhead_seconds = start - self._verified_at
         seq_len = int(input_ids.shape[1])
@@ -351,7 +356,11 @@ class SpecKVGenerator(CandidateGenerator):
         if self._step > 0:  # step 0 carries both prefills: not representative of a step's cost
             cost.observe_verify(gamma, verify_seconds)
             if gamma:
-                cost.observe_draft(self._draft_seconds / gamma)
+                # The first token of a step pays the catch-up forward; each further token only its own forward:
+                # the policy's marginal cost of one more token is the second kind.
+                cost.observe_first_draft(self._first_token_at - self._step_started_at)
+                if gamma > 1:
+                    cost.observe_draft((self._returned_at - self._first_token_at) / (gamma - 1))
             if self._step > 1:
                 cost.observe_overhead(self._overhead_seconds)
             step_seconds = self._draft_seconds + verify_seconds + self._overhead_seconds
@@ -430,6 +439,8 @@ class SpecKVGenerator(CandidateGenerator):
             if self._do_sample:
                 processed_logits.append(logits.float())  # the q that speculative sampling uses = the one sampled
             sequence = torch.cat((sequence, token.view(1, 1)), dim=1)
+            if len(self._drafted) == 1:
+                self._first_token_at = self._clock.now()
             if token_id in self._eos or len(self._drafted) >= budget or not self._ask_policy(budget):
                 break
             logits = self._draft_forward(sequence[:, -1:].to(self._draft_device), start=sequence.shape[1] - 1)

@@ -18,7 +18,7 @@ import torch
 
 from .compression import COMPRESSIONS, quantization_config
 
-__all__ = ["LoadedPair", "default_device", "load_pair_for", "quiet_transformers"]
+__all__ = ["LoadedPair", "check_compressions", "default_device", "load_pair_for", "quiet_transformers"]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -76,6 +76,25 @@ def quiet_transformers() -> Iterator[None]:
             enable_progress_bars()
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def check_compressions(names: list[str]) -> None:
+    """Checks compression names and that their backends import, before any model loads.
+
+    Args:
+        names: compression names.
+
+    Raises:
+        ValueError: for no name or an unknown one.
+        ImportError: when a backend is missing (the message names the extra to install).
+    """
+    if not names:
+        raise ValueError("no compression given: pass at least one, e.g. --compression fp32.")
+    for name in names:
+        if name not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {name!r}: choose from {', '.join(COMPRESSIONS)}.")
+        with quiet_transformers():  # importing a backend can log warnings about optional kernels
+            quantization_config(name)
 
 
 def load_pair_for(

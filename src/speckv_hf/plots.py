@@ -10,6 +10,7 @@ from .bench_report import CompressionSummary, MethodSummary
 
 __all__ = ["bench_plots"]
 
+_MAX_SHOWN = 20
 _COLORS = {"target": "grey", "hf": "tab:orange", "speckv": "tab:blue", "oracle": "tab:green"}
 
 
@@ -31,8 +32,9 @@ def bench_plots(
 
     - `tokens_per_s.png`: tokens per second by method, one panel per compression, with the measured and the
       modeled oracle as lines and the interquartile range over calls as error bars;
-    - `gamma_distribution.png`: share of steps by drafted tokens γ, per method (SpecKV policies and the oracle);
-    - `accepted_runs.png`: share of steps by accepted run length, per method.
+    - `gamma_distribution.png`: share of steps by drafted tokens γ (up to 20), for the SpecKV policies, the best
+      constant γ and the oracle;
+    - `accepted_runs.png`: share of steps by accepted run length, for the same methods.
 
     Args:
         results: every method summary.
@@ -84,15 +86,17 @@ def bench_plots(
         for ax, overall in zip(axes[:, 0], compressions, strict=True):
             for r in results:
                 histogram = getattr(r, attribute)
-                if r.compression != overall.compression or not histogram:
+                # A constant γ is a spike: only the best one is drawn, next to the policies and the oracle.
+                shown = not r.method.startswith("fixed:") or r.method == overall.best_fixed
+                if r.compression != overall.compression or not histogram or not shown:
                     continue
                 total = sum(histogram.values())
-                keys = sorted(histogram)
+                keys = [k for k in sorted(histogram) if k <= _MAX_SHOWN]
                 ax.plot(keys, [histogram[k] / total for k in keys], marker="o", ms=3, label=r.method)
-            ax.set_xlabel(label)
+            ax.set_xlabel(f"{label} (up to {_MAX_SHOWN})")
             ax.set_ylabel("share of steps")
             ax.set_title(overall.compression, fontsize=10)
-            ax.legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(out / filename)
         fig.savefig(paths[-1], dpi=110)

@@ -29,89 +29,11 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .features import FEATURE_SCHEMA_VERSION, FeatureSchema
+from .predictor_card import MODEL_CARD_TEMPLATE, card_context
 
 __all__ = ["PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
 
 PREDICTOR_KINDS = ("portable", "pair")
-
-_CARD_METADATA_KEYS = ("pair", "compressions", "metrics", "command", "repo_id")
-
-# Jinja, rendered by `ModelCard.from_template` with the values of `_card_context` and the mixin's URLs.
-_MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# speckv-hf acceptance predictor ({{ kind }})
-
-A [speckv-hf]({{ repo_url }}) `GammaPredictor`: for each token a draft model proposes, the probability that the
-target accepts it, from what is known before verification. speckv-hf uses it to choose how many tokens to draft
-in transformers' assisted generation ([docs]({{ docs_url }})).
-
-## Usage
-
-```python
-from speckv_hf import SpecKVGenerator
-
-generator = SpecKVGenerator.from_pretrained("{{ repo_id }}")
-outputs = target.generate(**inputs, assistant_model=draft, candidate_generator=generator, max_new_tokens=128)
-```
-
-## Predictor
-
-- Kind: `{{ kind }}`{% if hidden_state_dim %} (plus the draft's hidden state, width {{ hidden_state_dim }}){% endif %}
-- Feature schema version: {{ schema_version }}
-- Hidden sizes: {{ hidden_sizes }}
-- Features, in input order:
-{% for name in features %}  {{ loop.index }}. `{{ name }}`
-{% endfor %}
-{%- if training %}
-## Training
-{% for label, value in training %}
-- {{ label }}: {{ value }}
-{%- endfor %}
-{% endif %}
-{%- if metrics %}
-## Metrics
-
-| Metric | Value |
-|---|---|
-{% for name, value in metrics.items() %}| {{ name }} | {{ value }} |
-{% endfor %}
-{%- endif %}
-{%- if other_metadata %}
-## Other metadata
-
-```json
-{{ other_metadata | tojson(indent=2) }}
-```
-{% endif %}"""
-
-
-def _card_context(predictor: GammaPredictor) -> dict[str, Any]:
-    """The values `_MODEL_CARD_TEMPLATE` renders for `predictor`, from its config and metadata."""
-    metadata = predictor.metadata
-    pair, compressions, command = (metadata.get(key) for key in ("pair", "compressions", "command"))
-    if isinstance(pair, dict):
-        pair = ", ".join(f"{role} `{name}`" for role, name in pair.items())
-    if isinstance(compressions, list):
-        compressions = ", ".join(f"`{compression}`" for compression in compressions)
-    training = [("Pair", pair), ("Compressions", compressions), ("Command", command and f"`{command}`")]
-    metrics = metadata.get("metrics")
-    return {
-        "repo_id": metadata.get("repo_id", "<repo_id>"),
-        "kind": predictor.kind,
-        "schema_version": predictor.schema_version,
-        "features": list(predictor.features),
-        "hidden_sizes": list(predictor.hidden_sizes),
-        "hidden_state_dim": predictor.hidden_state_dim,
-        "training": [(label, value) for label, value in training if value],
-        "metrics": metrics if isinstance(metrics, dict) else {},
-        "other_metadata": {
-            key: value
-            for key, value in metadata.items()
-            if key not in _CARD_METADATA_KEYS or (key == "metrics" and not isinstance(value, dict))
-        },
-    }
 
 
 class PredictorLoadError(ValueError):
@@ -125,7 +47,7 @@ class GammaPredictor(
     tags=["speckv", "speculative-decoding"],
     repo_url="https://github.com/speckv-hf/speckv-hf",
     docs_url="https://github.com/speckv-hf/speckv-hf/tree/main/docs",
-    model_card_template=_MODEL_CARD_TEMPLATE,
+    model_card_template=MODEL_CARD_TEMPLATE,
 ):
     """Probability that a drafted token is accepted by the target.
 
@@ -312,7 +234,7 @@ class GammaPredictor(
         Returns:
             The generated `ModelCard`.
         """
-        return super().generate_model_card(*args, **{**_card_context(self), **kwargs})
+        return super().generate_model_card(*args, **{**card_context(self), **kwargs})
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
         """Pushes the predictor to the Hub (see `PyTorchModelHubMixin.push_to_hub`); the card names `repo_id`.

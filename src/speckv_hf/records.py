@@ -141,12 +141,11 @@ class CallContext:
 def call_timings(stats: GenerationStats) -> tuple[float | None, float | None, float | None]:
     """The call's draft time per token, target verification time and their ratio.
 
-    Step 0 is left out when later steps exist (it carries both prefills). `draft_ms` is the median over steps of
-    draft seconds per drafted token. When the generator measured a cost ratio (`stats.cost_ratio`, the estimate its
-    policy used), `cost_ratio` is that value and `target_ms = draft_ms / cost_ratio`, the single-token verification
-    time it implies, so the three columns always agree. Otherwise `target_ms` is the median verification time of
-    the steps that drafted nothing (of all steps when none did: an upper bound, as those verify several tokens) and
-    `cost_ratio = draft_ms / target_ms`.
+    When the generator measured its costs, these are its cost model's estimates at the end of the call (the time of
+    one more drafted token and the single-token verification time, whose ratio its policy used; medians of the
+    call's samples). Otherwise, from the steps (step 0 left out when later steps exist, as it carries both
+    prefills): `draft_ms` is the median draft seconds per drafted token, `target_ms` the median verification time
+    of the steps that drafted nothing (of all steps when none did: an upper bound), and their ratio.
 
     Args:
         stats: the call's stats, with per-step records.
@@ -154,18 +153,15 @@ def call_timings(stats: GenerationStats) -> tuple[float | None, float | None, fl
     Returns:
         `(draft_ms, target_ms, cost_ratio)` in milliseconds, milliseconds and a plain ratio; None where unmeasured.
     """
+    to_ms = lambda seconds: None if seconds is None else seconds * 1e3  # noqa: E731
+    if stats.cost_ratio is not None and stats.draft_token_seconds and stats.target_seconds:
+        return to_ms(stats.draft_token_seconds), to_ms(stats.target_seconds), stats.cost_ratio
     steps = [s for s in stats.steps if s.step > 0] or list(stats.steps)
     per_token = [s.draft_seconds / s.gamma for s in steps if s.gamma]
     draft_s = statistics.median(per_token) if per_token else None
-    ratio = stats.cost_ratio if stats.cost_ratio is not None and stats.cost_ratio > 0 else None
-    if ratio is not None and draft_s is not None:
-        target_s = draft_s / ratio
-    else:
-        verify = [s.verify_seconds for s in steps if s.gamma == 0] or [s.verify_seconds for s in steps]
-        target_s = statistics.median(verify) if verify else None
-        if ratio is None and draft_s is not None and target_s:
-            ratio = draft_s / target_s
-    to_ms = lambda seconds: None if seconds is None else seconds * 1e3  # noqa: E731
+    verify = [s.verify_seconds for s in steps if s.gamma == 0] or [s.verify_seconds for s in steps]
+    target_s = statistics.median(verify) if verify else None
+    ratio = draft_s / target_s if draft_s is not None and target_s else None
     return to_ms(draft_s), to_ms(target_s), ratio
 
 

@@ -97,7 +97,12 @@ class GenerationStats:
         policy_seconds: the part of `draft_seconds` spent in the policy.
         verify_seconds: time in the target's verification (forward, logits processing, acceptance).
         overhead_seconds: time in transformers' loop between steps.
-        cost_ratio: measured draft/target forward-time ratio at the end of the call (None if unmeasured).
+        cost_ratio: measured draft/target forward-time ratio at the end of the call (None if unmeasured): one more
+            drafted token's time over the target's single-token verification time.
+        draft_token_seconds: the cost model's time of one more drafted token at the end of the call (None if
+            unmeasured).
+        target_seconds: the cost model's single-token verification time at the end of the call (None if
+            unmeasured).
         steps: per-step records (kept when the generator's `record_steps` is True).
         plain_decoding: True when the call ran without the draft, because earlier calls on the same pair found
             that speculation does not pay (see `SpecKVGenerator(plain_fallback=...)`).
@@ -118,6 +123,8 @@ class GenerationStats:
     verify_seconds: float = 0.0
     overhead_seconds: float = 0.0
     cost_ratio: float | None = None
+    draft_token_seconds: float | None = None
+    target_seconds: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
     plain_decoding: bool = False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, demo
+from . import bench, demo, profile, train
 
 app = typer.Typer(
     name="speckv",
@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)
+app.command("profile")(profile.profile)
+app.command("train")(train.train)
 
 
 def _print_version(value: bool) -> None:

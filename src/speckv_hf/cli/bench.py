@@ -56,22 +56,15 @@ def bench(
     if target is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
     from ..bench_methods import parse_methods
-    from ..compression import COMPRESSIONS, quantization_config
-    from ..models import quiet_transformers
+    from ..models import check_compressions
     from ..prompts import PromptsFileError, demo_prompts, read_prompts_jsonl
 
     # Every check before any model loads.
     compressions = split_list(compression)
-    for name in compressions:
-        if name not in COMPRESSIONS:
-            fail(f"unknown compression {name!r}: choose from {', '.join(COMPRESSIONS)}.")
-        try:
-            with quiet_transformers():  # importing a backend can log warnings about optional kernels
-                quantization_config(name)
-        except ImportError as error:
-            fail(str(error))
-    if not compressions:
-        fail("--compression is empty: give at least one, e.g. --compression fp32.")
+    try:
+        check_compressions(compressions)
+    except (ValueError, ImportError) as error:
+        fail(str(error))
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
     method_specs = split_list(methods)
