@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import pytest
@@ -259,3 +260,9 @@ def test_model_default_cache_implementation_is_not_the_callers(llama_pairs):
             )
     finally:
         target.generation_config.cache_implementation = saved
+
+
+def test_cache_kwarg_follows_the_forward_signature(llama_pairs):
+    _, draft = llama_pairs["llama-noisy"]
+    expected = "cache" if "cache" in inspect.signature(draft.forward).parameters else "past_key_values"
+    assert hook.cache_kwarg(draft) == expected

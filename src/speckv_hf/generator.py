@@ -181,7 +181,7 @@ class SpecKVGenerator(CandidateGenerator):
         Returns:
             The bound generator that transformers' assisted loop drives.
         """
-        from .hook import validate_pair  # the hook owns the checks on models and inputs
+        from .hook import cache_kwarg, validate_pair  # the hook owns the checks on models and versions
 
         validate_pair(target, draft, input_ids)
         with self._lock:
@@ -203,6 +203,7 @@ class SpecKVGenerator(CandidateGenerator):
         bound._eos = set([eos] if isinstance(eos, int) else list(eos or []))
         bound._logits_processor = logits_processor if logits_processor is not None and len(logits_processor) else None
         bound._keep_logits = "logits_to_keep" in inspect.signature(draft.forward).parameters
+        bound._cache_kwarg = cache_kwarg(draft)
         bound._clock = Clock(bound._draft_device, _model_device(target))
         bound._cost = warm.cost.copy() if use_warm else CostModel()
         bound._cost.settings = copy.copy(self.cost_settings)  # the user's current settings win over the warm ones
@@ -475,7 +476,7 @@ class SpecKVGenerator(CandidateGenerator):
             # Full-attention layers, as transformers builds for its own assistant: sliding-window layers cannot be
             # cropped back once the window is reached on transformers 4.57.
             self._cache = DynamicCache()
-        kwargs: dict[str, Any] = {"input_ids": new_ids, "past_key_values": self._cache, "use_cache": True}
+        kwargs: dict[str, Any] = {"input_ids": new_ids, self._cache_kwarg: self._cache, "use_cache": True}
         if self._keep_logits and new_ids.shape[1] > 1:
             # Only for multi-token feeds: for one token, slicing the hidden states makes the LM head slower
             # (measured on CPU: 1.40 ms vs 0.79 ms per draft forward of the demo pair).

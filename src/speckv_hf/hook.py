@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_TRANSFORMERS",
     "MIN_TRANSFORMERS",
+    "cache_kwarg",
     "check_transformers_version",
     "install",
     "is_installed",
@@ -78,6 +79,19 @@ def check_transformers_version(version: str | None = None) -> Version:
         if not callable(getattr(GenerationMixin, name, None)):
             raise ImportError(f"transformers {parsed} has no GenerationMixin.{name}; speckv-hf cannot hook into it.")
     return parsed
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name under which `model.forward` takes a KV cache: `cache` where transformers renamed it (5.x releases
+    that deprecate `past_key_values`), `past_key_values` before.
+
+    Args:
+        model: a transformers model.
+
+    Returns:
+        The keyword argument name.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def is_installed() -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .cost import Clock
+from .hook import cache_kwarg
 from .oracle import ForwardCosts
 
 __all__ = [
@@ -157,7 +158,7 @@ def measure_target_forwards(
         samples = []
         for _ in range(repeats):
             start = clock.now()
-            model(input_ids=new, past_key_values=cache, use_cache=True)
+            model(input_ids=new, use_cache=True, **{cache_kwarg(model): cache})
             samples.append(clock.now() - start)
             cache.crop(-(k + 1))  # negative: remove what was added (transformers 4.x and 5.x)
         times[k] = statistics.median(samples)

@@ -34,6 +34,7 @@ from .predictor_card import MODEL_CARD_TEMPLATE, card_context
 __all__ = ["PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
 
 PREDICTOR_KINDS = ("portable", "pair")
+_DOWNLOAD_KWARGS = ("proxies", "resume_download")
 
 
 class PredictorLoadError(ValueError):
@@ -290,6 +291,10 @@ class GammaPredictor(
                 f"computes version {FEATURE_SCHEMA_VERSION}: retrain the predictor with this speckv-hf "
                 f"(speckv train), or upgrade speckv-hf to a release that computes version {config['schema_version']}"
             )
+        # Older huggingface_hub releases (the ones transformers 4.57 pins) also pass download settings here.
+        download_kwargs = {key: model_kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in model_kwargs}
+        download_kwargs = {key: value for key, value in download_kwargs.items() if value is not None}
+        download_kwargs.pop("resume_download", None)  # deprecated: downloads always resume
         try:
             model = cls(**model_kwargs)
         except (TypeError, ValueError) as error:
@@ -307,6 +312,7 @@ class GammaPredictor(
             force_download=force_download,
             local_files_only=local_files_only,
             token=token,
+            **download_kwargs,
         )
         try:
             state_dict = safetensors.torch.load_file(weights_file, device="cpu")
