@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .atomic import TMP_SUFFIX as _TMP_SUFFIX
+from .atomic import atomic_write
 
 if TYPE_CHECKING:
     from .stats import GenerationStats
@@ -293,46 +294,6 @@ def write_shard(table: pa.Table, path: str | Path) -> None:
         path: the shard's final path.
     """
     atomic_write(path, lambda stream: pq.write_table(table, stream))
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Writes a file so that readers see the old content or the new one, never a partial file.
-
-    `write` fills a temporary file in the same folder (`.NAME.RANDOM.tmp`), which is flushed to disk and renamed
-    over `path`; the folder is synced so the rename survives a crash.
-
-    Args:
-        path: the final path.
-        write: called with the temporary file, opened for binary writing.
-    """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # folders cannot be opened on some platforms (Windows): the rename is all we can do
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def records_folders(root: str | Path) -> tuple[Path, Path]:

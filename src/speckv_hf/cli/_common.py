@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,15 +21,7 @@ def split_list(value: str) -> list[str]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a file so that readers see the old or the new content, never a partial one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Writes a text file atomically (see `speckv_hf.atomic`)."""
+    from ..atomic import atomic_write_text as write
+
+    write(path, text)
