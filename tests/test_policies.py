@@ -170,7 +170,7 @@ def test_invalid_policy_settings(spec, kwargs, match):
 
 
 def test_get_policy_by_name():
-    assert available_policies() == ["adaptive", "confidence", "fixed", "heuristic", "speckv"]
+    assert available_policies() == ["adaptive", "confidence", "fixed", "heuristic", "speckv", "speckv-paper"]
     assert get_policy("fixed:6").num_tokens == 6
     policy = FixedPolicy(2)
     assert get_policy(policy) is policy

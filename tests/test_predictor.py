@@ -26,6 +26,7 @@ from speckv_hf.features import (
 from speckv_hf.predictor import GammaPredictor, PredictorLoadError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+N = len(PORTABLE_FEATURES)
 METADATA = {
     "pair": {"draft": "org/draft-68m", "target": "org/target-7b"},
     "compressions": ["fp16", "bnb-int8"],
@@ -39,7 +40,7 @@ def randomized(predictor: GammaPredictor, seed: int = 0) -> GammaPredictor:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in predictor.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))  # 0.3: no saturation
     num_features = len(predictor.features)
     predictor.set_normalization(
         torch.randn(num_features, generator=generator), torch.rand(num_features, generator=generator) + 0.5
@@ -85,10 +86,14 @@ def test_forward_and_predict_proba_shapes_and_range() -> None:
 @pytest.mark.parametrize(
     ("features", "hidden_states", "message"),
     [
-        (torch.zeros(11), None, "features.unsqueeze(0)"),
-        (torch.zeros(2, 10), None, "must have shape (batch, 11), one column per feature in the order ['confidence',"),
-        (torch.zeros(2, 11, 1), None, "got (2, 11, 1)"),
-        (torch.zeros(2, 11), torch.zeros(2, 4), "reads no hidden_states"),
+        (torch.zeros(N), None, "features.unsqueeze(0)"),
+        (
+            torch.zeros(2, 10),
+            None,
+            f"must have shape (batch, {N}), one column per feature in the order ['confidence',",
+        ),
+        (torch.zeros(2, N, 1), None, f"got (2, {N}, 1)"),
+        (torch.zeros(2, N), torch.zeros(2, 4), "reads no hidden_states"),
     ],
 )
 def test_forward_shape_errors_are_clear(features, hidden_states, message) -> None:
@@ -122,7 +127,7 @@ def test_pair_requires_and_uses_hidden_states() -> None:
         ({"features": ["a"], "kind": "oracle"}, "kind must be one of ['portable', 'pair']"),
         ({"features": ["a"], "kind": "pair"}, "pass hidden_state_dim="),
         ({"features": ["a"], "hidden_state_dim": 8}, "use kind='pair'"),
-        ({"features": ["a"], "schema_version": 2}, "leave it at its default"),
+        ({"features": ["a"], "schema_version": FEATURE_SCHEMA_VERSION + 1}, "leave it at its default"),
         ({"features": ["a"], "metadata": {"when": object()}}, "JSON-serializable"),
         ({"features": ["a"], "metadata": {"auc": float("nan")}}, "JSON-serializable"),
     ],
@@ -291,9 +296,9 @@ def test_feature_schema_names_every_difference() -> None:
 def test_wrong_tensor_shape_names_tensor_and_both_shapes(saved) -> None:
     predictor, path = saved
     state = {key: value.clone() for key, value in predictor.state_dict().items()}
-    state["mlp.0.weight"] = torch.zeros(5, 11)
+    state["mlp.0.weight"] = torch.zeros(5, N)
     save_file(state, str(path / "model.safetensors"))
-    with pytest.raises(PredictorLoadError, match=r"mlp.0.weight has shape \(5, 11\).*expects \(8, 11\)"):
+    with pytest.raises(PredictorLoadError, match=rf"mlp.0.weight has shape \(5, {N}\).*expects \(8, {N}\)"):
         GammaPredictor.from_pretrained(path)
 
 
@@ -357,8 +362,9 @@ def test_round_trip_reproduces_outputs(num_features, hidden_sizes, hidden_state_
 
 
 def test_token_features_follow_the_schema_order():
-    row = token_features(0.9, 0.95, 0.3, 0.8, 2, 0.5, 0.7, 4, True, 0.25)
+    row = token_features(0.9, 0.95, 0.3, 0.8, True, False, 2, 0.5, 0.7, 4, True, 0.25)
     assert len(row) == len(PORTABLE_FEATURES)
     named = dict(zip(PORTABLE_FEATURES, row, strict=True))
     assert named["confidence"] == 0.9 and named["position"] == 2.0 and named["quantized"] == 1.0
+    assert named["ngram_found"] == 1.0 and named["ngram_agrees"] == 0.0
     assert named["log_cost_ratio"] == pytest.approx(-1.3862943611)

@@ -22,7 +22,9 @@ INT8 = CompressionInfo(method="bnb-int8", dtype="fp32", bits=8)
 def _predictor(seed: int = 0, confidence_weight: float = 6.0) -> GammaPredictor:
     """A predictor whose acceptance grows with confidence (first layer tilted towards it), plus random weights."""
     predictor = GammaPredictor(list(PORTABLE_FEATURES), hidden_sizes=[16, 8], init_seed=seed)
-    predictor.set_normalization(torch.linspace(0.1, 1.0, len(PORTABLE_FEATURES)), torch.full((11,), 0.7))
+    predictor.set_normalization(
+        torch.linspace(0.1, 1.0, len(PORTABLE_FEATURES)), torch.full((len(PORTABLE_FEATURES),), 0.7)
+    )
     with torch.no_grad():
         first = predictor.mlp[0]
         first.weight[:, 0] = confidence_weight * first.weight[:, 0].abs()
@@ -49,8 +51,10 @@ def _cost(ratio: float = 0.1) -> CostModel:
     return cost
 
 
-def _token(confidence: float, position: int) -> TokenSignals:
-    return TokenSignals(confidence, min(confidence + 0.05, 1.0), 1.0 - confidence, confidence / 2, position)
+def _token(confidence: float, position: int, ngram_found: bool = True, ngram_agrees: bool = False) -> TokenSignals:
+    return TokenSignals(
+        confidence, min(confidence + 0.05, 1.0), 1.0 - confidence, confidence / 2, position, ngram_found, ngram_agrees
+    )
 
 
 def test_numpy_mlp_equals_the_torch_predictor():
@@ -59,12 +63,23 @@ def test_numpy_mlp_equals_the_torch_predictor():
     cost = _cost(0.2)
     policy.bind(PolicyContext(cost=cost, compression=INT8))
     policy.observe(StepOutcome(step=0, tokens=[_token(0.9, 0), _token(0.5, 1)], num_accepted=1))
-    for confidence, position in ((0.95, 0), (0.4, 3), (0.7, 7)):
-        token = _token(confidence, position)
+    for confidence, position, agrees in ((0.95, 0, True), (0.4, 3, False), (0.7, 7, True)):
+        token = _token(confidence, position, ngram_agrees=agrees)
         here, following = policy._raw(token, position)
         rows = [
             token_features(
-                token.confidence, token.max_prob, token.entropy, token.margin, p, 0.5, 0.5, 8, True, cost.cost_ratio
+                token.confidence,
+                token.max_prob,
+                token.entropy,
+                token.margin,
+                token.ngram_found,
+                token.ngram_agrees,
+                p,
+                0.5,
+                0.5,
+                8,
+                True,
+                cost.cost_ratio,
             )
             for p in (position, position + 1)
         ]

@@ -74,6 +74,8 @@ def write_records(
                         "max_prob": max(confidence, float(rng.uniform(0.3, 1.0))),
                         "entropy": float(rng.exponential(1.0)),
                         "margin": float(rng.uniform(0.0, confidence)),
+                        "ngram_found": bool(position % 2),
+                        "ngram_agrees": bool(position % 4 == 1),
                         "prev_accepted_fraction": prev_fraction,
                         "running_acceptance": running,
                         "accepted": bool(ok),

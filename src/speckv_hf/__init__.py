@@ -9,10 +9,11 @@ from .adaptive import AdaptivePolicy, MarginalValuePolicy
 from .calibration import AcceptanceCalibrator
 from .compression import CompressionInfo, detect_compression, quantization_config
 from .cost import Clock, CostModel, CostSettings
-from .features import PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
+from .features import PAPER_FEATURES, PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
 from .generator import SpecKVGenerator
 from .hook import install, is_installed, speckv_generate, uninstall
 from .oracle import OraclePolicy
+from .paper_policy import PaperPolicy
 from .policies import (
     ConfidencePolicy,
     DraftPolicy,
@@ -31,6 +32,7 @@ from .stats import GenerationStats, StepRecord
 install()
 
 __all__ = [
+    "PAPER_FEATURES",
     "PORTABLE_FEATURES",
     "AcceptanceCalibrator",
     "AdaptivePolicy",
@@ -48,6 +50,7 @@ __all__ = [
     "HeuristicPolicy",
     "MarginalValuePolicy",
     "OraclePolicy",
+    "PaperPolicy",
     "PolicyContext",
     "PredictorLoadError",
     "PredictorSchemaError",

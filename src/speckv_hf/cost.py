@@ -16,6 +16,9 @@ import torch
 __all__ = ["Clock", "CostModel", "CostSettings"]
 
 _MAX_BUCKET = 32  # verifications of more drafted tokens share one bucket of samples
+_STEP_WINDOW = 256  # steps behind the long-run throughput: a few calls' worth
+_MIN_STEPS = 16  # steps before the long-run throughput is trusted
+_STEP_CLIP = 3.0  # a step counts for at most this many times the median step's seconds
 
 
 class Clock:
@@ -88,6 +91,8 @@ class CostModel:
         self._first_draft_samples: deque[float] = deque(maxlen=self.settings.window)
         self._overhead_samples: deque[float] = deque(maxlen=self.settings.window)
         self._verify_samples: dict[int, deque[float]] = {}
+        self._steps: deque[tuple[int, float]] = deque(maxlen=_STEP_WINDOW)
+        self._throughput: float | None = None
         self._estimates: tuple[float, float, float, float, float] | None = None  # draft, overhead, a, b, first
         self.num_verify_samples = 0
         self.num_draft_samples = 0
@@ -124,6 +129,22 @@ class CostModel:
         """Records the time transformers' loop spends between a verification and the next draft."""
         self._overhead_samples.append(seconds)
         self._estimates = None
+
+    def observe_step(self, tokens: int, seconds: float) -> None:
+        """Records a whole step: the tokens it added to the sequence and its wall-clock seconds (draft,
+        verification and the loop around them)."""
+        self._steps.append((int(tokens), float(seconds)))
+        self._throughput = None
+
+    @property
+    def throughput(self) -> float | None:
+        """Tokens per second over the last 256 steps (of this call and the warm-started ones), each step's seconds
+        clipped at 3x the median step's so that one stalled step moves it little; None before 16 steps."""
+        if self._throughput is None and len(self._steps) >= _MIN_STEPS:
+            cap = _STEP_CLIP * statistics.median(seconds for _, seconds in self._steps)
+            seconds = sum(min(s, cap) for _, s in self._steps)
+            self._throughput = sum(t for t, _ in self._steps) / seconds if seconds > 0 else None
+        return self._throughput
 
     def _estimate(self) -> tuple[float, float, float, float, float]:
         if self._estimates is None:

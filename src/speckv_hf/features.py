@@ -10,6 +10,8 @@ one row per drafted token, in this order) are:
 - `max_prob`: largest probability of that distribution.
 - `entropy`: entropy of that distribution, in nats.
 - `margin`: difference between its two largest probabilities.
+- `ngram_found`: 1.0 when the two tokens before this one occurred earlier in the sequence (`speckv_hf.context`).
+- `ngram_agrees`: 1.0 when the token that followed them then is the drafted token.
 - `position`: 0-based position of the token in the current draft.
 - `prev_accepted_fraction`: accepted / drafted tokens of the previous step of the call (1.0 before any step).
 - `running_acceptance`: acceptance rate of the call so far (accepted / drafted over all previous steps).
@@ -22,6 +24,11 @@ The first four describe the draft's distribution at the position of the token wh
 A `pair` predictor also reads the draft's last hidden state at that position (width `hidden_state_dim`); it only
 transfers to the draft it was trained with.
 
+The SpecKV paper's predictor (`kind="paper"`, arXiv 2605.02888) reads other features, one row per *step*, in
+`PAPER_FEATURES` order: `mean_draft_entropy` and `max_draft_entropy` (in **bits**) and `mean_draft_confidence` and
+`min_draft_confidence` over the step's drafted tokens, `comp_enc` (the target's compression: fp16 0, int8 1,
+nf4 2) and `gamma` (tokens drafted in the step). Their meaning is the paper's, versioned by `PAPER_SCHEMA_VERSION`;
+`speckv_hf.predictor_paper` computes them.
 """
 
 from __future__ import annotations
@@ -31,20 +38,25 @@ from dataclasses import dataclass
 
 __all__ = [
     "FEATURE_SCHEMA_VERSION",
+    "PAPER_FEATURES",
+    "PAPER_SCHEMA_VERSION",
     "PORTABLE_FEATURES",
     "FeatureSchema",
     "PredictorSchemaError",
     "token_features",
 ]
 
-FEATURE_SCHEMA_VERSION = 1
-"""Version of the meaning of the features; bump it when a feature's definition changes."""
+FEATURE_SCHEMA_VERSION = 2
+"""Version of the meaning of the features; bump it when a feature's definition changes (2: `ngram_found` and
+`ngram_agrees` added)."""
 
 PORTABLE_FEATURES: tuple[str, ...] = (
     "confidence",
     "max_prob",
     "entropy",
     "margin",
+    "ngram_found",
+    "ngram_agrees",
     "position",
     "prev_accepted_fraction",
     "running_acceptance",
@@ -55,12 +67,27 @@ PORTABLE_FEATURES: tuple[str, ...] = (
 )
 """Features known before a drafted token is verified, in the order a portable predictor reads them."""
 
+PAPER_SCHEMA_VERSION = 1
+"""Version of the meaning of `PAPER_FEATURES`, fixed by the paper: independent of `FEATURE_SCHEMA_VERSION`."""
+
+PAPER_FEATURES: tuple[str, ...] = (
+    "mean_draft_entropy",
+    "mean_draft_confidence",
+    "max_draft_entropy",
+    "min_draft_confidence",
+    "comp_enc",
+    "gamma",
+)
+"""Step-level features of the SpecKV paper's predictor, in its input order (entropies in bits)."""
+
 
 def token_features(
     confidence: float,
     max_prob: float,
     entropy: float,
     margin: float,
+    ngram_found: bool,
+    ngram_agrees: bool,
     position: int,
     prev_accepted_fraction: float,
     running_acceptance: float,
@@ -75,6 +102,8 @@ def token_features(
         max_prob: ...
         entropy: in nats.
         margin: ...
+        ngram_found: whether the context predicts a token at this position.
+        ngram_agrees: whether that prediction is the drafted token.
         position: 0-based position in the draft.
         prev_accepted_fraction: previous step's accepted / drafted (1.0 before any).
         running_acceptance: the call's accepted / drafted so far (1.0 before any).
@@ -91,6 +120,8 @@ def token_features(
         float(max_prob),
         float(entropy),
         float(margin),
+        1.0 if ngram_found else 0.0,
+        1.0 if ngram_agrees else 0.0,
         float(position),
         float(prev_accepted_fraction),
         float(running_acceptance),

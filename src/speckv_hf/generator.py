@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from .compression import detect_compression
+from .context import NgramIndex
 from .cost import Clock, CostModel, CostSettings
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from .registry import get_policy
@@ -119,12 +120,13 @@ class SpecKVGenerator(CandidateGenerator):
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> SpecKVGenerator:
-        """A generator whose `speckv` policy runs a trained predictor from a local folder or the Hub.
+        """A generator whose policy runs a trained predictor from a local folder or the Hub: the `speckv` policy, or
+        `speckv-paper` for a checkpoint of kind `paper` (`GammaPredictor.from_paper_npz`).
 
         Args:
             predictor: a folder written by `speckv train` / `GammaPredictor.save_pretrained`, or a Hub repo id.
             revision: the Hub revision (branch, tag or commit).
-            policy_kwargs: settings of the [`SpeckvPolicy`] (e.g. `max_tokens`).
+            policy_kwargs: settings of the policy (e.g. `max_tokens`).
             **kwargs: the generator's settings (`warm_start`, `plain_fallback`, ...).
 
         Returns:
@@ -134,9 +136,9 @@ class SpecKVGenerator(CandidateGenerator):
             PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
             PredictorSchemaError: for a predictor that reads other features.
         """
-        from .speckv_policy import SpeckvPolicy
+        from .paper_policy import policy_from_pretrained
 
-        return cls(SpeckvPolicy(predictor=str(predictor), revision=revision, **(policy_kwargs or {})), **kwargs)
+        return cls(policy_from_pretrained(predictor, revision=revision, **(policy_kwargs or {})), **kwargs)
 
     # -- results --------------------------------------------------------------------------------------------------
     @property
@@ -215,6 +217,7 @@ class SpecKVGenerator(CandidateGenerator):
         )
         bound._init_draft_state(model_kwargs)
         bound._init_step_state()
+        bound._context = NgramIndex(input_ids[0].tolist())
         return bound
 
     def _init_draft_state(self, model_kwargs: dict[str, Any]) -> None:
@@ -351,7 +354,7 @@ class SpecKVGenerator(CandidateGenerator):
         while accepted < observed and appended[accepted] == self._drafted[accepted]:
             accepted += 1
         gamma = len(self._drafted)
-        tokens = self._signals[:observed]
+        tokens = self._signals  # every drafted token: those after the first rejection too
 
         cost = self._cost
         if self._step > 0:  # step 0 carries both prefills: not representative of a step's cost
@@ -367,6 +370,8 @@ class SpecKVGenerator(CandidateGenerator):
             step_seconds = self._draft_seconds + verify_seconds + self._overhead_seconds
             self._recent_tokens = 0.95 * self._recent_tokens + len(appended)
             self._recent_seconds = 0.95 * self._recent_seconds + step_seconds
+            cost.observe_step(len(appended), step_seconds)
+        self._context.extend(appended)
         self.policy.observe(StepOutcome(step=self._step, tokens=tokens, num_accepted=accepted))
 
         stats = self.stats_
@@ -398,7 +403,14 @@ class SpecKVGenerator(CandidateGenerator):
 
     # -- the draft loop -------------------------------------------------------------------------------------------
     def _throughput(self) -> float | None:
-        """Tokens per second the call achieves (recent steps weigh more); the target-alone rate before that."""
+        """Tokens per second achieved on this pair: over the last few hundred steps of this and the warm-started
+        earlier calls once there are enough, else this call's recent steps, else the target-alone rate.
+
+        The long-run rate is the bar a drafted token must beat. The call's own recent rate would be a perverse
+        one: high in an easy passage, where drafting long pays most, it would cut drafts short there."""
+        long_run = self._cost.throughput
+        if long_run is not None:
+            return long_run
         if self._recent_seconds > 0 and self._step >= 3:
             return self._recent_tokens / self._recent_seconds
         if self._cost.ready:
@@ -427,14 +439,18 @@ class SpecKVGenerator(CandidateGenerator):
         # `input_ids`): processors may hold tensors there. Only the draft's forward runs on the draft's device.
         sequence = input_ids
         processed_logits: list[torch.Tensor] = []
+        context = self._context
+        second_last, last = context.tail
         while True:
             logits = logits.to(sequence.device)
             if self._logits_processor is not None:
                 logits = self._logits_processor(sequence, logits[None].float())[0]
             probs = torch.softmax(logits.float(), dim=-1)
             token = torch.multinomial(probs, 1)[0] if self._do_sample else torch.argmax(probs)
-            signals = token_signals(probs, token, position=len(self._drafted))
+            prediction = context.lookup(second_last, last)
+            signals = token_signals(probs, token, position=len(self._drafted), ngram_prediction=prediction)
             token_id = int(token)
+            second_last, last = last, token_id
             self._drafted.append(token_id)
             self._signals.append(signals)
             if self._do_sample:

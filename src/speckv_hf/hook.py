@@ -276,6 +276,15 @@ def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, 
             f"SpecKVGenerator needs a dynamic KV cache, got {cache_implementation or type(past).__name__}: drop "
             "cache_implementation= / past_key_values= (assisted generation crops the cache on rejection)."
         )
+    # transformers' QuantizedCache layers cannot be cropped; transformers itself raises only after the prefill.
+    if cache_implementation == "quantized" or (past is not None and "Quantized" in type(past).__name__):
+        raise ValueError(
+            "SpecKVGenerator cannot use a quantized KV cache: assisted generation crops the target's cache when "
+            "it rejects drafted tokens, and transformers' quantized caches cannot be cropped. Either drop "
+            "cache_implementation='quantized' / cache_config= / past_key_values= (the default dynamic cache; to "
+            "save memory quantize the weights instead, e.g. --compression quanto-int4), or keep the quantized "
+            "cache and generate without candidate_generator= and assistant_model=."
+        )
     num_beams = kwargs.get("num_beams", getattr(config, "num_beams", None)) or 1
     if num_beams > 1:
         raise ValueError(f"SpecKVGenerator works with num_beams=1 (greedy or sampling), got num_beams={num_beams}.")

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from .compression import COMPRESSIONS, quantization_config
+from .compression import COMPRESSIONS, check_runs_on, quantization_config
+from .compression_names import load_dtype
 
 __all__ = ["LoadedPair", "check_compressions", "default_device", "load_pair_for", "quiet_transformers"]
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_BNB_NAMES = {"int8", "nf4", "fp4", "bnb-int8", "bnb-nf4", "bnb-fp4"}
 
 
 @dataclass
@@ -61,7 +62,8 @@ def quiet_transformers() -> Iterator[None]:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     disable_progress_bars()
-    loggers = [logging.getLogger(name) for name in ("accelerate", "bitsandbytes")]
+    # torchao, when installed, is imported by from_pretrained and logs its optional kernels and pytree warnings.
+    loggers = [logging.getLogger(name) for name in ("accelerate", "bitsandbytes", "torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -78,23 +80,28 @@ def quiet_transformers() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def check_compressions(names: list[str]) -> None:
-    """Checks compression names and that their backends import, before any model loads.
+def check_compressions(names: list[str], device: str | None = None) -> None:
+    """Checks compression names, that their backends import and that they run on the device, before any model
+    loads.
 
     Args:
-        names: compression names.
+        names: compression names (`speckv_hf.compression.COMPRESSIONS`).
+        device: the device the target will run on (default: [`default_device`]).
 
     Raises:
-        ValueError: for no name or an unknown one.
+        ValueError: for no name, an unknown one, or one that cannot run on the device (the message says what to
+            use instead).
         ImportError: when a backend is missing (the message names the extra to install).
     """
     if not names:
         raise ValueError("no compression given: pass at least one, e.g. --compression fp32.")
+    device = device or default_device()
     for name in names:
         if name not in COMPRESSIONS:
             raise ValueError(f"unknown compression {name!r}: choose from {', '.join(COMPRESSIONS)}.")
         with quiet_transformers():  # importing a backend can log warnings about optional kernels
             quantization_config(name)
+        check_runs_on(name, device)
 
 
 def load_pair_for(
@@ -106,7 +113,8 @@ def load_pair_for(
     """Loads a target (with a compression) and its draft.
 
     Args:
-        compression: a name from `speckv_hf.compression.COMPRESSIONS` (`fp32`, `bf16`, `int8`, `nf4`, ...).
+        compression: a name from `speckv_hf.compression.COMPRESSIONS` (`fp32`, `bf16`, `int8`, `nf4`,
+            `quanto-int4`, `torchao-int8`, ...).
         target: a local folder or Hub id; None (with `draft` None) for the embedded pair.
         draft: a local folder or Hub id for the draft.
         device: `"cpu"` or `"cuda"` (default: [`default_device`]). Quantized targets load with `device_map`.
@@ -115,7 +123,8 @@ def load_pair_for(
         The loaded pair.
 
     Raises:
-        ValueError: when only one of `target` and `draft` is given, or for an unknown compression.
+        ValueError: when only one of `target` and `draft` is given, for an unknown compression, or for one that
+            cannot run on the device.
         ImportError: when the compression's backend is not installed (the message names the extra).
     """
     if (target is None) != (draft is None):
@@ -123,7 +132,9 @@ def load_pair_for(
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}: choose from {', '.join(COMPRESSIONS)}.")
     device = device or default_device()
+    check_runs_on(compression, device)
     qconfig = quantization_config(compression)  # raises ImportError before any loading
+    dtype = load_dtype(compression)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if target is None:
@@ -136,17 +147,24 @@ def load_pair_for(
         target_name, draft_name = target, draft
     with quiet_transformers():
         if qconfig is not None:
+            # bitsandbytes keeps the checkpoint's dtype for what it does not quantize (as it always has here);
+            # quanto and torchao quantize from, and compute in, the dtype they are given.
+            dtype_kwargs = {} if compression in _BNB_NAMES else {"dtype": dtype}
             target_model = AutoModelForCausalLM.from_pretrained(
-                target_path, quantization_config=qconfig, device_map=device, local_files_only=local_only
+                target_path,
+                quantization_config=qconfig,
+                device_map=device,
+                local_files_only=local_only,
+                **dtype_kwargs,
             )
         else:
             target_model = AutoModelForCausalLM.from_pretrained(
-                target_path, dtype=_DTYPES.get(compression, torch.float32), local_files_only=local_only
+                target_path, dtype=dtype, local_files_only=local_only
             ).to(device)
         # The draft runs in the target's floating-point dtype (fp32 next to a quantized target).
-        draft_model = AutoModelForCausalLM.from_pretrained(
-            draft_path, dtype=_DTYPES.get(compression, torch.float32), local_files_only=local_only
-        ).to(device)
+        draft_model = AutoModelForCausalLM.from_pretrained(draft_path, dtype=dtype, local_files_only=local_only).to(
+            device
+        )
         tokenizer = AutoTokenizer.from_pretrained(target_path, local_files_only=local_only)
     return LoadedPair(
         target=target_model.eval(),

@@ -3,7 +3,9 @@
 A `GammaPredictor` is a small MLP that gives, for one drafted token, the probability that the target accepts it.
 It reads the features of `speckv_hf.features` (a portable predictor) and, for a `pair` predictor, also the
 draft's last hidden state at that position (width `hidden_state_dim`); that one only transfers to the draft it was
-trained with.
+trained with. A `paper` predictor is the SpecKV paper's (arXiv 2605.02888): one row per step of the paper's
+`PAPER_FEATURES`, a linear output that predicts the step's acceptance rate; `GammaPredictor.from_paper_npz` converts
+its published weights (`speckv_hf.predictor_paper`).
 
 A predictor is saved with `save_pretrained` (config.json, model.safetensors and a generated README.md card) and
 loaded strictly with `from_pretrained`: safetensors only, every tensor present with its shape, the feature schema
@@ -28,12 +30,20 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from torch import nn
 
-from .features import FEATURE_SCHEMA_VERSION, FeatureSchema
+from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
 from .predictor_card import MODEL_CARD_TEMPLATE, card_context
 
-__all__ = ["PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
+__all__ = ["PAPER_KIND", "PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
 
+#: The kinds `speckv train` fits.
 PREDICTOR_KINDS = ("portable", "pair")
+#: The SpecKV paper's predictor: converted from its weights (`from_paper_npz`), never trained here.
+PAPER_KIND = "paper"
+_SCHEMA_VERSIONS = {
+    "portable": FEATURE_SCHEMA_VERSION,
+    "pair": FEATURE_SCHEMA_VERSION,
+    PAPER_KIND: PAPER_SCHEMA_VERSION,
+}
 _DOWNLOAD_KWARGS = ("proxies", "resume_download")
 
 
@@ -54,7 +64,8 @@ class GammaPredictor(
 
     An MLP over the standardised features (`(x - feature_mean) / feature_std`, buffers saved with the weights),
     concatenated for `kind="pair"` with the layer-normalised draft hidden state. Initialisation is deterministic
-    (`init_seed`) and leaves torch's global random state untouched.
+    (`init_seed`) and leaves torch's global random state untouched. `kind="paper"` is the SpecKV paper's predictor:
+    `PAPER_FEATURES` unnormalised (identity), a linear output (no sigmoid) predicting a step's acceptance rate.
 
     `save_pretrained(path)` writes config.json, model.safetensors and a README.md card. `from_pretrained(path_or_repo,
     revision=None, cache_dir=None, local_files_only=False, map_location="cpu", expected_features=None)` loads
@@ -65,9 +76,11 @@ class GammaPredictor(
     Args:
         features: feature names, in the column order of `forward`'s `features` (e.g. `list(PORTABLE_FEATURES)`).
         hidden_sizes: widths of the hidden layers; empty for a logistic regression.
-        kind: `"portable"` (features only) or `"pair"` (features and the draft's last hidden state).
-        hidden_state_dim: width of the draft hidden state; > 0 for `"pair"`, 0 for `"portable"`.
-        schema_version: feature schema version; must be `FEATURE_SCHEMA_VERSION`.
+        kind: `"portable"` (features only), `"pair"` (features and the draft's last hidden state) or `"paper"`
+            (the SpecKV paper's step predictor; features must be `PAPER_FEATURES`).
+        hidden_state_dim: width of the draft hidden state; > 0 for `"pair"`, 0 otherwise.
+        schema_version: feature schema version; None or the kind's (`FEATURE_SCHEMA_VERSION`, for `"paper"`
+            `PAPER_SCHEMA_VERSION`).
         metadata: free-form JSON-serializable facts for config.json and the card; the card shows `pair`,
             `compressions`, `metrics` (name -> value) and `command`.
         init_seed: seed of the weight initialisation.
@@ -82,11 +95,11 @@ class GammaPredictor(
         hidden_sizes: Sequence[int] = (32, 32),
         kind: str = "portable",
         hidden_state_dim: int = 0,
-        schema_version: int = FEATURE_SCHEMA_VERSION,
+        schema_version: int | None = None,
         metadata: dict[str, Any] | None = None,
         init_seed: int = 0,
     ) -> None:
-        features, hidden_sizes, metadata = _validate_config(
+        features, hidden_sizes, schema_version, metadata = _validate_config(
             features, hidden_sizes, kind, hidden_state_dim, schema_version, metadata, init_seed
         )
         super().__init__()
@@ -135,8 +148,10 @@ class GammaPredictor(
             std (`torch.Tensor` of shape `(num_features,)`): per-feature standard deviation, finite and > 0.
 
         Raises:
-            ValueError: on a wrong shape, a non-finite value or a non-positive std.
+            ValueError: on a wrong shape, a non-finite value or a non-positive std, or for a `"paper"` predictor.
         """
+        if self.kind == PAPER_KIND:
+            raise ValueError("a 'paper' predictor reads the paper's raw features (identity normalization): keep it")
         num_features = len(self.features)
         values = {}
         for name, value in (("mean", mean), ("std", std)):
@@ -156,7 +171,7 @@ class GammaPredictor(
             self.feature_std.copy_(values["std"])
 
     def forward(self, features: torch.Tensor, hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        """Acceptance logits.
+        """Acceptance logits; for `kind="paper"`, the predicted acceptance rate of each row's step (linear, unclipped).
 
         Args:
             features (`torch.Tensor` of shape `(batch, num_features)`): one row per drafted token, columns in the
@@ -165,7 +180,8 @@ class GammaPredictor(
                 state at each drafted token; required for `kind="pair"`, refused for `"portable"`.
 
         Returns:
-            `torch.Tensor` of shape `(batch,)`: logit of the probability that each token is accepted.
+            `torch.Tensor` of shape `(batch,)`: logit of the probability that each token is accepted (`"paper"`:
+            the step's predicted acceptance rate).
 
         Raises:
             ValueError: on a shape that does not match the predictor, or hidden states given to the wrong kind.
@@ -191,8 +207,13 @@ class GammaPredictor(
             `torch.Tensor` of shape `(batch,)`: probabilities in (0, 1) (up to float rounding at extreme logits).
 
         Raises:
-            ValueError: as `forward`.
+            ValueError: as `forward`, and for a `"paper"` predictor, whose output is a rate, not a logit.
         """
+        if self.kind == PAPER_KIND:
+            raise ValueError(
+                "a 'paper' predictor outputs a step's acceptance rate, not a logit: call predictor(features) and "
+                "clip it to [0, 1]"
+            )
         return torch.sigmoid(self(features, hidden_states))
 
     def _check_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -223,6 +244,14 @@ class GammaPredictor(
                 f"got {tuple(hidden_states.shape)}"
             )
         return hidden_states.to(self.feature_mean.dtype)
+
+    @classmethod
+    def from_paper_npz(cls, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> GammaPredictor:
+        """The SpecKV paper's predictor (`kind="paper"`) from an `.npz` of its weights; see
+        `speckv_hf.predictor_paper.from_paper_npz` for the arguments and errors."""
+        from .predictor_paper import from_paper_npz
+
+        return from_paper_npz(path, metadata=metadata)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The README.md card: kind, feature schema, architecture, training metadata and a usage snippet.
@@ -285,11 +314,14 @@ class GammaPredictor(
         missing_keys = [key for key in ("features", "schema_version") if key not in config]
         if missing_keys:
             raise PredictorLoadError(f"config.json of {model_id!r} lacks {missing_keys}: is it a GammaPredictor?")
-        if config["schema_version"] != FEATURE_SCHEMA_VERSION:
+        expected_version = _SCHEMA_VERSIONS.get(config.get("kind", "portable"), FEATURE_SCHEMA_VERSION)
+        if config["schema_version"] != expected_version:
+            redo = "convert it again (from_paper_npz)" if config.get("kind") == PAPER_KIND else "retrain the predictor"
             raise PredictorLoadError(
                 f"{model_id!r} was trained on feature schema version {config['schema_version']}, this speckv-hf "
-                f"computes version {FEATURE_SCHEMA_VERSION}: retrain the predictor with this speckv-hf "
-                f"(speckv train), or upgrade speckv-hf to a release that computes version {config['schema_version']}"
+                f"computes version {expected_version}: {redo} with this speckv-hf "
+                f"{'' if config.get('kind') == PAPER_KIND else '(speckv train)'}, or upgrade speckv-hf to a release "
+                f"that computes version {config['schema_version']}"
             )
         # Older huggingface_hub releases (the ones transformers 4.57 pins) also pass download settings here.
         download_kwargs = {key: model_kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in model_kwargs}
@@ -303,7 +335,7 @@ class GammaPredictor(
             ) from error
         if expected_features is not None:
             if not isinstance(expected_features, FeatureSchema):
-                expected_features = FeatureSchema(FEATURE_SCHEMA_VERSION, expected_features, model.hidden_state_dim)
+                expected_features = FeatureSchema(model.schema_version, expected_features, model.hidden_state_dim)
             expected_features.check_compatible(model.schema, what=f"predictor {model_id!r}")
         weights_file = _weights_file(
             model_id,
@@ -322,6 +354,13 @@ class GammaPredictor(
                 "download the predictor again"
             ) from error
         _check_state_dict(model.state_dict(), state_dict, weights_file)
+        if model.kind == PAPER_KIND and not (
+            torch.all(state_dict["feature_mean"] == 0) and torch.all(state_dict["feature_std"] == 1)
+        ):
+            raise PredictorLoadError(
+                f"{weights_file} gives a 'paper' predictor a feature normalization; the paper's reads raw features: "
+                "convert the weights again with GammaPredictor.from_paper_npz"
+            )
         model.load_state_dict(state_dict, strict=True)
         return model.to(map_location).eval()
 
@@ -340,11 +379,12 @@ def _validate_config(
     hidden_sizes: Sequence[int],
     kind: str,
     hidden_state_dim: int,
-    schema_version: int,
+    schema_version: int | None,
     metadata: dict[str, Any] | None,
     init_seed: int,
-) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]]:
-    """Checks the constructor arguments; returns features and hidden sizes as tuples and a copy of metadata."""
+) -> tuple[tuple[str, ...], tuple[int, ...], int, dict[str, Any]]:
+    """Checks the constructor arguments; returns features and hidden sizes as tuples, the schema version and a copy
+    of metadata."""
     if isinstance(features, str) or not isinstance(features, Sequence) or len(features) == 0:
         raise ValueError(f"features must be a non-empty list of names, e.g. list(PORTABLE_FEATURES); got {features!r}")
     if not all(isinstance(name, str) and name for name in features):
@@ -356,18 +396,25 @@ def _validate_config(
         raise ValueError(f"hidden_sizes must be a list of layer widths, e.g. [32, 32]; got {hidden_sizes!r}")
     if not all(_is_int(size) and size > 0 for size in hidden_sizes):
         raise ValueError(f"hidden_sizes must be positive integers, e.g. [32, 32]; got {list(hidden_sizes)!r}")
-    if kind not in PREDICTOR_KINDS:
-        raise ValueError(f"kind must be one of {list(PREDICTOR_KINDS)}; got {kind!r}")
+    if kind not in _SCHEMA_VERSIONS:
+        raise ValueError(
+            f"kind must be one of {list(PREDICTOR_KINDS)} (trained) or {PAPER_KIND!r} (from_paper_npz); got {kind!r}"
+        )
     if not _is_int(hidden_state_dim) or hidden_state_dim < 0:
         raise ValueError(f"hidden_state_dim must be a non-negative integer; got {hidden_state_dim!r}")
     if kind == "pair" and hidden_state_dim == 0:
         raise ValueError("kind='pair' reads the draft's hidden state: pass hidden_state_dim=<draft hidden size>")
-    if kind == "portable" and hidden_state_dim != 0:
-        raise ValueError("kind='portable' reads no hidden state: drop hidden_state_dim or use kind='pair'")
-    if schema_version != FEATURE_SCHEMA_VERSION:
+    if kind != "pair" and hidden_state_dim != 0:
+        raise ValueError(f"kind={kind!r} reads no hidden state: drop hidden_state_dim or use kind='pair'")
+    if kind == PAPER_KIND and tuple(features) != PAPER_FEATURES:
+        raise ValueError(f"kind='paper' reads the paper's features {list(PAPER_FEATURES)}; got {list(features)!r}")
+    expected_version = _SCHEMA_VERSIONS[kind]
+    if schema_version is None:
+        schema_version = expected_version
+    if schema_version != expected_version:
         raise ValueError(
-            f"schema_version {schema_version!r} is not the one this speckv-hf computes ({FEATURE_SCHEMA_VERSION}): "
-            "leave it at its default"
+            f"schema_version {schema_version!r} is not the one this speckv-hf computes for kind={kind!r} "
+            f"({expected_version}): leave it at its default"
         )
     if not _is_int(init_seed):
         raise ValueError(f"init_seed must be an integer; got {init_seed!r}")
@@ -380,7 +427,7 @@ def _validate_config(
             f"metadata goes in config.json and must be JSON-serializable ({error}): convert the values to "
             "str, int, float, bool, list or dict"
         ) from error
-    return tuple(features), tuple(int(size) for size in hidden_sizes), metadata
+    return tuple(features), tuple(int(size) for size in hidden_sizes), schema_version, metadata
 
 
 def _is_int(value: Any) -> bool:

@@ -19,16 +19,28 @@ MODEL_CARD_TEMPLATE = """---
 
 # speckv-hf acceptance predictor ({{ kind }})
 
+{% if kind == "paper" -%}
+The SpecKV paper's predictor ([arXiv 2605.02888](https://arxiv.org/abs/2605.02888)) as a [speckv-hf]({{ repo_url }})
+`GammaPredictor`, converted from its published weights without pickle: from a step's draft entropy (bits) and
+confidence, the target's compression and γ, the acceptance rate of a step of γ tokens (a linear output, clipped to
+[0, 1] when used). The `speckv-paper` policy drafts the γ maximizing `clip(rate, 0, 1)·γ + 1`, from the previous
+step's signals ([docs]({{ docs_url }})); it does not see what drafting costs.
+{%- else -%}
 A [speckv-hf]({{ repo_url }}) `GammaPredictor`: for each token a draft model proposes, the probability that the
 target accepts it, from what is known before verification. speckv-hf uses it to choose how many tokens to draft
 in transformers' assisted generation ([docs]({{ docs_url }})).
+{%- endif %}
 
 ## Usage
 
 ```python
 from speckv_hf import SpecKVGenerator
 
+{% if kind == "paper" -%}
+generator = SpecKVGenerator("speckv-paper", predictor="{{ repo_id }}")
+{% else -%}
 generator = SpecKVGenerator.from_pretrained("{{ repo_id }}")
+{% endif -%}
 outputs = target.generate(**inputs, assistant_model=draft, candidate_generator=generator, max_new_tokens=128)
 ```
 

@@ -54,7 +54,7 @@ __all__ = [
     "write_shard",
 ]
 
-RECORDS_SCHEMA_VERSION = 1
+RECORDS_SCHEMA_VERSION = 2  # 2: ngram_found, ngram_agrees
 
 _KEYS = [
     pa.field("prompt_id", pa.string(), nullable=False),
@@ -84,6 +84,8 @@ TOKEN_SCHEMA = pa.schema(
         pa.field("max_prob", pa.float32()),
         pa.field("entropy", pa.float32()),
         pa.field("margin", pa.float32()),
+        pa.field("ngram_found", pa.bool_()),  # the two tokens before occurred earlier (speckv_hf.context)
+        pa.field("ngram_agrees", pa.bool_()),  # and the token that followed them then is the drafted one
         pa.field("prev_accepted_fraction", pa.float32()),  # previous step's accepted / drafted (1.0 before any)
         pa.field("running_acceptance", pa.float32()),  # the call's accepted / drafted before this step (1.0 before)
         pa.field("accepted", pa.bool_()),
@@ -218,6 +220,8 @@ def call_rows(
                     "max_prob": token.max_prob,
                     "entropy": token.entropy,
                     "margin": token.margin,
+                    "ngram_found": token.ngram_found,
+                    "ngram_agrees": token.ngram_agrees,
                     "prev_accepted_fraction": prev_fraction,
                     "running_acceptance": running,
                     "accepted": token.position < step.accepted,

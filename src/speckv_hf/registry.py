@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .adaptive import AdaptivePolicy
+from .paper_policy import PaperPolicy
 from .policies import ConfidencePolicy, DraftPolicy, FixedPolicy, HeuristicPolicy
 from .speckv_policy import SpeckvPolicy
 
@@ -21,6 +22,7 @@ _POLICIES: dict[str, Callable[..., DraftPolicy]] = {
     "fixed": FixedPolicy,
     "heuristic": HeuristicPolicy,
     "speckv": SpeckvPolicy,
+    "speckv-paper": PaperPolicy,
 }
 
 
@@ -51,7 +53,8 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
     """Builds a policy from its name, or returns a policy object unchanged.
 
     Args:
-        policy: a registered name (`"adaptive"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"speckv"`, ...),
+        policy: a registered name (`"adaptive"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"speckv"`,
+            `"speckv-paper"`, ...),
             `"fixed:K"` as a shorthand for `FixedPolicy(K)`, or a `DraftPolicy` instance.
         **kwargs: settings passed to the policy's constructor.
 

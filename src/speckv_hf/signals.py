@@ -1,8 +1,9 @@
 """Draft signals: what the draft model tells us about each token it proposes.
 
 Per drafted token we keep the probability of the chosen token (confidence), the maximum probability, the entropy
-of the processed draft distribution, the top-1/top-2 margin and the position in the draft. Per step we keep the
-aggregates the SpecKV paper trains on (mean and max entropy, mean and min confidence).
+of the processed draft distribution, the top-1/top-2 margin, the position in the draft, and what the context
+predicts for that position (`speckv_hf.context`). Per step we keep the aggregates the SpecKV paper trains on (mean
+and max entropy, mean and min confidence).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class TokenSignals:
         entropy: entropy of the processed draft distribution, in nats.
         margin: difference between the two largest probabilities.
         position: 0-based position of the token inside the current draft.
+        ngram_found: whether the two tokens before this one occurred earlier in the sequence
+            (`speckv_hf.context.NgramIndex`), so the context predicts a token here.
+        ngram_agrees: whether that predicted token is the drafted one.
     """
 
     confidence: float
@@ -33,15 +37,20 @@ class TokenSignals:
     entropy: float
     margin: float
     position: int
+    ngram_found: bool = False
+    ngram_agrees: bool = False
 
 
-def token_signals(probs: torch.Tensor, token: torch.Tensor, position: int) -> TokenSignals:
+def token_signals(
+    probs: torch.Tensor, token: torch.Tensor, position: int, ngram_prediction: int | None = None
+) -> TokenSignals:
     """Computes the signals of one drafted token.
 
     Args:
         probs (`torch.Tensor` of shape `(vocab_size,)`): the processed draft distribution (sums to 1).
         token (`torch.Tensor` of shape `()`): the drafted token id.
         position: 0-based position of the token in the current draft.
+        ngram_prediction: the token the context predicts at this position (`NgramIndex.lookup`), or None.
 
     Returns:
         `TokenSignals` for the token.
@@ -50,9 +59,15 @@ def token_signals(probs: torch.Tensor, token: torch.Tensor, position: int) -> To
     safe = probs.clamp_min(1e-12)
     entropy = -(probs * safe.log()).sum()
     # One transfer to the host for all four scalars: each `.item()` is a device sync on GPU.
-    values = torch.stack((probs[token], top2[0], entropy, top2[0] - top2[1])).tolist()
+    values = torch.stack((probs[token], top2[0], entropy, top2[0] - top2[1], token.to(probs.dtype))).tolist()
     return TokenSignals(
-        confidence=values[0], max_prob=values[1], entropy=max(values[2], 0.0), margin=values[3], position=position
+        confidence=values[0],
+        max_prob=values[1],
+        entropy=max(values[2], 0.0),
+        margin=values[3],
+        position=position,
+        ngram_found=ngram_prediction is not None,
+        ngram_agrees=ngram_prediction is not None and ngram_prediction == int(values[4]),
     )
 
 

@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_PREDICTOR", "SpeckvPolicy", "default_predictor_path"]
 #: Where the package's default predictor (trained on the embedded pair) lives, inside the package.
 DEFAULT_PREDICTOR = "predictors/default"
 _BINS = 10
-_TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin")
+_TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees")
 
 
 def default_predictor_path() -> Path:
@@ -137,6 +137,7 @@ class SpeckvPolicy(MarginalValuePolicy):
         """The predictor's probabilities for `token` at `position` and for the next token at `position + 1`."""
         x = self._token_x
         x[0], x[1], x[2], x[3] = token.confidence, token.max_prob, token.entropy, token.margin
+        x[4], x[5] = float(token.ngram_found), float(token.ngram_agrees)
         rows = self._rows
         np.dot(self._w_token, x, out=rows[0])
         rows[0] += self._call_bias

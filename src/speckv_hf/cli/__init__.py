@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, demo, profile, train
+from . import bench, demo, paper, profile, train
 
 app = typer.Typer(
     name="speckv",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)
+app.command("paper")(paper.paper)
 app.command("profile")(profile.profile)
 app.command("train")(train.train)
 

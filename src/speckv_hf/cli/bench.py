@@ -32,7 +32,12 @@ def bench(
     prompts_per_task: int = typer.Option(
         DEFAULT_PROMPTS_PER_TASK, min=1, help="With the embedded suite: prompts per category."
     ),
-    compression: str = typer.Option("fp32", help="Comma-separated target compressions: fp32, bf16, int8, nf4, ..."),
+    compression: str = typer.Option(
+        "fp32",
+        help="Comma-separated target compressions: fp32, fp16, bf16, int8, nf4, fp4 (bitsandbytes, also bnb-int8, "
+        "...), quanto-int8, quanto-int4, quanto-int2, quanto-float8, torchao-int8, torchao-int8-dynamic, "
+        "torchao-int4 (GPU).",
+    ),
     methods: str = typer.Option(
         DEFAULT_METHODS,
         help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, and SpecKV "
@@ -62,7 +67,7 @@ def bench(
     # Every check before any model loads.
     compressions = split_list(compression)
     try:
-        check_compressions(compressions)
+        check_compressions(compressions, device)
     except (ValueError, ImportError) as error:
         fail(str(error))
     if (target is None) != (draft is None):

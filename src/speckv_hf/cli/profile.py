@@ -32,7 +32,12 @@ def profile(
         help=f"With the embedded suite: prompts per category, from index {DEFAULT_PROMPTS_OFFSET} (bench holds out "
         f"0-{DEFAULT_PROMPTS_OFFSET - 1}).",
     ),
-    compression: str = typer.Option("fp32", help="Comma-separated target compressions: fp32, bf16, int8, nf4, ..."),
+    compression: str = typer.Option(
+        "fp32",
+        help="Comma-separated target compressions: fp32, fp16, bf16, int8, nf4, fp4 (bitsandbytes, also bnb-int8, "
+        "...), quanto-int8, quanto-int4, quanto-int2, quanto-float8, torchao-int8, torchao-int8-dynamic, "
+        "torchao-int4 (GPU).",
+    ),
     settings: str = typer.Option(
         "fixed:8,fixed:12", help="Comma-separated policies to profile: fixed:K, adaptive, heuristic, confidence."
     ),

@@ -1,0 +1,201 @@
+"""What predicts acceptance, and what a stop rule built on it would gain: an offline, noise-free simulation.
+
+For prompts of the embedded suite (indices 3-11 of each category: the ones `speckv profile` uses, never the
+benchmarks' held-out 0-2), the target's greedy continuation is computed, and the draft and target are run
+teacher-forced along it. That gives, at every position, the draft's signals, whether the draft's greedy token is
+the target's (so the run the target would accept from there), the target's own confidence, and what the context
+predicts (`speckv_hf.context.NgramIndex`, the two features `ngram_found` / `ngram_agrees`).
+
+A logistic model of conditional acceptance (a token is accepted given the tokens before it in its draft were) is
+fit on prompts 6-11 per feature set and scored on prompts 3-5 (AUC). Then every stop rule is simulated greedily on
+the scored prompts with a linear step cost, `step_ms + token_ms * γ`: each constant γ, the marginal-value rule with
+each model's probabilities (draft one more while `P(all accepted) * q / token_ms` beats the long-run tokens/ms),
+and the hindsight oracle. "stale" decides on token `j` from the signals of token `j - 1`, as the live loop must
+(it decides before drafting); "own" from token `j`'s own signals.
+
+    python benchmarks/acceptance_simulation.py [--new-tokens 128] [--step-ms 11.6 --token-ms 1.36]
+
+The default costs are the embedded fp32 pair's in our loop (`speckv bench`: a step with γ drafted tokens took
+about 11.6 + 1.36 γ ms). Prints AUCs and simulated tokens/s, each over the best constant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+
+from speckv_hf.context import NgramIndex
+from speckv_hf.demo import load_pair, load_prompts
+
+MAX_GAMMA = 12
+FEATURE_SETS = {
+    "draft": ("logit_conf", "margin", "entropy", "position"),
+    "draft+target": ("logit_conf", "margin", "entropy", "position", "target_logit_conf", "target_entropy"),
+    "draft+ngram": ("logit_conf", "margin", "entropy", "position", "ngram_found", "ngram_agrees"),
+}
+
+
+@torch.no_grad()
+def positions(new_tokens: int) -> list[dict[str, np.ndarray]]:
+    """Teacher-forced per-position signals along the target's greedy output, one dict per prompt."""
+    target, draft, tokenizer = load_pair()
+    out = []
+    for category in ("code", "prose", "math", "structured"):
+        for index, prompt in enumerate(load_prompts(category)[3:12], start=3):
+            ids = tokenizer(prompt.text, return_tensors="pt").input_ids
+            full = target.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+            continuation = full[0, ids.shape[1] :]
+            start = ids.shape[1] - 1
+            draft_probs = torch.softmax(draft(full[:, :-1]).logits[0, start:].float(), -1)
+            target_probs = torch.softmax(target(full[:, :-1]).logits[0, start:].float(), -1)
+            top2 = draft_probs.topk(2, -1).values
+            proposal = draft_probs.argmax(-1)
+            index_ = NgramIndex(ids[0].tolist())
+            found, agrees = [], []
+            for j, token in enumerate(continuation.tolist()):
+                prediction = index_.lookup(*index_.tail)
+                found.append(prediction is not None)
+                agrees.append(prediction is not None and prediction == int(proposal[j]))
+                index_.extend([token])
+            out.append(
+                {
+                    "index": index,
+                    "agree": (proposal == continuation).numpy(),
+                    "conf": top2[:, 0].numpy(),
+                    "margin": (top2[:, 0] - top2[:, 1]).numpy(),
+                    "entropy": -(draft_probs * draft_probs.clamp_min(1e-12).log()).sum(-1).numpy(),
+                    "target_conf": target_probs.max(-1).values.numpy(),
+                    "target_entropy": -(target_probs * target_probs.clamp_min(1e-12).log()).sum(-1).numpy(),
+                    "ngram_found": np.array(found, dtype=float),
+                    "ngram_agrees": np.array(agrees, dtype=float),
+                }
+            )
+    for prompt in out:
+        runs, following = np.zeros(len(prompt["agree"]), dtype=int), 0
+        for j in range(len(runs) - 1, -1, -1):
+            following = following + 1 if prompt["agree"][j] else 0
+            runs[j] = following
+        prompt["run"] = runs
+    return out
+
+
+def features(prompt: dict[str, np.ndarray], start: int, j: int, names: tuple[str, ...]) -> list[float]:
+    """The features of the token at `j` in a step that started at `start` (target signals: the step's start)."""
+    logit = lambda p: math.log(min(max(p, 1e-4), 1 - 1e-4) / (1 - min(max(p, 1e-4), 1 - 1e-4)))  # noqa: E731
+    t = max(start - 1, 0)
+    values = {
+        "logit_conf": logit(float(prompt["conf"][j])),
+        "margin": float(prompt["margin"][j]),
+        "entropy": float(prompt["entropy"][j]),
+        "position": float(j - start),
+        "target_logit_conf": logit(float(prompt["target_conf"][t])),
+        "target_entropy": float(prompt["target_entropy"][t]),
+        "ngram_found": float(prompt["ngram_found"][j]),
+        "ngram_agrees": float(prompt["ngram_agrees"][j]),
+    }
+    return [values[name] for name in names]
+
+
+def rows(prompts: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Conditional-acceptance rows: every step start, every draft position reached."""
+    x, y = [], []
+    for prompt in prompts:
+        n = len(prompt["agree"])
+        for start in range(n):
+            for j in range(start, min(start + MAX_GAMMA, n)):
+                x.append(features(prompt, start, j, names))
+                y.append(float(prompt["agree"][j]))
+                if not prompt["agree"][j]:
+                    break
+    return np.array(x), np.array(y)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = torch.tensor((x - mean) / std)
+    ys = torch.tensor(y)
+    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ weight + bias, ys)
+        loss = loss + 1e-4 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach().numpy() / std, float(bias) - float((weight.detach().numpy() / std) @ mean), mean, std
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels.sum()
+    pairs = positives * (len(labels) - positives)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / pairs)
+
+
+def simulate(prompts, decide, step_ms: float, token_ms: float) -> float:
+    """Tokens per second of a stop rule: `decide(prompt, start, n, rate)` returns γ; rate = long-run tokens/ms."""
+    tokens, cost, recent_tokens, recent_ms = 0, 0.0, 0.0, 0.0
+    for prompt in prompts:
+        n, start = len(prompt["agree"]), 0
+        while start < n:
+            rate = recent_tokens / recent_ms if recent_ms else 1.0 / (step_ms + token_ms)
+            gamma = min(decide(prompt, start, n, rate), n - start - 1)
+            accepted = min(gamma, int(prompt["run"][start]))
+            step = step_ms + token_ms * gamma
+            tokens, cost = tokens + accepted + 1, cost + step
+            recent_tokens, recent_ms = 0.995 * recent_tokens + accepted + 1, 0.995 * recent_ms + step
+            start += accepted + 1
+    return 1000.0 * tokens / cost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--step-ms", type=float, default=11.6)
+    parser.add_argument("--token-ms", type=float, default=1.36)
+    args = parser.parse_args()
+    prompts = positions(args.new_tokens)
+    train = [p for p in prompts if p["index"] >= 6]
+    test = [p for p in prompts if p["index"] < 6]
+    step_ms, token_ms = args.step_ms, args.token_ms
+    constants = {k: simulate(test, lambda p, s, n, r, k=k: k, step_ms, token_ms) for k in range(1, 11)}
+    best = max(constants, key=constants.__getitem__)
+    print(f"{len(train)} training prompts, {len(test)} scored, {args.new_tokens} tokens each")
+    print("constant γ: " + "  ".join(f"{k}: {v:.1f}" for k, v in constants.items()) + f"  (best {best})")
+    oracle = simulate(test, lambda p, s, n, r: int(p["run"][s]), step_ms, token_ms)
+    print(f"oracle: {oracle:.1f} tok/s, {oracle / constants[best]:.3f}x the best constant")
+    print(f"{'features':14s} {'AUC':>6s} {'stale':>7s} {'own':>7s}  (simulated tokens/s over the best constant)")
+    for name, names in FEATURE_SETS.items():
+        weight, bias, _, _ = fit_logistic(*rows(train, names))
+        x, y = rows(test, names)
+        area = auc(x @ weight + bias, y)
+        results = []
+        for stale in (True, False):
+
+            def decide(prompt, start, n, rate, stale=stale, names=names, weight=weight, bias=bias):
+                cumulative, gamma = 1.0, 0
+                for j in range(start, min(start + MAX_GAMMA, n)):
+                    seen = j - 1 if stale and j > start else j
+                    row = features(prompt, start, seen, names)
+                    row[names.index("position")] = float(j - start)
+                    q = 1.0 / (1.0 + math.exp(-(np.dot(row, weight) + bias)))
+                    if cumulative * q / token_ms <= rate:
+                        break
+                    cumulative, gamma = cumulative * q, gamma + 1
+                return gamma
+
+            results.append(simulate(test, decide, step_ms, token_ms) / constants[best])
+        print(f"{name:14s} {area:6.3f} {results[0]:6.3f}x {results[1]:6.3f}x")
+
+
+if __name__ == "__main__":
+    main()
