@@ -129,7 +129,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, np.nd
         return loss
 
     optimizer.step(closure)
-    return weight.detach().numpy() / std, float(bias) - float((weight.detach().numpy() / std) @ mean), mean, std
+    scaled = weight.detach().numpy() / std
+    return scaled, float(bias.detach()) - float(scaled @ mean), mean, std
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
