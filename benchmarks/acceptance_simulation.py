@@ -10,8 +10,9 @@ A logistic model of conditional acceptance (a token is accepted given the tokens
 fit on prompts 6-11 per feature set and scored on prompts 3-5 (AUC). Then every stop rule is simulated greedily on
 the scored prompts with a linear step cost, `step_ms + token_ms * γ`: each constant γ, the marginal-value rule with
 each model's probabilities (draft one more while `P(all accepted) * q / token_ms` beats the long-run tokens/ms),
-and the hindsight oracle. "stale" decides on token `j` from the signals of token `j - 1`, as the live loop must
-(it decides before drafting); "own" from token `j`'s own signals.
+and the hindsight oracle. "stale" decides on token `j` from the signals of token `j - 1` (on the first from the
+first-token acceptance rate), as the live loop must (it decides before drafting); "own" drafts token `j`, then
+decides on its own signals, and pays the draft forward (`--draft-ms`) of the token it drops.
 
     python benchmarks/acceptance_simulation.py [--new-tokens 128] [--step-ms 11.6 --token-ms 1.36]
 
@@ -82,6 +83,22 @@ def positions(new_tokens: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def cached_positions(new_tokens: int, cache: str | None) -> list[dict[str, np.ndarray]]:
+    """`positions`, kept in a JSON file between runs when `cache` names one (the models' forwards take minutes)."""
+    import json
+    from pathlib import Path
+
+    if cache and Path(cache).is_file():
+        stored = json.loads(Path(cache).read_text())
+        if stored["new_tokens"] == new_tokens:
+            return [{k: (v if k == "index" else np.array(v)) for k, v in p.items()} for p in stored["prompts"]]
+    prompts = positions(new_tokens)
+    if cache:
+        lists = [{k: (v if k == "index" else v.tolist()) for k, v in p.items()} for p in prompts]
+        Path(cache).write_text(json.dumps({"new_tokens": new_tokens, "prompts": lists}))
+    return prompts
+
+
 def features(prompt: dict[str, np.ndarray], start: int, j: int, names: tuple[str, ...]) -> list[float]:
     """The features of the token at `j` in a step that started at `start` (target signals: the step's start)."""
     logit = lambda p: math.log(min(max(p, 1e-4), 1 - 1e-4) / (1 - min(max(p, 1e-4), 1 - 1e-4)))  # noqa: E731
@@ -142,20 +159,68 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / pairs)
 
 
-def simulate(prompts, decide, step_ms: float, token_ms: float) -> float:
-    """Tokens per second of a stop rule: `decide(prompt, start, n, rate)` returns γ; rate = long-run tokens/ms."""
+def simulate(prompts, decide, step_ms: float, token_ms: float, draft_ms: float = 0.0) -> float:
+    """Tokens per second of a stop rule: `decide(prompt, start, n, rate)` returns γ, or `(γ, dropped)` where
+    `dropped` tokens were drafted (`draft_ms` each) and not sent; rate = long-run tokens/ms."""
     tokens, cost, recent_tokens, recent_ms = 0, 0.0, 0.0, 0.0
     for prompt in prompts:
         n, start = len(prompt["agree"]), 0
         while start < n:
             rate = recent_tokens / recent_ms if recent_ms else 1.0 / (step_ms + token_ms)
-            gamma = min(decide(prompt, start, n, rate), n - start - 1)
+            decision = decide(prompt, start, n, rate)
+            gamma, dropped = decision if isinstance(decision, tuple) else (decision, 0)
+            gamma = min(gamma, n - start - 1)
             accepted = min(gamma, int(prompt["run"][start]))
-            step = step_ms + token_ms * gamma
+            step = step_ms + token_ms * gamma + draft_ms * dropped
             tokens, cost = tokens + accepted + 1, cost + step
             recent_tokens, recent_ms = 0.995 * recent_tokens + accepted + 1, 0.995 * recent_ms + step
             start += accepted + 1
     return 1000.0 * tokens / cost
+
+
+def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float):
+    """A `decide` that asks a real `DraftPolicy` (bound to a cost model fed with the simulated costs), token by
+    token, and lets it observe each step's outcome: the library's policy logic without the live loop's timing."""
+    from speckv_hf.compression import CompressionInfo
+    from speckv_hf.cost import CostModel
+    from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
+    from speckv_hf.signals import TokenSignals
+
+    cost = CostModel()
+    slope = token_ms - draft_ms
+    for _ in range(8):
+        for k in range(9):
+            cost.observe_verify(k, (step_ms + slope * k) / 1000)
+        cost.observe_draft(draft_ms / 1000)
+        cost.observe_first_draft(draft_ms / 1000)
+    policy.bind(PolicyContext(cost=cost, compression=CompressionInfo("none", "fp32", 32)))
+    step = [0]
+
+    def signals(prompt, j: int, position: int) -> TokenSignals:
+        conf = float(prompt["conf"][j])
+        return TokenSignals(
+            conf,
+            conf,
+            float(prompt["entropy"][j]),
+            float(prompt["margin"][j]),
+            position,
+            bool(prompt["ngram_found"][j]),
+            bool(prompt["ngram_agrees"][j]),
+        )
+
+    def decide(prompt, start, n, rate):
+        drafted: list[TokenSignals] = []
+        while start + len(drafted) < n - 1:
+            state = DraftState(step=step[0], tokens=drafted, max_tokens=n - start - 1, throughput=rate * 1000)
+            if not policy.should_draft(state):
+                break
+            drafted.append(signals(prompt, start + len(drafted), len(drafted)))
+        accepted = min(len(drafted), int(prompt["run"][start]))
+        policy.observe(StepOutcome(step=step[0], tokens=drafted, num_accepted=accepted))
+        step[0] += 1
+        return len(drafted)
+
+    return decide
 
 
 def main() -> None:
@@ -163,8 +228,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--step-ms", type=float, default=11.6)
     parser.add_argument("--token-ms", type=float, default=1.36)
+    parser.add_argument("--cache", help="a JSON file to keep the teacher-forced positions in between runs")
+    parser.add_argument("--policies", default="adaptive,speckv", help="library policies to replay, comma-separated")
+    parser.add_argument(
+        "--draft-ms", type=float, default=0.69, help="the draft forward's part of --token-ms (lost on a dropped token)"
+    )
     args = parser.parse_args()
-    prompts = positions(args.new_tokens)
+    prompts = cached_positions(args.new_tokens, args.cache)
     train = [p for p in prompts if p["index"] >= 6]
     test = [p for p in prompts if p["index"] < 6]
     step_ms, token_ms = args.step_ms, args.token_ms
@@ -175,6 +245,7 @@ def main() -> None:
     oracle = simulate(test, lambda p, s, n, r: int(p["run"][s]), step_ms, token_ms)
     print(f"oracle: {oracle:.1f} tok/s, {oracle / constants[best]:.3f}x the best constant")
     print(f"{'features':14s} {'AUC':>6s} {'stale':>7s} {'own':>7s}  (simulated tokens/s over the best constant)")
+    first_rate = float(np.mean([p["agree"][j] for p in train for j in range(len(p["agree"]))]))
     for name, names in FEATURE_SETS.items():
         weight, bias, _, _ = fit_logistic(*rows(train, names))
         x, y = rows(test, names)
@@ -185,17 +256,25 @@ def main() -> None:
             def decide(prompt, start, n, rate, stale=stale, names=names, weight=weight, bias=bias):
                 cumulative, gamma = 1.0, 0
                 for j in range(start, min(start + MAX_GAMMA, n)):
-                    seen = j - 1 if stale and j > start else j
-                    row = features(prompt, start, seen, names)
-                    row[names.index("position")] = float(j - start)
-                    q = 1.0 / (1.0 + math.exp(-(np.dot(row, weight) + bias)))
+                    if stale and j == start:
+                        q = first_rate  # nothing drafted yet: the first-token acceptance rate
+                    else:
+                        row = features(prompt, start, j - 1 if stale else j, names)
+                        row[names.index("position")] = float(j - start)
+                        q = 1.0 / (1.0 + math.exp(-(np.dot(row, weight) + bias)))
                     if cumulative * q / token_ms <= rate:
-                        break
+                        return gamma, 0 if stale else 1  # deciding on its own signals: it was drafted, then dropped
                     cumulative, gamma = cumulative * q, gamma + 1
-                return gamma
+                return gamma, 0
 
-            results.append(simulate(test, decide, step_ms, token_ms) / constants[best])
+            results.append(simulate(test, decide, step_ms, token_ms, args.draft_ms) / constants[best])
         print(f"{name:14s} {area:6.3f} {results[0]:6.3f}x {results[1]:6.3f}x")
+    from speckv_hf.registry import get_policy
+
+    for spec in args.policies.split(","):
+        decide = policy_decider(get_policy(spec), step_ms, token_ms, args.draft_ms)
+        ratio = simulate(test, decide, step_ms, token_ms) / constants[best]
+        print(f"policy {spec:14s}        {ratio:6.3f}x  (the library's policy, its decisions replayed)")
 
 
 if __name__ == "__main__":

@@ -362,9 +362,9 @@ def test_round_trip_reproduces_outputs(num_features, hidden_sizes, hidden_state_
 
 
 def test_token_features_follow_the_schema_order():
-    row = token_features(0.9, 0.95, 0.3, 0.8, True, False, 2, 0.5, 0.7, 4, True, 0.25)
+    row = token_features(0.9, 0.95, 0.3, 0.8, True, False, 2, 0.5, 0.7, True, 4, True, 0.25)
     assert len(row) == len(PORTABLE_FEATURES)
     named = dict(zip(PORTABLE_FEATURES, row, strict=True))
     assert named["confidence"] == 0.9 and named["position"] == 2.0 and named["quantized"] == 1.0
-    assert named["ngram_found"] == 1.0 and named["ngram_agrees"] == 0.0
+    assert named["ngram_found"] == 1.0 and named["ngram_agrees"] == 0.0 and named["do_sample"] == 1.0
     assert named["log_cost_ratio"] == pytest.approx(-1.3862943611)

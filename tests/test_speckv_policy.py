@@ -77,6 +77,7 @@ def test_numpy_mlp_equals_the_torch_predictor():
                 p,
                 0.5,
                 0.5,
+                False,
                 8,
                 True,
                 cost.cost_ratio,

@@ -15,6 +15,7 @@ one row per drafted token, in this order) are:
 - `position`: 0-based position of the token in the current draft.
 - `prev_accepted_fraction`: accepted / drafted tokens of the previous step of the call (1.0 before any step).
 - `running_acceptance`: acceptance rate of the call so far (accepted / drafted over all previous steps).
+- `do_sample`: 1.0 when the call samples (acceptance is then probabilistic), 0.0 when it decodes greedily.
 - `compression_bits`: bits per weight of the target (32, 16, 8, 4, ...).
 - `quantized`: 1.0 when the target is quantized, else 0.0.
 - `cost_ratio`: draft forward time / target forward time.
@@ -48,7 +49,7 @@ __all__ = [
 
 FEATURE_SCHEMA_VERSION = 2
 """Version of the meaning of the features; bump it when a feature's definition changes (2: `ngram_found` and
-`ngram_agrees` added)."""
+`ngram_agrees` and `do_sample` added)."""
 
 PORTABLE_FEATURES: tuple[str, ...] = (
     "confidence",
@@ -60,6 +61,7 @@ PORTABLE_FEATURES: tuple[str, ...] = (
     "position",
     "prev_accepted_fraction",
     "running_acceptance",
+    "do_sample",
     "compression_bits",
     "quantized",
     "cost_ratio",
@@ -91,6 +93,7 @@ def token_features(
     position: int,
     prev_accepted_fraction: float,
     running_acceptance: float,
+    do_sample: bool,
     compression_bits: int,
     quantized: bool,
     cost_ratio: float,
@@ -107,6 +110,7 @@ def token_features(
         position: 0-based position in the draft.
         prev_accepted_fraction: previous step's accepted / drafted (1.0 before any).
         running_acceptance: the call's accepted / drafted so far (1.0 before any).
+        do_sample: whether the call samples.
         compression_bits: bits per weight of the target.
         quantized: whether the target is quantized.
         cost_ratio: draft / target forward time (clamped to at least 1e-4 for the log).
@@ -125,6 +129,7 @@ def token_features(
         float(position),
         float(prev_accepted_fraction),
         float(running_acceptance),
+        1.0 if do_sample else 0.0,
         float(compression_bits),
         1.0 if quantized else 0.0,
         ratio,

@@ -30,6 +30,8 @@ __all__ = ["DEFAULT_PREDICTOR", "SpeckvPolicy", "default_predictor_path"]
 DEFAULT_PREDICTOR = "predictors/default"
 _BINS = 10
 _TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees")
+#: The features that are constant within a step, folded into the first layer's bias once per step.
+_CALL_COLUMNS = tuple(c for c in PORTABLE_FEATURES if c not in (*_TOKEN_COLUMNS, "position"))
 
 
 def default_predictor_path() -> Path:
@@ -83,8 +85,8 @@ class SpeckvPolicy(MarginalValuePolicy):
         index = {name: i for i, name in enumerate(PORTABLE_FEATURES)}
         self._w_token = np.ascontiguousarray(first[:, [index[c] for c in _TOKEN_COLUMNS]])
         self._w_position = first[:, index["position"]].copy()
-        call_columns = [i for i, c in enumerate(PORTABLE_FEATURES) if c not in (*_TOKEN_COLUMNS, "position")]
-        self._w_call = np.ascontiguousarray(first[:, call_columns])
+        self._w_call = np.ascontiguousarray(first[:, [index[c] for c in _CALL_COLUMNS]])
+        self._call_x = np.zeros(len(_CALL_COLUMNS))
         self._token_x = np.zeros(len(_TOKEN_COLUMNS))
         self._rows = np.zeros((2, first.shape[0]))
         self._hidden = [np.zeros((2, w.shape[0])) for w, _ in self._weights[1:]]
@@ -126,11 +128,17 @@ class SpeckvPolicy(MarginalValuePolicy):
         """The first layer's contribution of the features that are constant within a step, plus its bias."""
         compression = self.context.compression
         ratio = max(self.context.cost.cost_ratio or 0.1, 1e-4)
-        running = self._call_accepted / self._call_drafted if self._call_drafted else 1.0
-        call_x = np.array(
-            [self._prev_fraction, running, compression.bits, float(compression.quantized), ratio, math.log(ratio)]
-        )
-        np.dot(self._w_call, call_x, out=self._call_bias)
+        values = {
+            "prev_accepted_fraction": self._prev_fraction,
+            "running_acceptance": self._call_accepted / self._call_drafted if self._call_drafted else 1.0,
+            "do_sample": float(self.context.do_sample),
+            "compression_bits": compression.bits,
+            "quantized": float(compression.quantized),
+            "cost_ratio": ratio,
+            "log_cost_ratio": math.log(ratio),
+        }
+        self._call_x[:] = [values[name] for name in _CALL_COLUMNS]
+        np.dot(self._w_call, self._call_x, out=self._call_bias)
         self._call_bias += self._weights[0][1]
 
     def _raw(self, token: TokenSignals, position: int) -> tuple[float, float]:
