@@ -91,7 +91,7 @@ def test_torchao_legacy_string():
 
 
 def test_torchao_config_objects():
-    torchao_quantization = pytest.importorskip("torchao.quantization")
+    torchao_quantization = pytest.importorskip("torchao.quantization", reason="torchao is the 'quant' extra")
     from transformers import TorchAoConfig
 
     for config, label in [
@@ -212,7 +212,7 @@ def test_unknown_and_cpu_only_names_refused():
 
 
 def test_quanto_quantized_by_hand_is_found_by_layer_type():
-    quanto = pytest.importorskip("optimum.quanto")
+    quanto = pytest.importorskip("optimum.quanto", reason="optimum-quanto is the 'quant' extra")
     model = LlamaForCausalLM(llama_config(layers=1))
     quanto.quantize(model, weights=quanto.qint4)
     info = detect_compression(model)

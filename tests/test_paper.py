@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", reason="the faithful reproduction needs scikit-learn (the 'paper' extra)")
 
 from typer.testing import CliRunner
 

@@ -100,10 +100,10 @@ def draft(policy: PaperPolicy, step: int = 0, signals=((0.5, 1.0),), max_tokens:
 
 
 def run_step(policy: PaperPolicy, step: int = 0, signals=((0.5, 1.0),), accepted: int = 0) -> list[TokenSignals]:
-    """`draft`, then `observe` with what the generator passes: the verified tokens (accepted + the first rejected)."""
+    """`draft`, then `observe` with what the generator passes: every drafted token and how many were accepted."""
     drafted = draft(policy, step, signals)
     accepted = min(accepted, len(drafted))
-    policy.observe(StepOutcome(step=step, tokens=drafted[: accepted + 1], num_accepted=accepted))
+    policy.observe(StepOutcome(step=step, tokens=drafted, num_accepted=accepted))
     return drafted
 
 
@@ -249,7 +249,7 @@ def test_entropy_is_converted_from_nats_to_bits_and_every_drafted_token_counts()
     run_step(policy, 0, [(0.5, 2.5)], accepted=1)
     assert len(run_step(policy, 1, [(0.5, 0.1), (0.5, 5.0), (0.5, 5.0), (0.5, 5.0)], accepted=0)) == 4
     # All four drafts: mean 3.78 nats = 5.45 bits -> values 1.39/1.27/<1/<1 -> γ=2. Only the verified first token
-    # (0.1 nats, what the outcome carries) would give γ=8.
+    # (0.1 nats) would give γ=8.
     assert len(draft(policy, 2)) == 2
 
 

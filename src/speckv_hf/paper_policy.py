@@ -25,7 +25,7 @@ import numpy as np
 from .features import PAPER_FEATURES
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from .predictor_paper import paper_comp_enc, paper_features
-from .signals import StepSignals, TokenSignals
+from .signals import StepSignals
 
 __all__ = ["DEFAULT_PAPER_PREDICTOR", "PaperPolicy", "default_paper_predictor_path", "policy_from_pretrained"]
 
@@ -110,7 +110,6 @@ class PaperPolicy(DraftPolicy):
         self._expected = np.zeros(len(self.gammas))
         self.gamma = initial_gamma
         self._pending = False
-        self._step_tokens: Sequence[TokenSignals] = []
 
     def bind(self, context: PolicyContext) -> None:
         super().bind(context)
@@ -119,20 +118,16 @@ class PaperPolicy(DraftPolicy):
         self._step_x[_COMP_ENC] = comp_enc
         self.gamma = self.initial_gamma
         self._pending = False
-        self._step_tokens = []
 
     def should_draft(self, state: DraftState) -> bool:
         if not state.tokens and self._pending:
             self.gamma = self.choose_gamma()
             self._pending = False
-        self._step_tokens = state.tokens
         return len(state.tokens) < min(self.gamma, state.max_tokens)
 
     def observe(self, outcome: StepOutcome) -> None:
-        # The paper aggregates over every drafted token, accepted or not. The outcome carries them all; the tokens
-        # seen while drafting are the same list, kept in case a caller's outcome holds only the verified prefix.
-        drafted = max(outcome.tokens, self._step_tokens, key=len)
-        self._step_tokens = []
+        # The paper aggregates over every drafted token, accepted or not: the outcome carries them all.
+        drafted = outcome.tokens
         if not drafted:  # a step that drafted nothing has no signals: the next step keeps the last γ
             return
         step = StepSignals.from_tokens(drafted)

@@ -72,7 +72,7 @@ class StepOutcome:
 
     Attributes:
         step: 0-based index of the step in the call.
-        tokens: signals of the drafted tokens.
+        tokens: signals of every drafted token of the step, those after the first rejection included.
         num_accepted: how many drafted tokens the target accepted (a prefix of `tokens`).
     """
 
