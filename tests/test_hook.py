@@ -95,11 +95,19 @@ def test_static_cache_object_rejected(llama_pairs):
         )
 
 
-def test_batch_size_above_one_rejected(llama_pairs):
+def test_batch_with_transformers_loop_rejected_naming_the_own_loop(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
     batch = torch.cat([prompt(6, seed=0), prompt(6, seed=1)])
-    with pytest.raises(ValueError, match=r"batched generation \(batch size 2\) is not supported yet"):
-        target.generate(batch, assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4)
+    generator = SpecKVGenerator(loop="transformers")
+    with pytest.raises(ValueError, match=r"refuses batches \(batch size 2\).*loop='auto'"):
+        target.generate(batch, assistant_model=draft, candidate_generator=generator, max_new_tokens=4)
+    out = target.generate(batch, assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4)
+    assert out.shape == (2, 10)
+
+
+def test_unknown_loop_rejected():
+    with pytest.raises(ValueError, match="loop must be one of"):
+        SpecKVGenerator(loop="fast")
 
 
 def test_vocabulary_mismatch_points_to_assistant_tokenizer(llama_pairs):

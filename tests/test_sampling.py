@@ -105,3 +105,43 @@ def test_sampling_returns_processed_draft_logits(llama_pairs):
     assert (torch.isfinite(logits).sum(-1) == 5).all()  # top-k applied to every drafted row
     drafted = candidates[0, 4:]
     assert torch.isfinite(logits[0, torch.arange(3), drafted]).all()  # each token was allowed by its row
+
+
+@pytest.mark.slow
+def test_batched_sampling_keeps_each_rows_distribution():
+    """In a batch (own loop), each row's first two sampled tokens follow the target's distribution for that row's
+    prompt, for rows of different lengths (left padding) that accept different numbers of tokens."""
+    torch.manual_seed(0)
+    config = llama_config(layers=1, vocab=VOCAB, initializer_range=0.5, max_position_embeddings=32, eos_token_id=None)
+    target = LlamaForCausalLM(config).eval()
+    draft = LlamaForCausalLM(config).eval()  # unrelated: rejections and residual sampling in every row
+    prompts = [[3, 5, 4], [6, 2, 7, 7, 1]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    expected = [_two_token_distribution(target, torch.tensor([p])) for p in prompts]
+    counts = torch.zeros(len(prompts), VOCAB, VOCAB)
+    generator = SpecKVGenerator("fixed:2")
+    samples = SAMPLES * 2 // 3
+    for seed in range(samples):
+        torch.manual_seed(seed)
+        out = target.generate(
+            ids,
+            attention_mask=mask,
+            assistant_model=draft,
+            candidate_generator=generator,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=3,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        for row in range(len(prompts)):
+            t1, t2 = out[row, width : width + 2].tolist()
+            counts[row, t1, t2] += 1
+    assert generator.last_stats.loop == "speckv" and generator.last_stats.drafted_tokens > 0
+    for row in range(len(prompts)):
+        assert _chi_square_pvalue(counts[row], expected[row]) > 1e-3
+    # Power: the rows' distributions differ, and each row's counts reject the other row's distribution.
+    assert _chi_square_pvalue(counts[0], expected[1]) < 1e-6

@@ -17,10 +17,13 @@ from transformers.generation.candidate_generator import CandidateGenerator
 from .compression import detect_compression
 from .context import NgramIndex
 from .cost import Clock, CostModel, CostSettings
+from .kv_cache import cache_kwarg
+from .loop import LoopCall
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from .registry import get_policy
 from .signals import StepSignals, TokenSignals, token_signals
 from .stats import GenerationStats, StepRecord
+from .validation import validate_pair
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
@@ -39,11 +42,14 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 class _Warm:
     """What a finished call hands to the next call on the same pair: learned costs and policy state."""
 
-    key: tuple[int, int]
+    key: tuple[int, int, int]  # target, draft, batch size: a batch's step costs are not a single row's
     cost: CostModel
     policy: DraftPolicy
     speculation_paid: bool = True
     plain_calls: int = 0
+
+
+_LOOPS = ("auto", "speckv", "transformers")
 
 
 class SpecKVGenerator(CandidateGenerator):
@@ -77,6 +83,10 @@ class SpecKVGenerator(CandidateGenerator):
             `probe_every`-th call speculates again to re-check. Only for policies that can decide to draft nothing
             (`adaptive`, `speckv`).
         probe_every: see `plain_fallback`.
+        loop: which speculative loop runs the call. `"auto"` (the default): the library's own loop for batches
+            (batch size > 1, including `num_return_sequences > 1`), transformers' assisted loop for one prompt;
+            `"speckv"`: always the library's own loop; `"transformers"`: always transformers' loop, which refuses
+            batches.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -93,6 +103,7 @@ class SpecKVGenerator(CandidateGenerator):
         warm_start: bool = True,
         plain_fallback: bool = True,
         probe_every: int = 8,
+        loop: str = "auto",
         **policy_kwargs: Any,
     ) -> None:
         self.policy = get_policy(policy, **policy_kwargs)
@@ -103,6 +114,9 @@ class SpecKVGenerator(CandidateGenerator):
             raise ValueError(f"probe_every must be >= 1, got {probe_every}.")
         self.plain_fallback = plain_fallback
         self.probe_every = probe_every
+        if loop not in _LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
+        self.loop = loop
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warm: _Warm | None = None
@@ -183,12 +197,10 @@ class SpecKVGenerator(CandidateGenerator):
         Returns:
             The bound generator that transformers' assisted loop drives.
         """
-        from .hook import cache_kwarg, validate_pair  # the hook owns the checks on models and versions
-
         validate_pair(target, draft, input_ids)
         with self._lock:
             warm = self._warm
-        key = (id(target), id(draft))
+        key = (id(target), id(draft), 1)
         use_warm = self.warm_start and warm is not None and warm.key == key
 
         bound = copy.copy(self)
@@ -267,12 +279,13 @@ class SpecKVGenerator(CandidateGenerator):
                 self._warm = _Warm(key=bound._key, cost=bound._cost, policy=bound.policy, speculation_paid=paid)
         return stats
 
-    def wants_plain_decoding(self, target: torch.nn.Module, draft: torch.nn.Module) -> bool:
+    def wants_plain_decoding(self, target: torch.nn.Module, draft: torch.nn.Module, batch_size: int = 1) -> bool:
         """Whether the next call on this pair should skip speculation (see `plain_fallback`). Counts the call.
 
         Args:
             target: the model generating.
             draft: the assistant model.
+            batch_size: rows of the call.
 
         Returns:
             True to run the call as plain decoding, without the draft.
@@ -281,7 +294,7 @@ class SpecKVGenerator(CandidateGenerator):
             return False
         with self._lock:
             warm = self._warm
-            if warm is None or warm.key != (id(target), id(draft)) or warm.speculation_paid:
+            if warm is None or warm.key != (id(target), id(draft), batch_size) or warm.speculation_paid:
                 return False
             warm.plain_calls += 1
             return warm.plain_calls % self.probe_every != 0
@@ -306,6 +319,104 @@ class SpecKVGenerator(CandidateGenerator):
             verify_seconds=seconds,
             plain_decoding=True,
         )
+
+    # -- the library's own loop ------------------------------------------------------------------------------------
+    def uses_own_loop(self, batch_size: int) -> bool:
+        """Whether a call of `batch_size` rows runs in the library's own loop (`speckv_hf.loop`).
+
+        Raises:
+            ValueError: for a batch with `loop="transformers"`, whose loop refuses batches.
+        """
+        if self.loop == "transformers":
+            if batch_size > 1:
+                raise ValueError(
+                    f"transformers' assisted loop refuses batches (batch size {batch_size}): use "
+                    "SpecKVGenerator(loop='auto') (the default) to run batches in speckv-hf's own loop."
+                )
+            return False
+        return self.loop == "speckv" or batch_size > 1
+
+    def start_loop(
+        self,
+        target: PreTrainedModel,
+        draft: PreTrainedModel,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        do_sample: bool,
+    ) -> LoopCall:
+        """The state one call of the library's own loop holds: warm-started costs, one policy per row, stats.
+
+        Args:
+            target: the model generating.
+            draft: the draft model.
+            input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): 0 on padding.
+            do_sample: whether the call samples.
+
+        Returns:
+            The call's [`LoopCall`]; hand it to [`SpecKVGenerator.finish_loop`] after the call.
+        """
+        validate_pair(target, draft, input_ids)
+        batch_size = int(input_ids.shape[0])
+        key = (id(target), id(draft), batch_size)
+        with self._lock:
+            warm = self._warm
+        use_warm = self.warm_start and warm is not None and warm.key == key
+        cost = warm.cost.copy() if use_warm else CostModel()
+        cost.settings = copy.copy(self.cost_settings)
+        template = warm.policy if use_warm else self.policy
+        compression = detect_compression(target)
+        context = PolicyContext(cost=cost, compression=compression, do_sample=do_sample)
+        policies = []
+        for _ in range(batch_size):
+            policy = copy.deepcopy(template)
+            policy.bind(context)
+            policies.append(policy)
+        lengths = (
+            attention_mask.sum(-1).tolist() if attention_mask is not None else [int(input_ids.shape[1])] * batch_size
+        )
+        config = policies[0].config()
+        stats = GenerationStats(
+            policy=config,
+            compression=compression,
+            prompt_tokens=int(sum(lengths)),
+            batch_size=batch_size,
+            loop="speckv",
+        )
+        if batch_size > 1:
+            stats.rows = [
+                GenerationStats(policy=config, compression=compression, prompt_tokens=int(n), loop="speckv")
+                for n in lengths
+            ]
+        return LoopCall(
+            cost=cost,
+            policies=policies,
+            stats=stats,
+            clock=Clock(_model_device(draft), _model_device(target)),
+            record_steps=self.record_steps,
+            key=key,
+        )
+
+    def finish_loop(self, call: LoopCall) -> GenerationStats:
+        """Collects a finished loop call: stats for `last_stats`, learned costs and policy state for the next call.
+
+        Args:
+            call: what [`SpecKVGenerator.start_loop`] returned.
+
+        Returns:
+            The call's statistics.
+        """
+        stats, cost = call.stats, call.cost
+        stats.cost_ratio = cost.cost_ratio
+        if stats.cost_ratio is not None:
+            stats.draft_token_seconds, stats.target_seconds = cost.draft_time, cost.verify_coefficients()[0]
+        self._local.stats = stats
+        if self.warm_start:
+            policy = call.policies[0]
+            paid = policy.speculation_pays() is not False
+            with self._lock:
+                self._warm = _Warm(key=call.key, cost=cost, policy=policy, speculation_paid=paid)
+        return stats
 
     # -- CandidateGenerator API -----------------------------------------------------------------------------------
     def get_candidates(

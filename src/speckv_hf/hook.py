@@ -8,6 +8,11 @@ transformers' `generate()` has no argument for a user-made candidate generator. 
 - `_get_candidate_generator` returns our generator, bound to the call, when the call is marked; otherwise it
   is transformers' own.
 
+Batches (and, with `SpecKVGenerator(loop="speckv")`, single prompts) run in the library's own loop
+(`speckv_hf.loop`) instead: `generate` passes transformers the public `custom_generate=` callable route, which
+prepares the logits processors, stopping criteria and generation config as for any decoding method and hands them
+to [`own_loop_decoding`]; the private special-token tensors of the generation config are read there.
+
 Calls without `candidate_generator` go straight to transformers. `uninstall()` restores both methods. The
 supported transformers versions are checked here and only here.
 """
@@ -18,7 +23,7 @@ import contextvars
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
@@ -26,9 +31,11 @@ from packaging.version import Version
 from transformers.generation.utils import GenerationMixin
 
 from .cost import Clock
-
-if TYPE_CHECKING:
-    from .generator import SpecKVGenerator
+from .generator import SpecKVGenerator
+from .kv_cache import cache_kwarg
+from .loop import LoopSettings, run_loop
+from .validation import validate_batched_call, validate_call, validate_pair
+from .verification import Processing
 
 __all__ = [
     "MAX_TRANSFORMERS",
@@ -37,6 +44,7 @@ __all__ = [
     "check_transformers_version",
     "install",
     "is_installed",
+    "own_loop_decoding",
     "speckv_generate",
     "uninstall",
     "validate_pair",
@@ -81,19 +89,6 @@ def check_transformers_version(version: str | None = None) -> Version:
     return parsed
 
 
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The name under which `model.forward` takes a KV cache: `cache` where transformers renamed it (5.x releases
-    that deprecate `past_key_values`), `past_key_values` before.
-
-    Args:
-        model: a transformers model.
-
-    Returns:
-        The keyword argument name.
-    """
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def is_installed() -> bool:
     """Whether the hook is installed."""
     return bool(_ORIGINALS)
@@ -117,9 +112,25 @@ def install() -> None:
         if candidate_generator is None:
             return original_generate(self, *args, **kwargs)
         arguments = generate_signature.bind_partial(self, *args, **kwargs).arguments
-        _validate_call(self, candidate_generator, arguments)
-        if "assistant_model" in kwargs and candidate_generator.wants_plain_decoding(self, kwargs["assistant_model"]):
+        input_ids = _validate_call(self, candidate_generator, arguments)
+        draft = arguments["assistant_model"]
+        batch_size = _batch_size(arguments, input_ids)
+        own_loop = candidate_generator.uses_own_loop(batch_size)
+        if own_loop:
+            validate_batched_call(arguments)
+        if candidate_generator.wants_plain_decoding(self, draft, batch_size):
             return _plain_decoding(original_generate, self, candidate_generator, arguments, args, kwargs)
+        if own_loop:
+            given = {k: v for k, v in arguments.items() if k not in ("self", "kwargs", "assistant_model")}
+            return original_generate(
+                self,
+                **given,
+                **arguments.get("kwargs", {}),
+                custom_generate=own_loop_decoding,
+                # transformers hands a custom_generate callable only the keyword arguments it declares beyond its
+                # own decoding methods': not the streamer, which travels here.
+                speckv_request=(candidate_generator, draft, arguments.get("streamer")),
+            )
         call = _ActiveCall(generator=candidate_generator, target=self)
         token = _ACTIVE.set(call)
         try:
@@ -170,6 +181,84 @@ def install() -> None:
     GenerationMixin._get_candidate_generator = _get_candidate_generator
 
 
+def _batch_size(arguments: dict[str, Any], input_ids: torch.Tensor | None) -> int:
+    """Rows the call generates: the prompts times `num_return_sequences`."""
+    kwargs = arguments.get("kwargs", {})
+    config = arguments.get("generation_config")
+    copies = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None)) or 1
+    rows = int(input_ids.shape[0]) if input_ids is not None and input_ids.dim() == 2 else 1
+    return rows * int(copies)
+
+
+def _special_ids(generation_config: Any) -> tuple[frozenset[int], int]:
+    """The EOS ids and the pad id transformers prepared for the call (`_eos_token_tensor`, `_pad_token_tensor`:
+    transformers sets the pad id to the EOS id when the model has none)."""
+    eos = getattr(generation_config, "_eos_token_tensor", None)
+    eos = eos.flatten().tolist() if isinstance(eos, torch.Tensor) else generation_config.eos_token_id
+    eos_ids = frozenset([eos] if isinstance(eos, int) else list(eos or []))
+    pad = getattr(generation_config, "_pad_token_tensor", None)
+    pad = int(pad.flatten()[0]) if isinstance(pad, torch.Tensor) else generation_config.pad_token_id
+    if pad is None:
+        pad = min(eos_ids) if eos_ids else 0
+    return eos_ids, int(pad)
+
+
+def own_loop_decoding(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    generation_config: Any,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    speckv_request: tuple[SpecKVGenerator, Any, Any] | None = None,
+    **model_kwargs: Any,
+) -> Any:
+    """The decoding method the hook hands transformers (`custom_generate=`) for calls in the library's own loop.
+
+    Args:
+        model: the target.
+        input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts, left-padded.
+        logits_processor: the call's prepared logits processors.
+        stopping_criteria: the call's prepared stopping criteria.
+        generation_config: the call's generation config.
+        synced_gpus: transformers' multi-GPU flag (unused: each process runs its own batch).
+        streamer: an optional streamer.
+        speckv_request: the generator, the draft and the call's streamer (or None).
+        **model_kwargs: the prepared model kwargs; the attention mask is read, the prepared cache is not used.
+
+    Returns:
+        The sequences, as a tensor or (with `return_dict_in_generate=True`) a `GenerateDecoderOnlyOutput`.
+    """
+    from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+    if speckv_request is None:
+        raise ValueError("own_loop_decoding is run by generate(candidate_generator=...); call that instead.")
+    generator, draft, request_streamer = speckv_request
+    streamer = streamer if streamer is not None else request_streamer
+    eos_ids, pad_id = _special_ids(generation_config)
+    settings = LoopSettings(
+        max_new_tokens=max(int(generation_config.max_length) - int(input_ids.shape[1]), 0),
+        eos_token_ids=eos_ids,
+        pad_token_id=pad_id,
+        do_sample=bool(generation_config.do_sample),
+        processing=Processing(logits_processor, batch_size=int(input_ids.shape[0])),
+        stop_checks=[c for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))],
+        streamer=streamer,
+    )
+    attention_mask = model_kwargs.get("attention_mask")
+    call = generator.start_loop(model, draft, input_ids, attention_mask, settings.do_sample)
+    try:
+        sequences = run_loop(call, settings, model, draft, input_ids, attention_mask)
+    finally:
+        generator.finish_loop(call)
+    if generation_config.return_dict_in_generate:
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+        return GenerateDecoderOnlyOutput(sequences=sequences)
+    return sequences
+
+
 def _plain_decoding(original_generate, model, generator, arguments, args, kwargs) -> Any:
     """Runs a call without the draft (the generator found that speculation does not pay) and records its stats."""
     kwargs = {k: v for k, v in kwargs.items() if k != "assistant_model"}
@@ -192,102 +281,16 @@ def uninstall() -> None:
     _ORIGINALS.clear()
 
 
-def _vocab_size(model: torch.nn.Module) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "vocab_size", None)
-
-
-def validate_pair(target: torch.nn.Module, draft: torch.nn.Module, input_ids: torch.Tensor | None = None) -> None:
-    """Checks that a target/draft pair and a prompt can be served by `SpecKVGenerator`.
-
-    Args:
-        target: the model generating.
-        draft: the assistant model.
-        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): the prompt.
-
-    Raises:
-        ValueError: for a vocabulary mismatch, an encoder-decoder or non-generative model, or batch size > 1.
-    """
-    for role, model in (("target", target), ("draft", draft)):
-        config = getattr(model, "config", None)
-        if config is None or not callable(getattr(model, "can_generate", None)) or not model.can_generate():
-            raise ValueError(
-                f"the {role} ({type(model).__name__}) is not a transformers model that can generate; "
-                "SpecKVGenerator needs causal language models such as AutoModelForCausalLM."
-            )
-        if getattr(config, "is_encoder_decoder", False):
-            raise ValueError(
-                f"the {role} ({type(model).__name__}) is an encoder-decoder model; SpecKVGenerator supports "
-                "decoder-only models for now: use transformers' own assisted generation for it."
-            )
-    target_vocab, draft_vocab = _vocab_size(target), _vocab_size(draft)
-    if target_vocab != draft_vocab:
-        raise ValueError(
-            f"draft vocabulary ({draft_vocab}) differs from target ({target_vocab}): SpecKVGenerator needs a draft "
-            "that shares the target's tokenizer. For a draft with another tokenizer, drop candidate_generator= and "
-            "use transformers' universal assisted generation: generate(..., assistant_model=draft, "
-            "tokenizer=target_tokenizer, assistant_tokenizer=draft_tokenizer)."
-        )
-    if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] > 1:
-        raise ValueError(
-            f"batched generation (batch size {input_ids.shape[0]}) is not supported yet by SpecKVGenerator: "
-            "call generate() once per prompt."
-        )
-
-
-def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> None:
+def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> torch.Tensor | None:
     """Checks a `generate(candidate_generator=...)` call before transformers does any work, and clears the
-    generator's `last_stats` for the calling thread."""
-    from .generator import SpecKVGenerator
-
-    kwargs = arguments.get("kwargs", {})
+    generator's `last_stats` for the calling thread. Returns the prompt's ids when given as a tensor."""
     if not isinstance(generator, SpecKVGenerator):
         raise TypeError(
             f"candidate_generator must be a speckv_hf.SpecKVGenerator, got {type(generator).__name__}: "
             "pass candidate_generator=SpecKVGenerator()."
         )
     generator.clear_last_stats()  # a call that fails from here on leaves no stale stats behind
-    draft = arguments.get("assistant_model")
-    if draft is None:
-        raise ValueError(
-            "candidate_generator=SpecKVGenerator() needs a draft model: pass assistant_model=draft_model too."
-        )
-    if kwargs.get("assistant_tokenizer") is not None:
-        raise ValueError(
-            "SpecKVGenerator needs a draft sharing the target's tokenizer; drop assistant_tokenizer=, or drop "
-            "candidate_generator= to use transformers' universal assisted generation."
-        )
-    inputs = arguments.get("inputs")
-    if inputs is None:
-        inputs = kwargs.get("input_ids")
-    validate_pair(model, draft, inputs if isinstance(inputs, torch.Tensor) else None)
-
-    if kwargs.get("inputs_embeds") is not None:
-        raise ValueError("SpecKVGenerator needs input_ids: pass the prompt as token ids, not inputs_embeds=.")
-    # Only what the call asks for: a model's default `cache_implementation` (e.g. Gemma's "hybrid") is replaced by
-    # transformers itself for assisted generation.
-    config = arguments.get("generation_config")
-    cache_implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
-    past = kwargs.get("past_key_values")
-    if cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
-        past is not None and "Static" in type(past).__name__
-    ):
-        raise ValueError(
-            f"SpecKVGenerator needs a dynamic KV cache, got {cache_implementation or type(past).__name__}: drop "
-            "cache_implementation= / past_key_values= (assisted generation crops the cache on rejection)."
-        )
-    # transformers' QuantizedCache layers cannot be cropped; transformers itself raises only after the prefill.
-    if cache_implementation == "quantized" or (past is not None and "Quantized" in type(past).__name__):
-        raise ValueError(
-            "SpecKVGenerator cannot use a quantized KV cache: assisted generation crops the target's cache when "
-            "it rejects drafted tokens, and transformers' quantized caches cannot be cropped. Either drop "
-            "cache_implementation='quantized' / cache_config= / past_key_values= (the default dynamic cache; to "
-            "save memory quantize the weights instead, e.g. --compression quanto-int4), or keep the quantized "
-            "cache and generate without candidate_generator= and assistant_model=."
-        )
-    num_beams = kwargs.get("num_beams", getattr(config, "num_beams", None)) or 1
-    if num_beams > 1:
-        raise ValueError(f"SpecKVGenerator works with num_beams=1 (greedy or sampling), got num_beams={num_beams}.")
+    return validate_call(model, arguments)
 
 
 def speckv_generate(
@@ -314,7 +317,7 @@ def speckv_generate(
 
     Args:
         model: the target (transformers passes it).
-        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the prompts.
         logits_processor: the call's logits processors.
         stopping_criteria: the call's stopping criteria.
         generation_config: the call's generation config.
@@ -325,21 +328,33 @@ def speckv_generate(
         **model_kwargs: the prepared model kwargs (cache included).
 
     Returns:
-        What transformers' assisted decoding returns.
+        What transformers' assisted decoding (one prompt) or the library's own loop (a batch) returns.
 
     Raises:
         ValueError: when `draft_model` is missing, and for the same bad inputs as `generate(candidate_generator=)`.
     """
-    from .generator import SpecKVGenerator
-
     if draft_model is None:
         raise ValueError("custom_generate=speckv_generate needs the draft: pass draft_model=your_draft.")
     generator = speckv_generator if speckv_generator is not None else SpecKVGenerator()
-    _validate_call(
-        model,
-        generator,
-        {"assistant_model": draft_model, "inputs": input_ids, "generation_config": generation_config, "kwargs": {}},
-    )
+    arguments = {
+        "assistant_model": draft_model,
+        "inputs": input_ids,
+        "generation_config": generation_config,
+        "kwargs": {"attention_mask": model_kwargs.get("attention_mask")},
+    }
+    _validate_call(model, generator, arguments)
+    if generator.uses_own_loop(int(input_ids.shape[0])):
+        return own_loop_decoding(
+            model,
+            input_ids,
+            logits_processor,
+            stopping_criteria,
+            generation_config,
+            synced_gpus=synced_gpus,
+            streamer=streamer,
+            speckv_request=(generator, draft_model, streamer),
+            **model_kwargs,
+        )
     install()
     call = _ActiveCall(generator=generator, target=model)
     token = _ACTIVE.set(call)

@@ -106,6 +106,13 @@ class GenerationStats:
         steps: per-step records (kept when the generator's `record_steps` is True).
         plain_decoding: True when the call ran without the draft, because earlier calls on the same pair found
             that speculation does not pay (see `SpecKVGenerator(plain_fallback=...)`).
+        batch_size: rows the call generated; for a batch, the counts above are sums over rows except
+            `target_forwards` and `draft_forwards` (forwards of the whole batch), and the histograms count each
+            batch step by its longest draft.
+        rows: for a batch (`batch_size > 1`), one `GenerationStats` per row, in the batch's order: the row's
+            tokens, the steps it took part in, its drafted and accepted tokens and its own γ histogram.
+        loop: which loop ran the call: `"speckv"` (the library's own) or `"transformers"` (transformers'
+            assisted loop driving the generator as a `CandidateGenerator`).
     """
 
     policy: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +134,47 @@ class GenerationStats:
     target_seconds: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
     plain_decoding: bool = False
+    batch_size: int = 1
+    rows: list[GenerationStats] = field(default_factory=list)
+    loop: str = "transformers"
+
+    def record_step(
+        self,
+        *,
+        gamma: int,
+        accepted: int,
+        tokens: int,
+        draft_seconds: float,
+        verify_seconds: float,
+        overhead_seconds: float,
+        record: StepRecord | None = None,
+        drafted: int | None = None,
+        accepted_tokens: int | None = None,
+    ) -> None:
+        """Adds one verified step (one target forward) to the counts.
+
+        Args:
+            gamma: tokens drafted (and verified) in the step.
+            accepted: drafted tokens the target accepted.
+            tokens: tokens the step appended.
+            draft_seconds: time drafting.
+            verify_seconds: time verifying.
+            overhead_seconds: time in the loop around them.
+            record: the step's record, kept in `steps` when given.
+            drafted: drafted tokens to count, when they differ from `gamma` (a batch step: the sum over rows).
+            accepted_tokens: accepted tokens to count, when they differ from `accepted` (a batch step).
+        """
+        self.target_forwards += 1
+        self.tokens_emitted += tokens
+        self.drafted_tokens += gamma if drafted is None else drafted
+        self.accepted_tokens += accepted if accepted_tokens is None else accepted_tokens
+        self.gamma_histogram[gamma] += 1
+        self.accepted_histogram[accepted] += 1
+        self.draft_seconds += draft_seconds
+        self.verify_seconds += verify_seconds
+        self.overhead_seconds += overhead_seconds
+        if record is not None:
+            self.steps.append(record)
 
     @property
     def acceptance_rate(self) -> float:
@@ -160,6 +208,7 @@ class GenerationStats:
         data["gamma_histogram"] = dict(sorted(self.gamma_histogram.items()))
         data["accepted_histogram"] = dict(sorted(self.accepted_histogram.items()))
         data["steps"] = [step.to_dict() for step in self.steps]
+        data["rows"] = [row.to_dict() for row in self.rows]
         data.update(
             acceptance_rate=self.acceptance_rate,
             tokens_per_target_forward=self.tokens_per_target_forward,

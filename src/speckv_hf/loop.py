@@ -1,0 +1,486 @@
+"""The library's own speculative decoding loop: a batch of rows, each with its own γ per step.
+
+One step, for the rows still generating:
+
+1. **Draft.** The draft catches up on the tokens its cache lacks and drafts one token per row per forward. After
+   each token every row's policy says whether that row wants another; the batch drafts while any row does (the
+   draft forward is one batched call, so a row that stopped early saves nothing, and its extra tokens are verified
+   too, for free). A row stops for good at EOS and at its length budget.
+2. **Verify.** One target forward over every row's last token and candidates; rows accept different numbers of
+   tokens (greedy matching, or speculative sampling per row).
+3. **Bookkeeping** (`speckv_hf.kv_cache`): rows that finished leave the batch; the others are re-aligned so that
+   each row stays contiguous and right-aligned, on the sequences, masks and both caches at once.
+
+The output equals target-alone `generate()` on the same padded batch: each row is its prompt, its new tokens and
+the pad token after its end.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import kv_cache
+from .context import NgramIndex
+from .cost import Clock, CostModel
+from .policies import DraftPolicy, DraftState, StepOutcome
+from .signals import StepSignals, TokenSignals, batch_token_signals
+from .stats import GenerationStats, StepRecord
+from .verification import Processing, accept_greedy, accept_sampled
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = ["LoopCall", "LoopSettings", "run_loop"]
+
+
+@dataclass
+class LoopSettings:
+    """What one call of the loop needs beyond the models and the prompt (prepared by the hook).
+
+    Attributes:
+        max_new_tokens: tokens each row may add.
+        eos_token_ids: ids that end a row.
+        pad_token_id: id written after a row's end.
+        do_sample: speculative sampling (True) or greedy matching (False).
+        processing: the call's logits processors.
+        stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
+        streamer: transformers streamer, or None.
+    """
+
+    max_new_tokens: int
+    eos_token_ids: frozenset[int]
+    pad_token_id: int
+    do_sample: bool
+    processing: Processing
+    stop_checks: list[Any] = field(default_factory=list)
+    streamer: Any = None
+
+
+@dataclass
+class LoopCall:
+    """The per-call state the generator hands to the loop: costs, one policy per row, statistics.
+
+    Attributes:
+        cost: the call's cost model (batch step times), shared by the rows' policies.
+        policies: one bound policy per row.
+        stats: the call's statistics; `stats.rows` holds one per row.
+        clock: the call's clock.
+        record_steps: keep per-step records.
+        key: what the generator files the call's learned state under (target, draft, batch size).
+    """
+
+    cost: CostModel
+    policies: list[DraftPolicy]
+    stats: GenerationStats
+    clock: Clock
+    record_steps: bool = True
+    key: tuple[int, ...] = ()
+
+
+class _Batch:
+    """The rows still generating, right-aligned, with both caches in the same column layout."""
+
+    def __init__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.ids = input_ids
+        self.mask = mask.to(input_ids.device, torch.long)
+        self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each row
+        self.target_cache = kv_cache.new_cache()
+        self.draft_cache = kv_cache.new_cache()
+        self.target_len = 0  # columns the target cache holds
+        self.draft_len = 0  # columns the draft cache holds
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.shape[0])
+
+    def positions(self, mask: torch.Tensor, start: int) -> torch.Tensor:
+        return (mask.cumsum(-1) - 1).clamp_min(0)[:, start:]
+
+
+def run_loop(
+    call: LoopCall,
+    settings: LoopSettings,
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.LongTensor:
+    """Generates for a left-padded batch with speculative decoding.
+
+    Args:
+        call: costs, policies and statistics of the call.
+        settings: length, special tokens, sampling, processors, stopping criteria and streamer of the call.
+        target: the model generating.
+        draft: the draft model.
+        input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts, left-padded.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): 0 on padding.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, prompt_length + new_tokens)`: each row's prompt, its new tokens
+        and `pad_token_id` after its end, as target-alone `generate()` returns.
+    """
+    return _Loop(call, settings, target, draft).run(input_ids, attention_mask)
+
+
+class _Loop:
+    def __init__(self, call: LoopCall, settings: LoopSettings, target: Any, draft: Any) -> None:
+        self.call, self.settings = call, settings
+        self.target, self.draft = target, draft
+        self.target_kwarg, self.draft_kwarg = kv_cache.cache_kwarg(target), kv_cache.cache_kwarg(draft)
+        self.draft_device = next(draft.parameters()).device
+        self.target_keeps_logits = "logits_to_keep" in inspect.signature(target.forward).parameters
+        self.draft_keeps_logits = "logits_to_keep" in inspect.signature(draft.forward).parameters
+        self.clock = call.clock
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
+        settings = self.settings
+        size, prompt_length = input_ids.shape
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        batch = _Batch(input_ids, mask)
+        self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
+        self.generated: list[list[int]] = [[] for _ in range(size)]
+        self.contexts = [NgramIndex(ids[len(ids) - int(m.sum()) :]) for ids, m in zip(self.prompts, mask, strict=True)]
+        self.streamed = 0
+        step = 0
+        last_verified: float | None = None
+        while batch.size:
+            started = self.clock.now()
+            overhead = started - last_verified if last_verified is not None else 0.0
+            drafted, valid, signals, draft_probs, draft_timing = self._draft(batch, step)
+            verify_start = self.clock.now()
+            num_accepted, next_tokens = self._verify(batch, drafted, valid, draft_probs)
+            verified = self.clock.now()
+            appended, finished = self._append(batch, drafted, num_accepted, next_tokens)
+            self._record(
+                batch,
+                step,
+                valid,
+                signals,
+                num_accepted,
+                appended,
+                draft_timing,
+                verify_start,
+                verified,
+                started,
+                overhead,
+            )
+            self._stream(batch, finished)
+            self._advance(batch, drafted.shape[1], num_accepted, appended, finished)
+            step += 1
+            last_verified = verified
+        if settings.streamer is not None:
+            settings.streamer.end()
+        return self._output(input_ids, prompt_length)
+
+    # -- drafting -------------------------------------------------------------------------------------------------
+    def _draft(self, batch: _Batch, step: int):
+        settings, call = self.settings, self.call
+        n, length = batch.size, batch.ids.shape[1]
+        rows = batch.rows.tolist()
+        caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
+        throughput = call.cost.throughput
+        if throughput is None and call.cost.ready:
+            throughput = 1.0 / max(call.cost.step_time(0), 1e-9)
+        row_throughput = throughput / n if throughput else None
+        signals: list[list[TokenSignals]] = [[] for _ in range(n)]
+        drafting = [
+            caps[b] > 0 and self._ask(b, rows, step, signals[b], caps[b], row_throughput, length) for b in range(n)
+        ]
+        # Rows whose tokens are still candidates: every row with room, until its EOS or its cap. A row whose policy
+        # stopped rides along while others draft: its tokens cost no extra forward, draft or target.
+        open_rows = [cap > 0 for cap in caps]
+        tokens: list[torch.Tensor] = []
+        valid_columns: list[torch.Tensor] = []
+        probs_list: list[torch.Tensor] = []
+        timing = [0.0, 0.0, 0]  # seconds to the first token, seconds of the later tokens, later tokens
+        if not any(drafting):
+            empty = batch.ids.new_zeros((n, 0))
+            return empty, empty.bool(), signals, None, timing
+        start = self.clock.now()
+        logits = self._draft_forward(batch, batch.ids[:, batch.draft_len :], batch.mask, batch.draft_len)
+        batch.draft_len = length
+        lasts = [self.contexts[r].tail for r in rows]
+        mask = batch.mask
+        while True:
+            views = self._views(rows)
+            if views and tokens:
+                views = [v + t for v, t in zip(views, torch.stack(tokens, 1).tolist(), strict=True)]
+            processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
+            probs = torch.softmax(processed, dim=-1)
+            token = torch.multinomial(probs, 1)[:, 0] if settings.do_sample else probs.argmax(-1)
+            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
+            position = len(tokens)
+            row_signals = batch_token_signals(probs, token, position, predictions)
+            token_ids = token.tolist()
+            column = torch.tensor(open_rows, device=token.device)
+            tokens.append(torch.where(column, token, settings.pad_token_id))
+            valid_columns.append(column)
+            if settings.do_sample:
+                probs_list.append(probs)
+            for b in range(n):
+                lasts[b] = (lasts[b][1], token_ids[b])
+                if not open_rows[b]:
+                    continue
+                signals[b].append(row_signals[b])
+                if token_ids[b] in settings.eos_token_ids or len(signals[b]) >= caps[b]:
+                    open_rows[b] = drafting[b] = False
+                elif drafting[b]:
+                    drafting[b] = self._ask(b, rows, step, signals[b], caps[b], row_throughput, length)
+            now = self.clock.now()
+            if position == 0:
+                timing[0] = now - start
+            else:
+                timing[1] += now - start
+                timing[2] += 1
+            if not any(drafting):
+                break
+            start = now
+            feed = tokens[-1][:, None]
+            mask = torch.cat((mask, torch.tensor(open_rows, device=mask.device, dtype=mask.dtype)[:, None]), 1)
+            logits = self._draft_forward(batch, feed, mask, batch.draft_len)
+            batch.draft_len += 1
+        drafted = torch.stack(tokens, 1)
+        valid = torch.stack(valid_columns, 1)
+        draft_probs = torch.stack(probs_list, 1) if settings.do_sample else None
+        return drafted, valid, signals, draft_probs, timing
+
+    def _ask(self, b, rows, step, tokens, cap, throughput, length) -> bool:
+        state = DraftState(step=step, tokens=tokens, max_tokens=cap, throughput=throughput, sequence_length=length)
+        start = self.clock.now()
+        decision = self.call.policies[rows[b]].should_draft(state)
+        self.call.stats.policy_seconds += self.clock.now() - start
+        return bool(decision)
+
+    def _views(self, rows: list[int]) -> list[list[int]]:
+        if self.settings.processing.scores_only:
+            return []
+        return [self.prompts[r] + self.generated[r] for r in rows]
+
+    def _draft_forward(self, batch: _Batch, new_ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Draft logits for the position after `new_ids` (`(rows, vocab)`); `mask` covers the whole sequence."""
+        kwargs: dict[str, Any] = {
+            "input_ids": new_ids.to(self.draft_device),
+            "attention_mask": mask.to(self.draft_device),
+            "position_ids": batch.positions(mask, start).to(self.draft_device),
+            self.draft_kwarg: batch.draft_cache,
+            "use_cache": True,
+        }
+        if new_ids.shape[1] > 1 and self.draft_keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        outputs = self.draft(**kwargs)
+        self.call.stats.draft_forwards += 1
+        return outputs.logits[:, -1].to(batch.ids.device)
+
+    # -- verification ---------------------------------------------------------------------------------------------
+    def _verify(self, batch: _Batch, drafted, valid, draft_probs) -> tuple[torch.Tensor, torch.Tensor]:
+        k = drafted.shape[1]
+        mask = torch.cat((batch.mask, valid.long()), 1)
+        feed = torch.cat((batch.ids[:, batch.target_len :], drafted), 1)
+        kwargs: dict[str, Any] = {
+            "input_ids": feed,
+            "attention_mask": mask,
+            "position_ids": batch.positions(mask, batch.target_len),
+            self.target_kwarg: batch.target_cache,
+            "use_cache": True,
+            "logits_to_keep": k + 1,
+        }
+        if not self.target_keeps_logits:
+            del kwargs["logits_to_keep"]
+        logits = self.target(**kwargs).logits[:, -(k + 1) :]
+        batch.target_len = batch.ids.shape[1] + k
+        rows = batch.rows.tolist()
+        processed = self.settings.processing(logits, self._views(rows), drafted, rows)
+        if self.settings.do_sample:
+            return accept_sampled(processed, drafted, valid, draft_probs)
+        return accept_greedy(processed, drafted, valid)
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------------
+    def _append(self, batch: _Batch, drafted, num_accepted, next_tokens) -> tuple[list[list[int]], list[bool]]:
+        settings = self.settings
+        drafted_rows, accepted, nexts = drafted.tolist(), num_accepted.tolist(), next_tokens.tolist()
+        appended, finished = [], []
+        for b, r in enumerate(batch.rows.tolist()):
+            new = [*drafted_rows[b][: accepted[b]], nexts[b]]
+            done = False
+            for i, token in enumerate(new):
+                if token in settings.eos_token_ids:
+                    new, done = new[: i + 1], True
+                    break
+            room = settings.max_new_tokens - len(self.generated[r])
+            if len(new) >= room:
+                new, done = new[:room], True
+            if settings.stop_checks and not done:
+                new, done = self._stop_checks(r, new)
+            self.generated[r].extend(new)
+            self.contexts[r].extend(new)
+            appended.append(new)
+            finished.append(done)
+        return appended, finished
+
+    def _stop_checks(self, row: int, new: list[int]) -> tuple[list[int], bool]:
+        """Other stopping criteria (stop strings, time), applied after each new token as target-alone would."""
+        base = self.prompts[row] + self.generated[row]
+        for i in range(len(new)):
+            ids = torch.tensor([base + new[: i + 1]], dtype=torch.long)
+            if any(bool(torch.as_tensor(check(ids, None)).any()) for check in self.settings.stop_checks):
+                return new[: i + 1], True
+        return new, False
+
+    def _advance(self, batch: _Batch, k: int, num_accepted, appended: list[list[int]], finished: list[bool]) -> None:
+        """Drops finished rows and re-aligns the others (sequences, masks, caches) so each stays right-aligned."""
+        keep = [b for b, done in enumerate(finished) if not done]
+        if not keep:
+            batch.rows = batch.rows[:0]
+            return
+        length = batch.ids.shape[1]
+        device = batch.ids.device
+        if len(keep) < batch.size:
+            index = torch.tensor(keep, device=device)
+            batch.ids, batch.mask, batch.rows = batch.ids[index], batch.mask[index], batch.rows[index]
+            num_accepted = num_accepted[index]
+            kv_cache.select_rows(batch.target_cache, index)
+            kv_cache.select_rows(batch.draft_cache, index)
+            appended = [appended[b] for b in keep]
+        counts = torch.tensor([len(a) for a in appended], device=device)
+        most = int(counts.max())
+        shifts = most - counts
+        new = torch.full((len(keep), most), self.settings.pad_token_id, dtype=batch.ids.dtype, device=device)
+        new_mask = torch.zeros((len(keep), most), dtype=batch.mask.dtype, device=device)
+        for b, tokens in enumerate(appended):
+            new[b, : len(tokens)] = torch.tensor(tokens, dtype=batch.ids.dtype, device=device)
+            new_mask[b, : len(tokens)] = 1
+        index = kv_cache.shift_index(shifts, length + most)
+        ids = torch.cat((batch.ids, new), 1).gather(1, index)
+        mask = torch.cat((batch.mask, new_mask), 1).gather(1, index)
+        columns = torch.arange(length + most, device=device)[None, :]
+        left = columns < shifts[:, None]
+        batch.ids = torch.where(left, self.settings.pad_token_id, ids)
+        batch.mask = torch.where(left, 0, mask)
+        # The target cache holds each row's last token and accepted drafts; the draft cache at most that.
+        new_length = length + most - 1
+        kv_cache.shift_rows(batch.target_cache, shifts, new_length)
+        batch.target_len = new_length
+        draft_ends = torch.clamp(length + num_accepted, max=batch.draft_len) + shifts
+        draft_len = min(int(draft_ends.min()), new_length)
+        if batch.draft_len:
+            kv_cache.shift_rows(batch.draft_cache, shifts, draft_len)
+        batch.draft_len = draft_len if batch.draft_len else 0
+        self._drop_padding(batch)
+
+    def _drop_padding(self, batch: _Batch) -> None:
+        """Cuts the columns every remaining row pads (left behind by finished rows)."""
+        lengths = batch.mask.sum(-1)
+        columns = min(int(batch.ids.shape[1] - lengths.max()), batch.target_len, batch.draft_len or batch.target_len)
+        if columns <= 0:
+            return
+        batch.ids, batch.mask = batch.ids[:, columns:], batch.mask[:, columns:]
+        kv_cache.drop_leading(batch.target_cache, columns)
+        batch.target_len -= columns
+        if batch.draft_len:
+            kv_cache.drop_leading(batch.draft_cache, columns)
+            batch.draft_len -= columns
+
+    # -- stats, streaming, output ---------------------------------------------------------------------------------
+    def _record(
+        self, batch, step, valid, signals, num_accepted, appended, timing, verify_start, verified, started, overhead
+    ) -> None:
+        call = self.call
+        cost = call.cost
+        k = int(valid.shape[1])
+        draft_seconds = verify_start - started
+        verify_seconds = verified - verify_start
+        emitted = sum(len(a) for a in appended)
+        if step > 0:  # step 0 carries both prefills
+            cost.observe_verify(k, verify_seconds)
+            if k:
+                cost.observe_first_draft(timing[0])
+                if timing[2]:
+                    cost.observe_draft(timing[1] / timing[2])
+            if step > 1:
+                cost.observe_overhead(overhead)
+            cost.observe_step(emitted, draft_seconds + verify_seconds + overhead)
+        accepted = num_accepted.tolist()
+        stats = call.stats
+        stats.record_step(
+            gamma=k,
+            accepted=max(accepted),
+            tokens=emitted,
+            draft_seconds=draft_seconds,
+            verify_seconds=verify_seconds,
+            overhead_seconds=overhead,
+            drafted=sum(len(s) for s in signals),
+            accepted_tokens=sum(accepted),
+        )
+        for b, r in enumerate(batch.rows.tolist()):
+            tokens = signals[b]
+            call.policies[r].observe(StepOutcome(step=step, tokens=tokens, num_accepted=accepted[b]))
+            record = None
+            if call.record_steps:
+                record = StepRecord(
+                    step=step,
+                    gamma=len(tokens),
+                    accepted=accepted[b],
+                    tokens_produced=len(appended[b]),
+                    signals=StepSignals.from_tokens(tokens),
+                    tokens=tuple(tokens),
+                    draft_seconds=draft_seconds,
+                    verify_seconds=verify_seconds,
+                    overhead_seconds=overhead,
+                )
+            row_stats = stats.rows[r] if stats.rows else stats
+            if row_stats is stats:
+                # One row: the batch's own record is the row's.
+                if record is not None:
+                    stats.steps.append(record)
+                continue
+            row_stats.record_step(
+                gamma=len(tokens),
+                accepted=accepted[b],
+                tokens=len(appended[b]),
+                draft_seconds=draft_seconds,
+                verify_seconds=verify_seconds,
+                overhead_seconds=overhead,
+                record=record,
+            )
+
+    def _stream(self, batch: _Batch, finished: list[bool]) -> None:
+        """Streams like transformers' batched decoding: one `(batch_size,)` tensor per new position, pad for rows
+        that ended, once every row has that position; a single row streams each step's tokens at once."""
+        streamer = self.settings.streamer
+        if streamer is None:
+            return
+        if len(self.generated) == 1:
+            tokens = self.generated[0][self.streamed :]
+            if tokens:
+                streamer.put(torch.tensor([tokens]))
+            self.streamed = len(self.generated[0])
+            return
+        active = set(batch.rows.tolist())
+        for b, done in zip(batch.rows.tolist(), finished, strict=True):
+            if done:
+                active.discard(b)
+        ready = min((len(self.generated[r]) for r in active), default=max(len(g) for g in self.generated))
+        pad = self.settings.pad_token_id
+        for position in range(self.streamed, ready):
+            column = [g[position] if position < len(g) else pad for g in self.generated]
+            streamer.put(torch.tensor(column))
+        self.streamed = max(self.streamed, ready)
+
+    def _output(self, input_ids: torch.LongTensor, prompt_length: int) -> torch.LongTensor:
+        longest = max(len(g) for g in self.generated)
+        out = torch.full(
+            (input_ids.shape[0], prompt_length + longest),
+            self.settings.pad_token_id,
+            dtype=input_ids.dtype,
+            device=input_ids.device,
+        )
+        out[:, :prompt_length] = input_ids
+        for b, tokens in enumerate(self.generated):
+            if tokens:
+                out[b, prompt_length : prompt_length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
+        return out

@@ -1,0 +1,154 @@
+"""Checks on what a call asks of `SpecKVGenerator`, made before any work: the models, the prompt, the settings.
+
+A ground-floor module: the hook and the generator both call it, and it imports neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["validate_batched_call", "validate_call", "validate_pair"]
+
+
+def _vocab_size(model: torch.nn.Module) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "vocab_size", None)
+
+
+def validate_pair(target: torch.nn.Module, draft: torch.nn.Module, input_ids: torch.Tensor | None = None) -> None:
+    """Checks that a target/draft pair and a prompt can be served by `SpecKVGenerator`.
+
+    Args:
+        target: the model generating.
+        draft: the assistant model.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): the prompt.
+
+    Raises:
+        ValueError: for a vocabulary mismatch, an encoder-decoder or non-generative model, or an empty prompt.
+    """
+    for role, model in (("target", target), ("draft", draft)):
+        config = getattr(model, "config", None)
+        if config is None or not callable(getattr(model, "can_generate", None)) or not model.can_generate():
+            raise ValueError(
+                f"the {role} ({type(model).__name__}) is not a transformers model that can generate; "
+                "SpecKVGenerator needs causal language models such as AutoModelForCausalLM."
+            )
+        if getattr(config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"the {role} ({type(model).__name__}) is an encoder-decoder model; SpecKVGenerator supports "
+                "decoder-only models for now: use transformers' own assisted generation for it."
+            )
+    target_vocab, draft_vocab = _vocab_size(target), _vocab_size(draft)
+    if target_vocab != draft_vocab:
+        raise ValueError(
+            f"draft vocabulary ({draft_vocab}) differs from target ({target_vocab}): SpecKVGenerator needs a draft "
+            "that shares the target's tokenizer. For a draft with another tokenizer, drop candidate_generator= and "
+            "use transformers' universal assisted generation: generate(..., assistant_model=draft, "
+            "tokenizer=target_tokenizer, assistant_tokenizer=draft_tokenizer)."
+        )
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.shape[-1] == 0):
+        raise ValueError(
+            f"SpecKVGenerator needs a prompt of at least one token per row, shape (batch_size, length), got shape "
+            f"{tuple(input_ids.shape)}: start the prompt with the tokenizer's BOS token (e.g. "
+            "tokenizer(text, add_special_tokens=True)) or pass input_ids=torch.tensor([[bos_token_id]])."
+        )
+
+
+def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Tensor | None:
+    """Checks a `generate(candidate_generator=...)` call before transformers does any work.
+
+    Args:
+        model: the target.
+        arguments: `generate()`'s bound arguments (`inputs`, `generation_config`, `assistant_model`, and the
+            remaining keyword arguments under `kwargs`).
+
+    Returns:
+        The prompt's `input_ids` when the call passes them as a tensor (None otherwise).
+
+    Raises:
+        ValueError: naming the fix, for what `SpecKVGenerator` cannot serve.
+    """
+    kwargs = arguments.get("kwargs", {})
+    draft = arguments.get("assistant_model")
+    if draft is None:
+        raise ValueError(
+            "candidate_generator=SpecKVGenerator() needs a draft model: pass assistant_model=draft_model too."
+        )
+    if kwargs.get("assistant_tokenizer") is not None:
+        raise ValueError(
+            "SpecKVGenerator needs a draft sharing the target's tokenizer; drop assistant_tokenizer=, or drop "
+            "candidate_generator= to use transformers' universal assisted generation."
+        )
+    inputs = arguments.get("inputs")
+    if inputs is None:
+        inputs = kwargs.get("input_ids")
+    validate_pair(model, draft, inputs if isinstance(inputs, torch.Tensor) else None)
+
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("SpecKVGenerator needs input_ids: pass the prompt as token ids, not inputs_embeds=.")
+    # Only what the call asks for: a model's default `cache_implementation` (e.g. Gemma's "hybrid") is replaced by
+    # transformers itself for assisted generation.
+    config = arguments.get("generation_config")
+    cache_implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+    past = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
+        past is not None and "Static" in type(past).__name__
+    ):
+        raise ValueError(
+            f"SpecKVGenerator needs a dynamic KV cache, got {cache_implementation or type(past).__name__}: drop "
+            "cache_implementation= / past_key_values= (assisted generation crops the cache on rejection)."
+        )
+    # transformers' QuantizedCache layers cannot be cropped; transformers itself raises only after the prefill.
+    if cache_implementation == "quantized" or (past is not None and "Quantized" in type(past).__name__):
+        raise ValueError(
+            "SpecKVGenerator cannot use a quantized KV cache: assisted generation crops the target's cache when "
+            "it rejects drafted tokens, and transformers' quantized caches cannot be cropped. Either drop "
+            "cache_implementation='quantized' / cache_config= / past_key_values= (the default dynamic cache; to "
+            "save memory quantize the weights instead, e.g. --compression quanto-int4), or keep the quantized "
+            "cache and generate without candidate_generator= and assistant_model=."
+        )
+    num_beams = kwargs.get("num_beams", getattr(config, "num_beams", None)) or 1
+    if num_beams > 1:
+        raise ValueError(f"SpecKVGenerator works with num_beams=1 (greedy or sampling), got num_beams={num_beams}.")
+    mask = kwargs.get("attention_mask")
+    if (
+        isinstance(inputs, torch.Tensor)
+        and isinstance(mask, torch.Tensor)
+        and inputs.dim() == 2
+        and inputs.shape[0] > 1
+    ):
+        if mask.shape != inputs.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(inputs.shape)}: pass the mask the "
+                "tokenizer returned with the ids."
+            )
+        if bool((mask[:, -1] == 0).any()):
+            raise ValueError(
+                "the batch is right-padded (some rows end in padding): decoder-only generation needs left padding. "
+                "Create the tokenizer with padding_side='left' (or set tokenizer.padding_side = 'left') and "
+                "tokenize again."
+            )
+    return inputs if isinstance(inputs, torch.Tensor) else None
+
+
+def validate_batched_call(arguments: dict[str, Any]) -> None:
+    """The checks of a call that runs in the library's own loop (batches), beyond [`validate_call`]'s.
+
+    Raises:
+        ValueError: naming the fix, for outputs or caches the loop does not produce or accept.
+    """
+    kwargs = arguments.get("kwargs", {})
+    config = arguments.get("generation_config")
+    if kwargs.get("past_key_values", kwargs.get("cache")) is not None:
+        raise ValueError(
+            "SpecKVGenerator's batched loop builds its own KV caches: drop past_key_values= and pass the whole "
+            "prompt as input_ids."
+        )
+    for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
+        if kwargs.get(name, getattr(config, name, False)):
+            raise ValueError(
+                f"{name}=True is not supported by SpecKVGenerator's batched loop: drop it (sequences are returned, "
+                "and return_dict_in_generate=True gives them as .sequences), or generate one prompt at a time."
+            )
