@@ -269,7 +269,7 @@ def test_right_padding_refused_before_any_work(llama_pairs, monkeypatch):
     ids, mask = left_padded([4, 6])
     right_ids, right_mask = ids.flip(-1), mask.flip(-1)
     monkeypatch.setattr(target, "forward", _no_forward)
-    with pytest.raises(ValueError, match="right-padded.*padding_side='left'"):
+    with pytest.raises(ValueError, match=r"right-padded.*padding_side='left'"):
         target.generate(
             right_ids,
             attention_mask=right_mask,

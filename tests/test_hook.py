@@ -99,7 +99,7 @@ def test_batch_with_transformers_loop_rejected_naming_the_own_loop(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
     batch = torch.cat([prompt(6, seed=0), prompt(6, seed=1)])
     generator = SpecKVGenerator(loop="transformers")
-    with pytest.raises(ValueError, match=r"refuses batches \(batch size 2\).*loop='auto'"):
+    with pytest.raises(ValueError, match=r"refuses batches \(batch size 2\).*loop='speckv'"):
         target.generate(batch, assistant_model=draft, candidate_generator=generator, max_new_tokens=4)
     out = target.generate(batch, assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4)
     assert out.shape == (2, 10)

@@ -15,14 +15,15 @@ POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidenc
 PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
 
 
+@pytest.mark.parametrize("loop", ["speckv", "transformers"])
 @pytest.mark.parametrize("pair_name", PAIRS)
 @pytest.mark.parametrize("policy", POLICIES)
-def test_greedy_matches_target_alone(all_pairs, pair_name, policy):
+def test_greedy_matches_target_alone(all_pairs, pair_name, policy, loop):
     target, draft = all_pairs[pair_name]
     for seed in range(2):
         input_ids = prompt(8, seed=seed)
         expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
-        generator = SpecKVGenerator(policy)
+        generator = SpecKVGenerator(policy, loop=loop)
         out = greedy(
             target,
             input_ids,
@@ -33,7 +34,7 @@ def test_greedy_matches_target_alone(all_pairs, pair_name, policy):
         )
         assert torch.equal(out, expected), f"{pair_name}/{policy} diverged from target-alone greedy"
         stats = generator.last_stats
-        assert stats.tokens_emitted == 30
+        assert stats.tokens_emitted == 30 and stats.loop == loop
         assert stats.accepted_tokens <= stats.drafted_tokens
 
 

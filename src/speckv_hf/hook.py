@@ -30,6 +30,7 @@ import transformers
 from packaging.version import Version
 from transformers.generation.utils import GenerationMixin
 
+from .assisted import AssistedCall
 from .cost import Clock
 from .generator import SpecKVGenerator
 from .kv_cache import cache_kwarg
@@ -58,7 +59,7 @@ MAX_TRANSFORMERS = Version("6.0.0")  # exclusive
 class _ActiveCall:
     generator: SpecKVGenerator
     target: torch.nn.Module
-    bound: SpecKVGenerator | None = None
+    bound: AssistedCall | None = None
 
 
 _ACTIVE: contextvars.ContextVar[_ActiveCall | None] = contextvars.ContextVar("speckv_active_call", default=None)
@@ -172,6 +173,7 @@ def install() -> None:
             generation_config=generation_config,
             logits_processor=logits_processor,
             model_kwargs=model_kwargs,
+            eos_token_ids=_special_ids(generation_config)[0],
         )
         return call.bound
 

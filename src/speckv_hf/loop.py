@@ -49,6 +49,7 @@ class LoopSettings:
         processing: the call's logits processors.
         stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
         streamer: transformers streamer, or None.
+        quorum: share of the open rows that must want another token for the batch to draft it (any row for 0).
     """
 
     max_new_tokens: int
@@ -58,6 +59,7 @@ class LoopSettings:
     processing: Processing
     stop_checks: list[Any] = field(default_factory=list)
     streamer: Any = None
+    quorum: float = 0.5
 
 
 @dataclass
@@ -92,6 +94,7 @@ class _Batch:
         self.draft_cache = kv_cache.new_cache()
         self.target_len = 0  # columns the target cache holds
         self.draft_len = 0  # columns the draft cache holds
+        self.padded = bool((self.mask == 0).any())  # unpadded batches skip masks and positions (the fast path)
 
     @property
     def size(self) -> int:
@@ -159,6 +162,7 @@ class _Loop:
             self._record(
                 batch,
                 step,
+                drafted,
                 valid,
                 signals,
                 num_accepted,
@@ -183,10 +187,15 @@ class _Loop:
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
         caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
+        # The bar a row's next token must beat: the batch's long-run tokens per second shared by its rows, or, before
+        # enough steps, one token per plain step (which gives every row one).
         throughput = call.cost.throughput
-        if throughput is None and call.cost.ready:
-            throughput = 1.0 / max(call.cost.step_time(0), 1e-9)
-        row_throughput = throughput / n if throughput else None
+        if throughput is not None:
+            row_throughput = throughput / n
+        elif call.cost.ready:
+            row_throughput = 1.0 / max(call.cost.step_time(0), 1e-9)
+        else:
+            row_throughput = None
         signals: list[list[TokenSignals]] = [[] for _ in range(n)]
         drafting = [
             caps[b] > 0 and self._ask(b, rows, step, signals[b], caps[b], row_throughput, length) for b in range(n)
@@ -198,11 +207,11 @@ class _Loop:
         valid_columns: list[torch.Tensor] = []
         probs_list: list[torch.Tensor] = []
         timing = [0.0, 0.0, 0]  # seconds to the first token, seconds of the later tokens, later tokens
-        if not any(drafting):
+        if not self._continue(drafting, open_rows):
             empty = batch.ids.new_zeros((n, 0))
             return empty, empty.bool(), signals, None, timing
         start = self.clock.now()
-        logits = self._draft_forward(batch, batch.ids[:, batch.draft_len :], batch.mask, batch.draft_len)
+        logits = self._draft_forward(batch, batch.ids[:, batch.draft_len :], batch.mask, batch.draft_len, batch.padded)
         batch.draft_len = length
         lasts = [self.contexts[r].tail for r in rows]
         mask = batch.mask
@@ -217,8 +226,12 @@ class _Loop:
             position = len(tokens)
             row_signals = batch_token_signals(probs, token, position, predictions)
             token_ids = token.tolist()
-            column = torch.tensor(open_rows, device=token.device)
-            tokens.append(torch.where(column, token, settings.pad_token_id))
+            if all(open_rows):
+                column = torch.ones_like(token, dtype=torch.bool)
+                tokens.append(token)
+            else:
+                column = torch.tensor(open_rows, device=token.device)
+                tokens.append(torch.where(column, token, settings.pad_token_id))
             valid_columns.append(column)
             if settings.do_sample:
                 probs_list.append(probs)
@@ -237,17 +250,29 @@ class _Loop:
             else:
                 timing[1] += now - start
                 timing[2] += 1
-            if not any(drafting):
+            if not self._continue(drafting, open_rows):
                 break
             start = now
             feed = tokens[-1][:, None]
             mask = torch.cat((mask, torch.tensor(open_rows, device=mask.device, dtype=mask.dtype)[:, None]), 1)
-            logits = self._draft_forward(batch, feed, mask, batch.draft_len)
+            logits = self._draft_forward(batch, feed, mask, batch.draft_len, batch.padded or not all(open_rows))
             batch.draft_len += 1
         drafted = torch.stack(tokens, 1)
         valid = torch.stack(valid_columns, 1)
         draft_probs = torch.stack(probs_list, 1) if settings.do_sample else None
         return drafted, valid, signals, draft_probs, timing
+
+    def _continue(self, drafting: list[bool], open_rows: list[bool]) -> bool:
+        """Whether the batch drafts another token: when at least `quorum` of the rows still open want one.
+
+        One more token costs the whole batch one draft forward and a wider verification; it gains each row the
+        chance that its token is accepted. So the batch should go on while the rows' mean gain beats the per-row
+        bar, and the share of rows whose own gain beats it (their policies' votes) is the robust stand-in: a
+        single row that wants a long draft cannot make seven others pay for it."""
+        wanting = sum(drafting)
+        if not wanting:
+            return False
+        return wanting >= self.settings.quorum * max(sum(open_rows), 1)
 
     def _ask(self, b, rows, step, tokens, cap, throughput, length) -> bool:
         state = DraftState(step=step, tokens=tokens, max_tokens=cap, throughput=throughput, sequence_length=length)
@@ -261,15 +286,18 @@ class _Loop:
             return []
         return [self.prompts[r] + self.generated[r] for r in rows]
 
-    def _draft_forward(self, batch: _Batch, new_ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    def _draft_forward(
+        self, batch: _Batch, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool
+    ) -> torch.Tensor:
         """Draft logits for the position after `new_ids` (`(rows, vocab)`); `mask` covers the whole sequence."""
         kwargs: dict[str, Any] = {
             "input_ids": new_ids.to(self.draft_device),
-            "attention_mask": mask.to(self.draft_device),
-            "position_ids": batch.positions(mask, start).to(self.draft_device),
             self.draft_kwarg: batch.draft_cache,
             "use_cache": True,
         }
+        if padded:
+            kwargs["attention_mask"] = mask.to(self.draft_device)
+            kwargs["position_ids"] = batch.positions(mask, start).to(self.draft_device)
         if new_ids.shape[1] > 1 and self.draft_keeps_logits:
             kwargs["logits_to_keep"] = 1
         outputs = self.draft(**kwargs)
@@ -279,16 +307,17 @@ class _Loop:
     # -- verification ---------------------------------------------------------------------------------------------
     def _verify(self, batch: _Batch, drafted, valid, draft_probs) -> tuple[torch.Tensor, torch.Tensor]:
         k = drafted.shape[1]
-        mask = torch.cat((batch.mask, valid.long()), 1)
         feed = torch.cat((batch.ids[:, batch.target_len :], drafted), 1)
         kwargs: dict[str, Any] = {
             "input_ids": feed,
-            "attention_mask": mask,
-            "position_ids": batch.positions(mask, batch.target_len),
             self.target_kwarg: batch.target_cache,
             "use_cache": True,
             "logits_to_keep": k + 1,
         }
+        if batch.padded or not bool(valid.all()):
+            mask = torch.cat((batch.mask, valid.long()), 1)
+            kwargs["attention_mask"] = mask
+            kwargs["position_ids"] = batch.positions(mask, batch.target_len)
         if not self.target_keeps_logits:
             del kwargs["logits_to_keep"]
         logits = self.target(**kwargs).logits[:, -(k + 1) :]
@@ -346,8 +375,23 @@ class _Loop:
             kv_cache.select_rows(batch.target_cache, index)
             kv_cache.select_rows(batch.draft_cache, index)
             appended = [appended[b] for b in keep]
-        counts = torch.tensor([len(a) for a in appended], device=device)
-        most = int(counts.max())
+        lengths = [len(a) for a in appended]
+        most = min_count = lengths[0]
+        for count in lengths:
+            most, min_count = max(most, count), min(min_count, count)
+        if most == min_count:  # every row advanced alike (always for one row): append and crop, no shifting
+            new = torch.tensor(appended, dtype=batch.ids.dtype, device=device)
+            batch.ids = torch.cat((batch.ids, new), 1)
+            batch.mask = torch.cat((batch.mask, torch.ones_like(new, dtype=batch.mask.dtype)), 1)
+            new_length = length + most - 1
+            kv_cache.crop(batch.target_cache, new_length)
+            batch.target_len = new_length
+            if batch.draft_len:
+                batch.draft_len = min(batch.draft_len, length + int(num_accepted.min()), new_length)
+                kv_cache.crop(batch.draft_cache, batch.draft_len)
+            self._drop_padding(batch)
+            return
+        counts = torch.tensor(lengths, device=device)
         shifts = most - counts
         new = torch.full((len(keep), most), self.settings.pad_token_id, dtype=batch.ids.dtype, device=device)
         new_mask = torch.zeros((len(keep), most), dtype=batch.mask.dtype, device=device)
@@ -370,10 +414,13 @@ class _Loop:
         if batch.draft_len:
             kv_cache.shift_rows(batch.draft_cache, shifts, draft_len)
         batch.draft_len = draft_len if batch.draft_len else 0
+        batch.padded = True
         self._drop_padding(batch)
 
     def _drop_padding(self, batch: _Batch) -> None:
         """Cuts the columns every remaining row pads (left behind by finished rows)."""
+        if not batch.padded:
+            return
         lengths = batch.mask.sum(-1)
         columns = min(int(batch.ids.shape[1] - lengths.max()), batch.target_len, batch.draft_len or batch.target_len)
         if columns <= 0:
@@ -384,10 +431,23 @@ class _Loop:
         if batch.draft_len:
             kv_cache.drop_leading(batch.draft_cache, columns)
             batch.draft_len -= columns
+        batch.padded = bool((batch.mask == 0).any())
 
     # -- stats, streaming, output ---------------------------------------------------------------------------------
     def _record(
-        self, batch, step, valid, signals, num_accepted, appended, timing, verify_start, verified, started, overhead
+        self,
+        batch,
+        step,
+        drafted,
+        valid,
+        signals,
+        num_accepted,
+        appended,
+        timing,
+        verify_start,
+        verified,
+        started,
+        overhead,
     ) -> None:
         call = self.call
         cost = call.cost
@@ -405,6 +465,7 @@ class _Loop:
                 cost.observe_overhead(overhead)
             cost.observe_step(emitted, draft_seconds + verify_seconds + overhead)
         accepted = num_accepted.tolist()
+        drafted_rows = drafted.tolist() if call.record_steps else []
         stats = call.stats
         stats.record_step(
             gamma=k,
@@ -431,6 +492,7 @@ class _Loop:
                     draft_seconds=draft_seconds,
                     verify_seconds=verify_seconds,
                     overhead_seconds=overhead,
+                    drafted_ids=tuple(drafted_rows[b][: len(tokens)]),
                 )
             row_stats = stats.rows[r] if stats.rows else stats
             if row_stats is stats:

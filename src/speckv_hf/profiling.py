@@ -410,22 +410,8 @@ def _process_slot(device: str | None) -> tuple[int, int, str | None]:
     return state.process_index, state.num_processes, device
 
 
-class _RecordingGenerator(SpecKVGenerator):
-    """`SpecKVGenerator` that also keeps the token ids drafted at each step (for hidden states)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Shared with the call's bound (shallow) copy, which appends to it.
-        self.drafted_ids: list[list[int]] = []
-
-    def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, Any]:
-        candidates, logits = super().get_candidates(input_ids, **kwargs)
-        self.drafted_ids.append(candidates[0, input_ids.shape[1] :].tolist())
-        return candidates, logits
-
-
 def _profile_unit(pair: Any, prompt: Any, unit: Unit, plan: ProfilePlan) -> tuple[list[dict], list[dict]]:
-    generator = _RecordingGenerator(unit.setting.policy, warm_start=False)
+    generator = SpecKVGenerator(unit.setting.policy, warm_start=False)
     # Sampled calls are reproducible per prompt, whatever ran before (resumed runs, other processes).
     torch.manual_seed((plan.seed * 1_000_003 + zlib.crc32(unit.prompt.id.encode("utf-8"))) % 2**32)
     with torch.no_grad():
@@ -442,7 +428,9 @@ def _profile_unit(pair: Any, prompt: Any, unit: Unit, plan: ProfilePlan) -> tupl
         raise RuntimeError(f"generate() left no step records for prompt {unit.prompt.id!r}: is speckv_hf imported?")
     hidden = None
     if plan.hidden_states:
-        hidden = draft_hidden_states(pair.draft, out[0], prompt.input_ids.shape[1], stats.steps, generator.drafted_ids)
+        hidden = draft_hidden_states(
+            pair.draft, out[0], prompt.input_ids.shape[1], stats.steps, [step.drafted_ids for step in stats.steps]
+        )
     context = CallContext(
         prompt_id=unit.prompt.id,
         task=unit.prompt.task,

@@ -29,7 +29,8 @@ class StepRecord:
             position), for records and training.
         draft_seconds: time drafting (draft forwards, signals, policy).
         verify_seconds: time from candidates returned to verification done (target forward and acceptance).
-        overhead_seconds: time in transformers' loop between the previous verification and this draft.
+        overhead_seconds: time in the loop between the previous verification and this draft.
+        drafted_ids: the drafted token ids, in order (`len == gamma`).
     """
 
     step: int
@@ -41,6 +42,7 @@ class StepRecord:
     draft_seconds: float
     verify_seconds: float
     overhead_seconds: float
+    drafted_ids: tuple[int, ...] = ()
 
     @property
     def acceptance_rate(self) -> float:
