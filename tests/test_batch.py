@@ -60,7 +60,7 @@ POLICIES = ["fixed:1", "fixed:3", "fixed:6", "heuristic", "confidence", "adaptiv
 
 
 @pytest.mark.parametrize("pair", ["llama-noisy", "llama-random", "gpt2-noisy", "mistral-sliding"])
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=1, max_size=8),
     max_new_tokens=st.integers(1, 28),

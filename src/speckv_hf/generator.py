@@ -80,6 +80,9 @@ class SpecKVGenerator:
         loop: which speculative loop runs the calls. `"speckv"` (the default): the library's own loop
             (`speckv_hf.loop`), for one prompt or a batch (including `num_return_sequences > 1`); `"transformers"`:
             transformers' assisted loop, driving the generator as a `CandidateGenerator` (one prompt only).
+        batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
+            the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
+            (0, 1], where a tiny value means "any row".
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -97,6 +100,7 @@ class SpecKVGenerator:
         plain_fallback: bool = True,
         probe_every: int = 8,
         loop: str = "speckv",
+        batch_quorum: float = 0.5,
         **policy_kwargs: Any,
     ) -> None:
         self.policy = get_policy(policy, **policy_kwargs)
@@ -110,6 +114,9 @@ class SpecKVGenerator:
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
         self.loop = loop
+        if not 0 < batch_quorum <= 1:
+            raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
+        self.batch_quorum = batch_quorum
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warm: _Warm | None = None

@@ -247,6 +247,7 @@ def own_loop_decoding(
         processing=Processing(logits_processor, batch_size=int(input_ids.shape[0])),
         stop_checks=[c for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))],
         streamer=streamer,
+        quorum=generator.batch_quorum,
     )
     attention_mask = model_kwargs.get("attention_mask")
     call = generator.start_loop(model, draft, input_ids, attention_mask, settings.do_sample)

@@ -116,7 +116,7 @@ def shift_index(shifts: torch.Tensor, length: int) -> torch.Tensor:
 def shift_rows(cache: DynamicCache, shifts: torch.Tensor, length: int) -> None:
     """Moves each row of every layer right by `shifts[b]` columns and keeps `length` columns.
 
-    The columns a row gains on the left hold copies of its first column: they are padding (mask 0), never read.
+    The columns a row gains on the left keep what they held: they are padding (mask 0), never read.
 
     Args:
         cache: the cache to edit in place.
@@ -129,11 +129,13 @@ def shift_rows(cache: DynamicCache, shifts: torch.Tensor, length: int) -> None:
     if not bool(shifts.any()):
         crop(cache, length)
         return
-    index = shift_index(shifts, length).clamp_max(current - 1)
+    moves = [(row, shift) for row, shift in enumerate(shifts.tolist()) if shift > 0]
 
     def edit(tensor: torch.Tensor) -> torch.Tensor:
-        batch, heads, _, dim = tensor.shape
-        gather = index.to(tensor.device)[:, None, :, None].expand(batch, heads, length, dim)
-        return torch.gather(tensor, 2, gather)
+        # One slice copy per moved row: a gather would need an index as large as the cache itself.
+        out = tensor[:, :, :length]
+        for row, shift in moves:
+            out[row, :, shift:] = tensor[row, :, : length - shift].clone()
+        return out
 
     _edit(cache, edit)

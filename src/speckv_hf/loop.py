@@ -3,9 +3,9 @@
 One step, for the rows still generating:
 
 1. **Draft.** The draft catches up on the tokens its cache lacks and drafts one token per row per forward. After
-   each token every row's policy says whether that row wants another; the batch drafts while any row does (the
-   draft forward is one batched call, so a row that stopped early saves nothing, and its extra tokens are verified
-   too, for free). A row stops for good at EOS and at its length budget.
+   each token every row's policy says whether that row wants another; the batch drafts another while at least
+   `quorum` of the rows still drafting want one (the draft forward is one batched call, so a row that stopped early
+   saves nothing, and its extra tokens are verified too, for free). A row stops for good at EOS and its budget.
 2. **Verify.** One target forward over every row's last token and candidates; rows accept different numbers of
    tokens (greedy matching, or speculative sampling per row).
 3. **Bookkeeping** (`speckv_hf.kv_cache`): rows that finished leave the batch; the others are re-aligned so that
