@@ -91,7 +91,7 @@ class CostModel:
         self._first_draft_samples: deque[float] = deque(maxlen=self.settings.window)
         self._overhead_samples: deque[float] = deque(maxlen=self.settings.window)
         self._verify_samples: dict[int, deque[float]] = {}
-        self._steps: deque[tuple[int, float]] = deque(maxlen=_STEP_WINDOW)
+        self._steps: deque[tuple[float, float]] = deque(maxlen=_STEP_WINDOW)
         self._throughput: float | None = None
         self._estimates: tuple[float, float, float, float, float] | None = None  # draft, overhead, a, b, first
         self.num_verify_samples = 0
@@ -130,10 +130,10 @@ class CostModel:
         self._overhead_samples.append(seconds)
         self._estimates = None
 
-    def observe_step(self, tokens: int, seconds: float) -> None:
-        """Records a whole step: the tokens it added to the sequence and its wall-clock seconds (draft,
-        verification and the loop around them)."""
-        self._steps.append((int(tokens), float(seconds)))
+    def observe_step(self, tokens: float, seconds: float) -> None:
+        """Records a whole step: the tokens it added to the sequence (per row, in a batch) and its wall-clock seconds
+        (draft, verification and the loop around them)."""
+        self._steps.append((float(tokens), float(seconds)))
         self._throughput = None
 
     @property

@@ -143,6 +143,7 @@ class _Loop:
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
         settings = self.settings
         size, prompt_length = input_ids.shape
+        self.batch_size = size
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         batch = _Batch(input_ids, mask)
         self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
@@ -187,11 +188,11 @@ class _Loop:
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
         caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
-        # The bar a row's next token must beat: the batch's long-run tokens per second shared by its rows, or, before
-        # enough steps, one token per plain step (which gives every row one).
-        throughput = call.cost.throughput
-        if throughput is not None:
-            row_throughput = throughput / n
+        # The bar a row's next token must beat: the long-run tokens per second per row, or, before enough steps, one
+        # token per plain step (which gives every row one).
+        row_throughput = call.cost.throughput
+        if row_throughput is not None:
+            pass
         elif call.cost.ready:
             row_throughput = 1.0 / max(call.cost.step_time(0), 1e-9)
         else:
@@ -455,15 +456,20 @@ class _Loop:
         draft_seconds = verify_start - started
         verify_seconds = verified - verify_start
         emitted = sum(len(a) for a in appended)
+        rows = batch.size
         if step > 0:  # step 0 carries both prefills
-            cost.observe_verify(k, verify_seconds)
-            if k:
-                cost.observe_first_draft(timing[0])
-                if timing[2]:
-                    cost.observe_draft(timing[1] / timing[2])
-            if step > 1:
-                cost.observe_overhead(overhead)
-            cost.observe_step(emitted, draft_seconds + verify_seconds + overhead)
+            # A forward's time depends on the rows in it: the costs are those of the whole batch, measured while every
+            # row is in it (the last rows alone are cheaper, so the estimates stay on the safe side there).
+            if rows == self.batch_size:
+                cost.observe_verify(k, verify_seconds)
+                if k:
+                    cost.observe_first_draft(timing[0])
+                    if timing[2]:
+                        cost.observe_draft(timing[1] / timing[2])
+                if step > 1:
+                    cost.observe_overhead(overhead)
+            # Tokens per row: the bar one row's next token must beat, whatever the rows left.
+            cost.observe_step(emitted / rows, draft_seconds + verify_seconds + overhead)
         accepted = num_accepted.tolist()
         drafted_rows = drafted.tolist() if call.record_steps else []
         stats = call.stats
