@@ -16,7 +16,8 @@ Methods alternate call by call (the order rotates), one generator instance per m
 users do, and every speculative output is checked token for token against the target's (the last column counts
 the rows that differ; bitsandbytes targets differ at numerical near-ties, see docs/quantized.md). Both models'
 `forward` are wrapped with a timer, so each method's time splits into draft forwards, target forwards and
-everything else (the loop), reported per step (per target forward). Ratios are per repeat, against `target` in the same repeat.
+everything else (the loop), reported per step (per target forward). Ratios are per repeat, against `target` in
+the same repeat.
 """
 
 from __future__ import annotations

@@ -301,10 +301,15 @@ def test_empty_prompt_refused_naming_the_fix(llama_pairs, loop):
         ({"output_scores": True, "return_dict_in_generate": True}, "output_scores=True is not supported"),
         ({"num_beams": 2}, "num_beams=1"),
         ({"cache_implementation": "static"}, "dynamic KV cache"),
+        ({"past_key_values": "prefilled"}, "builds its own KV caches"),
     ],
 )
 def test_batch_settings_the_loop_cannot_serve(llama_pairs, kwargs, message):
+    from transformers import DynamicCache
+
     target, draft = llama_pairs["llama-noisy"]
+    if kwargs.get("past_key_values") == "prefilled":
+        kwargs = {"past_key_values": DynamicCache()}
     ids, mask = left_padded([4, 6])
     with pytest.raises(ValueError, match=message):
         target.generate(
@@ -362,3 +367,27 @@ def test_unrelated_draft_batch_still_lossless_with_sampling_shapes(llama_pairs):
     )
     assert out.shape[0] == 3 and ids.shape[1] < out.shape[1] <= ids.shape[1] + 12
     assert torch.equal(out[:, : ids.shape[1]], ids)
+
+
+def test_batch_quorum_validated():
+    with pytest.raises(ValueError, match=r"batch_quorum must be in \(0, 1\]"):
+        SpecKVGenerator(batch_quorum=0)
+
+
+@pytest.mark.parametrize("quorum", [0.01, 1.0])
+def test_any_quorum_stays_lossless(llama_pairs, quorum):
+    """Whichever share of rows decides the batch's draft length, every row's output is the target's."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids, mask = left_padded([3, 8, 5, 6], seed=9)
+    expected = greedy(target, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None)
+    generator = SpecKVGenerator("confidence", batch_quorum=quorum)
+    out = greedy(
+        target,
+        ids,
+        attention_mask=mask,
+        assistant_model=draft,
+        candidate_generator=generator,
+        max_new_tokens=20,
+        eos_token_id=None,
+    )
+    assert torch.equal(out, expected)

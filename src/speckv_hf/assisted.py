@@ -187,31 +187,29 @@ class AssistedCall(CandidateGenerator):
         self._context.extend(appended)
         self.policy.observe(StepOutcome(step=self._step, tokens=tokens, num_accepted=accepted))
 
-        stats = self.stats_
-        stats.target_forwards += 1
-        stats.tokens_emitted += len(appended)
-        stats.drafted_tokens += gamma
-        stats.accepted_tokens += accepted
-        stats.gamma_histogram[gamma] += 1
-        stats.accepted_histogram[accepted] += 1
-        stats.draft_seconds += self._draft_seconds
-        stats.verify_seconds += verify_seconds
-        stats.overhead_seconds += self._overhead_seconds
+        record = None
         if self.record_steps:
-            stats.steps.append(
-                StepRecord(
-                    step=self._step,
-                    gamma=gamma,
-                    accepted=accepted,
-                    tokens_produced=len(appended),
-                    signals=StepSignals.from_tokens(self._signals),
-                    tokens=tuple(self._signals),
-                    draft_seconds=self._draft_seconds,
-                    verify_seconds=verify_seconds,
-                    overhead_seconds=self._overhead_seconds,
-                    drafted_ids=tuple(self._drafted),
-                )
+            record = StepRecord(
+                step=self._step,
+                gamma=gamma,
+                accepted=accepted,
+                tokens_produced=len(appended),
+                signals=StepSignals.from_tokens(self._signals),
+                tokens=tuple(self._signals),
+                draft_seconds=self._draft_seconds,
+                verify_seconds=verify_seconds,
+                overhead_seconds=self._overhead_seconds,
+                drafted_ids=tuple(self._drafted),
             )
+        self.stats_.record_step(
+            gamma=gamma,
+            accepted=accepted,
+            tokens=len(appended),
+            draft_seconds=self._draft_seconds,
+            verify_seconds=verify_seconds,
+            overhead_seconds=self._overhead_seconds,
+            record=record,
+        )
         self._step += 1
         self._verified_at = self._clock.now()
 

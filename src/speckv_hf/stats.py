@@ -98,7 +98,7 @@ class GenerationStats:
         draft_seconds: time in the draft loop (forwards, signals, policy).
         policy_seconds: the part of `draft_seconds` spent in the policy.
         verify_seconds: time in the target's verification (forward, logits processing, acceptance).
-        overhead_seconds: time in transformers' loop between steps.
+        overhead_seconds: time in the loop between steps (outside drafting and verification).
         cost_ratio: measured draft/target forward-time ratio at the end of the call (None if unmeasured): one more
             drafted token's time over the target's single-token verification time.
         draft_token_seconds: the cost model's time of one more drafted token at the end of the call (None if
