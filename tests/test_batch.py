@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -391,3 +393,94 @@ def test_any_quorum_stays_lossless(llama_pairs, quorum):
         eos_token_id=None,
     )
     assert torch.equal(out, expected)
+
+
+def test_models_needing_another_cache_refused_before_any_work(llama_pairs, monkeypatch):
+    target, draft = llama_pairs["llama-noisy"]
+    monkeypatch.setattr(type(target), "_supports_default_dynamic_cache", classmethod(lambda cls: False))
+    monkeypatch.setattr(target, "forward", _no_forward)
+    with pytest.raises(ValueError, match="keeps a cache of its own kind"):
+        target.generate(prompt(5), assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4)
+
+
+def test_min_new_tokens_with_several_eos_ids_per_row(llama_pairs):
+    """A processor whose token list happens to have one entry per row (two EOS ids, two rows) is not cut per row."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids, mask = left_padded([4, 7], seed=6)
+    kwargs = dict(attention_mask=mask, max_new_tokens=16, eos_token_id=[5, 17], min_new_tokens=10, pad_token_id=0)
+    expected = greedy(target, ids, **kwargs)
+    out = greedy(target, ids, assistant_model=draft, candidate_generator=SpecKVGenerator("fixed:3"), **kwargs)
+    assert torch.equal(out, expected)
+
+
+def test_prefix_allowed_tokens_fn_sees_each_rows_index(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    ids, mask = left_padded([5, 3, 6], seed=7)
+    seen: set[int] = set()
+
+    def allowed(batch_id, sent):
+        seen.add(batch_id)
+        return list(range(10 + 20 * batch_id, 40 + 20 * batch_id))
+
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, eos_token_id=None, prefix_allowed_tokens_fn=allowed)
+    expected = greedy(target, ids, **kwargs)
+    seen.clear()
+    out = greedy(target, ids, assistant_model=draft, candidate_generator=SpecKVGenerator("fixed:3"), **kwargs)
+    assert torch.equal(out, expected)
+    assert seen == {0, 1, 2}
+
+
+def test_stateful_processors_refused_before_any_forward(llama_pairs, monkeypatch):
+    target, draft = llama_pairs["llama-noisy"]
+    monkeypatch.setattr(target, "forward", _no_forward)
+    with pytest.raises(ValueError, match=r"keeps state from one generated position.*guidance_scale"):
+        target.generate(
+            prompt(5),
+            assistant_model=draft,
+            candidate_generator=SpecKVGenerator(),
+            max_new_tokens=4,
+            guidance_scale=1.5,
+        )
+
+
+@pytest.mark.parametrize("mask", [[[1, 0, 1, 1]], [[1, 1, 1, 1], [0, 0, 0, 0]]])
+def test_masks_that_are_not_left_padding_refused(llama_pairs, monkeypatch, mask):
+    target, draft = llama_pairs["llama-noisy"]
+    mask = torch.tensor(mask)
+    ids = torch.randint(3, VOCAB, mask.shape, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(target, "forward", _no_forward)
+    with pytest.raises(ValueError, match="left"):
+        target.generate(
+            ids, attention_mask=mask, assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4
+        )
+
+
+def test_beams_from_the_models_generation_config_refused(llama_pairs, monkeypatch):
+    target, draft = llama_pairs["llama-noisy"]
+    monkeypatch.setattr(target.generation_config, "num_beams", 2)
+    monkeypatch.setattr(target, "forward", _no_forward)
+    with pytest.raises(ValueError, match="num_beams=1"):
+        target.generate(prompt(5), assistant_model=draft, candidate_generator=SpecKVGenerator(), max_new_tokens=4)
+
+
+def test_failed_call_hands_nothing_on(llama_pairs, monkeypatch):
+    """A call that raises mid-generation leaves no stats and does not overwrite what earlier calls learned."""
+    target, draft = llama_pairs["llama-noisy"]
+    generator = SpecKVGenerator("fixed:2")
+    greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=6)
+    learned = generator._warm
+    calls = {"n": 0}
+    original = target.forward
+
+    @functools.wraps(original)  # the loop reads the forward's signature (its cache argument's name)
+    def fail_later(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("out of memory (simulated)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, "forward", fail_later)
+    with pytest.raises(RuntimeError, match="simulated"):
+        greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
+    assert generator.last_stats is None
+    assert generator._warm is learned

@@ -73,7 +73,7 @@ class SpecKVGenerator:
             target/draft pair.
         plain_fallback: when the policy's evidence, gathered over many steps of this and earlier calls on the same
             pair, says that speculation does not pay (`DraftPolicy.speculation_pays()` is False), run the next calls
-            as plain decoding without the draft, which avoids the assisted loop's extra per-step work; every
+            as plain decoding without the draft, which avoids the speculative loop's extra per-step work; every
             `probe_every`-th call speculates again to re-check. Only for policies that can decide to draft nothing
             (`adaptive`, `speckv`).
         probe_every: see `plain_fallback`.

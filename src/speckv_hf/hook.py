@@ -30,12 +30,12 @@ import transformers
 from packaging.version import Version
 from transformers.generation.utils import GenerationMixin
 
-from .assisted import AssistedCall
+from .assisted import AssistedCall, model_device
 from .cost import Clock
 from .generator import SpecKVGenerator
 from .kv_cache import cache_kwarg
 from .loop import LoopSettings, run_loop
-from .validation import validate_batched_call, validate_call, validate_pair
+from .validation import validate_batched_call, validate_call, validate_pair, validate_prepared
 from .verification import Processing
 
 __all__ = [
@@ -115,6 +115,7 @@ def install() -> None:
         arguments = generate_signature.bind_partial(self, *args, **kwargs).arguments
         input_ids = _validate_call(self, candidate_generator, arguments)
         draft = arguments["assistant_model"]
+        _check_dynamic_cache(self, draft)
         batch_size = _batch_size(arguments, input_ids)
         own_loop = candidate_generator.uses_own_loop(batch_size)
         if own_loop:
@@ -135,11 +136,12 @@ def install() -> None:
         call = _ActiveCall(generator=candidate_generator, target=self)
         token = _ACTIVE.set(call)
         try:
-            return original_generate(self, *args, **kwargs)
+            output = original_generate(self, *args, **kwargs)
         finally:
             _ACTIVE.reset(token)
-            if call.bound is not None:
-                candidate_generator.finish(call.bound)
+        if call.bound is not None:  # only a call that finished hands on what it learned
+            candidate_generator.finish(call.bound)
+        return output
 
     @functools.wraps(original_get)
     def _get_candidate_generator(
@@ -181,6 +183,18 @@ def install() -> None:
     _ORIGINALS["_get_candidate_generator"] = original_get
     GenerationMixin.generate = generate
     GenerationMixin._get_candidate_generator = _get_candidate_generator
+
+
+def _check_dynamic_cache(*models: torch.nn.Module) -> None:
+    """Refuses models that cannot run with a `DynamicCache` (transformers' own list: recurrent and other custom
+    caches), before any work."""
+    for model in models:
+        supports = getattr(type(model), "_supports_default_dynamic_cache", None)
+        if callable(supports) and not supports():
+            raise ValueError(
+                f"{type(model).__name__} keeps a cache of its own kind, which speculative decoding cannot roll back; "
+                "SpecKVGenerator needs attention models with a DynamicCache: generate without candidate_generator=."
+            )
 
 
 def _batch_size(arguments: dict[str, Any], input_ids: torch.Tensor | None) -> int:
@@ -250,11 +264,14 @@ def own_loop_decoding(
         quorum=generator.batch_quorum,
     )
     attention_mask = model_kwargs.get("attention_mask")
-    call = generator.start_loop(model, draft, input_ids, attention_mask, settings.do_sample)
-    try:
-        sequences = run_loop(call, settings, model, draft, input_ids, attention_mask)
-    finally:
-        generator.finish_loop(call)
+    validate_prepared(generation_config, input_ids, attention_mask)
+    # The loop runs where the target's inputs live; the output goes back where the caller's ids were.
+    device = model_device(model)
+    ids = input_ids.to(device)
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    call = generator.start_loop(model, draft, ids, mask, settings.do_sample)
+    sequences = run_loop(call, settings, model, draft, ids, mask).to(input_ids.device)
+    generator.finish_loop(call)  # only a call that finished hands on what it learned
     if generation_config.return_dict_in_generate:
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -346,7 +363,9 @@ def speckv_generate(
         "kwargs": {"attention_mask": model_kwargs.get("attention_mask")},
     }
     _validate_call(model, generator, arguments)
+    _check_dynamic_cache(model, draft_model)
     if generator.uses_own_loop(int(input_ids.shape[0])):
+        validate_batched_call({"generation_config": generation_config, "kwargs": {}})
         return own_loop_decoding(
             model,
             input_ids,
@@ -362,7 +381,7 @@ def speckv_generate(
     call = _ActiveCall(generator=generator, target=model)
     token = _ACTIVE.set(call)
     try:
-        return model._assisted_decoding(
+        output = model._assisted_decoding(
             input_ids,
             logits_processor=logits_processor,
             stopping_criteria=stopping_criteria,
@@ -374,5 +393,6 @@ def speckv_generate(
         )
     finally:
         _ACTIVE.reset(token)
-        if call.bound is not None:
-            generator.finish(call.bound)
+    if call.bound is not None:  # only a call that finished hands on what it learned
+        generator.finish(call.bound)
+    return output

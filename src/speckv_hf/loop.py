@@ -49,7 +49,7 @@ class LoopSettings:
         processing: the call's logits processors.
         stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
         streamer: transformers streamer, or None.
-        quorum: share of the open rows that must want another token for the batch to draft it (any row for 0).
+        quorum: share of the open rows that must want another token for the batch to draft it (in (0, 1]).
     """
 
     max_new_tokens: int
@@ -81,27 +81,6 @@ class LoopCall:
     clock: Clock
     record_steps: bool = True
     key: tuple[int, ...] = ()
-
-
-class _Batch:
-    """The rows still generating, right-aligned, with both caches in the same column layout."""
-
-    def __init__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.ids = input_ids
-        self.mask = mask.to(input_ids.device, torch.long)
-        self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each row
-        self.target_cache = kv_cache.new_cache()
-        self.draft_cache = kv_cache.new_cache()
-        self.target_len = 0  # columns the target cache holds
-        self.draft_len = 0  # columns the draft cache holds
-        self.padded = bool((self.mask == 0).any())  # unpadded batches skip masks and positions (the fast path)
-
-    @property
-    def size(self) -> int:
-        return int(self.rows.shape[0])
-
-    def positions(self, mask: torch.Tensor, start: int) -> torch.Tensor:
-        return (mask.cumsum(-1) - 1).clamp_min(0)[:, start:]
 
 
 def run_loop(
@@ -145,7 +124,7 @@ class _Loop:
         size, prompt_length = input_ids.shape
         self.batch_size = size
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        batch = _Batch(input_ids, mask)
+        batch = kv_cache.RowLayout(input_ids, mask)
         self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
         self.generated: list[list[int]] = [[] for _ in range(size)]
         self.contexts = [NgramIndex(ids[len(ids) - int(m.sum()) :]) for ids, m in zip(self.prompts, mask, strict=True)]
@@ -159,6 +138,10 @@ class _Loop:
             verify_start = self.clock.now()
             num_accepted, next_tokens = self._verify(batch, drafted, valid, draft_probs)
             verified = self.clock.now()
+            if step == 0:  # both caches are filled now: check they are the key/value layers this loop edits
+                kv_cache.check_cache(batch.target_cache)
+                if batch.draft_len:
+                    kv_cache.check_cache(batch.draft_cache)
             appended, finished = self._append(batch, drafted, num_accepted, next_tokens)
             self._record(
                 batch,
@@ -175,7 +158,7 @@ class _Loop:
                 overhead,
             )
             self._stream(batch, finished)
-            self._advance(batch, drafted.shape[1], num_accepted, appended, finished)
+            batch.advance(appended, num_accepted, finished, self.settings.pad_token_id)
             step += 1
             last_verified = verified
         if settings.streamer is not None:
@@ -183,7 +166,7 @@ class _Loop:
         return self._output(input_ids, prompt_length)
 
     # -- drafting -------------------------------------------------------------------------------------------------
-    def _draft(self, batch: _Batch, step: int):
+    def _draft(self, batch: kv_cache.RowLayout, step: int):
         settings, call = self.settings, self.call
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
@@ -288,7 +271,7 @@ class _Loop:
         return [self.prompts[r] + self.generated[r] for r in rows]
 
     def _draft_forward(
-        self, batch: _Batch, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool
+        self, batch: kv_cache.RowLayout, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool
     ) -> torch.Tensor:
         """Draft logits for the position after `new_ids` (`(rows, vocab)`); `mask` covers the whole sequence."""
         kwargs: dict[str, Any] = {
@@ -306,7 +289,7 @@ class _Loop:
         return outputs.logits[:, -1].to(batch.ids.device)
 
     # -- verification ---------------------------------------------------------------------------------------------
-    def _verify(self, batch: _Batch, drafted, valid, draft_probs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _verify(self, batch: kv_cache.RowLayout, drafted, valid, draft_probs) -> tuple[torch.Tensor, torch.Tensor]:
         k = drafted.shape[1]
         feed = torch.cat((batch.ids[:, batch.target_len :], drafted), 1)
         kwargs: dict[str, Any] = {
@@ -330,7 +313,9 @@ class _Loop:
         return accept_greedy(processed, drafted, valid)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
-    def _append(self, batch: _Batch, drafted, num_accepted, next_tokens) -> tuple[list[list[int]], list[bool]]:
+    def _append(
+        self, batch: kv_cache.RowLayout, drafted, num_accepted, next_tokens
+    ) -> tuple[list[list[int]], list[bool]]:
         settings = self.settings
         drafted_rows, accepted, nexts = drafted.tolist(), num_accepted.tolist(), next_tokens.tolist()
         appended, finished = [], []
@@ -360,79 +345,6 @@ class _Loop:
             if any(bool(torch.as_tensor(check(ids, None)).any()) for check in self.settings.stop_checks):
                 return new[: i + 1], True
         return new, False
-
-    def _advance(self, batch: _Batch, k: int, num_accepted, appended: list[list[int]], finished: list[bool]) -> None:
-        """Drops finished rows and re-aligns the others (sequences, masks, caches) so each stays right-aligned."""
-        keep = [b for b, done in enumerate(finished) if not done]
-        if not keep:
-            batch.rows = batch.rows[:0]
-            return
-        length = batch.ids.shape[1]
-        device = batch.ids.device
-        if len(keep) < batch.size:
-            index = torch.tensor(keep, device=device)
-            batch.ids, batch.mask, batch.rows = batch.ids[index], batch.mask[index], batch.rows[index]
-            num_accepted = num_accepted[index]
-            kv_cache.select_rows(batch.target_cache, index)
-            kv_cache.select_rows(batch.draft_cache, index)
-            appended = [appended[b] for b in keep]
-        lengths = [len(a) for a in appended]
-        most = min_count = lengths[0]
-        for count in lengths:
-            most, min_count = max(most, count), min(min_count, count)
-        if most == min_count:  # every row advanced alike (always for one row): append and crop, no shifting
-            new = torch.tensor(appended, dtype=batch.ids.dtype, device=device)
-            batch.ids = torch.cat((batch.ids, new), 1)
-            batch.mask = torch.cat((batch.mask, torch.ones_like(new, dtype=batch.mask.dtype)), 1)
-            new_length = length + most - 1
-            kv_cache.crop(batch.target_cache, new_length)
-            batch.target_len = new_length
-            if batch.draft_len:
-                batch.draft_len = min(batch.draft_len, length + int(num_accepted.min()), new_length)
-                kv_cache.crop(batch.draft_cache, batch.draft_len)
-            self._drop_padding(batch)
-            return
-        counts = torch.tensor(lengths, device=device)
-        shifts = most - counts
-        new = torch.full((len(keep), most), self.settings.pad_token_id, dtype=batch.ids.dtype, device=device)
-        new_mask = torch.zeros((len(keep), most), dtype=batch.mask.dtype, device=device)
-        for b, tokens in enumerate(appended):
-            new[b, : len(tokens)] = torch.tensor(tokens, dtype=batch.ids.dtype, device=device)
-            new_mask[b, : len(tokens)] = 1
-        index = kv_cache.shift_index(shifts, length + most)
-        ids = torch.cat((batch.ids, new), 1).gather(1, index)
-        mask = torch.cat((batch.mask, new_mask), 1).gather(1, index)
-        columns = torch.arange(length + most, device=device)[None, :]
-        left = columns < shifts[:, None]
-        batch.ids = torch.where(left, self.settings.pad_token_id, ids)
-        batch.mask = torch.where(left, 0, mask)
-        # The target cache holds each row's last token and accepted drafts; the draft cache at most that.
-        new_length = length + most - 1
-        kv_cache.shift_rows(batch.target_cache, shifts, new_length)
-        batch.target_len = new_length
-        draft_ends = torch.clamp(length + num_accepted, max=batch.draft_len) + shifts
-        draft_len = min(int(draft_ends.min()), new_length)
-        if batch.draft_len:
-            kv_cache.shift_rows(batch.draft_cache, shifts, draft_len)
-        batch.draft_len = draft_len if batch.draft_len else 0
-        batch.padded = True
-        self._drop_padding(batch)
-
-    def _drop_padding(self, batch: _Batch) -> None:
-        """Cuts the columns every remaining row pads (left behind by finished rows)."""
-        if not batch.padded:
-            return
-        lengths = batch.mask.sum(-1)
-        columns = min(int(batch.ids.shape[1] - lengths.max()), batch.target_len, batch.draft_len or batch.target_len)
-        if columns <= 0:
-            return
-        batch.ids, batch.mask = batch.ids[:, columns:], batch.mask[:, columns:]
-        kv_cache.drop_leading(batch.target_cache, columns)
-        batch.target_len -= columns
-        if batch.draft_len:
-            kv_cache.drop_leading(batch.draft_cache, columns)
-            batch.draft_len -= columns
-        batch.padded = bool((batch.mask == 0).any())
 
     # -- stats, streaming, output ---------------------------------------------------------------------------------
     def _record(
@@ -516,7 +428,7 @@ class _Loop:
                 record=record,
             )
 
-    def _stream(self, batch: _Batch, finished: list[bool]) -> None:
+    def _stream(self, batch: kv_cache.RowLayout, finished: list[bool]) -> None:
         """Streams like transformers' batched decoding: one `(batch_size,)` tensor per new position, pad for rows
         that ended, once every row has that position; a single row streams each step's tokens at once."""
         streamer = self.settings.streamer

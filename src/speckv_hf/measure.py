@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .cost import Clock
-from .hook import cache_kwarg
+from .kv_cache import cache_kwarg
 from .oracle import ForwardCosts
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["validate_batched_call", "validate_call", "validate_pair"]
+__all__ = ["validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
 
 
 def _vocab_size(model: torch.nn.Module) -> int | None:
@@ -152,3 +152,48 @@ def validate_batched_call(arguments: dict[str, Any]) -> None:
                 f"{name}=True is not supported by SpecKVGenerator's batched loop: drop it (sequences are returned, "
                 "and return_dict_in_generate=True gives them as .sequences), or generate one prompt at a time."
             )
+
+
+def validate_prepared(generation_config: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """The checks of a call in the library's loop on what transformers prepared (the generation config merged with
+    the model's defaults, the mask a pipeline or tokenizer made), before any forward.
+
+    Args:
+        generation_config: the call's prepared generation config.
+        input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): 0 on padding.
+
+    Raises:
+        ValueError: naming the fix, for beams, per-step outputs, or a mask that is not left padding.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[-1] == 0:
+        raise ValueError(
+            f"SpecKVGenerator needs a prompt of at least one token per row, got shape {tuple(input_ids.shape)}: "
+            "start the prompt with the tokenizer's BOS token."
+        )
+    num_beams = getattr(generation_config, "num_beams", 1) or 1
+    if num_beams > 1:
+        raise ValueError(
+            f"SpecKVGenerator works with num_beams=1 (greedy or sampling), got num_beams={num_beams} (from the "
+            "model's generation config if the call did not set it): pass num_beams=1."
+        )
+    validate_batched_call({"generation_config": generation_config, "kwargs": {}})
+    if attention_mask is None:
+        return
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: pass "
+            "the mask the tokenizer returned with the ids."
+        )
+    mask = attention_mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError(
+            "every row of attention_mask must be zeros then ones (left padding), as a tokenizer with "
+            "padding_side='left' gives it: set tokenizer.padding_side = 'left' and tokenize again, or drop "
+            "attention_mask= for unpadded prompts."
+        )
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError(
+            "some rows of attention_mask are all padding (or right-padded): every row needs at least one token, "
+            "left-padded (tokenizer.padding_side = 'left')."
+        )

@@ -20,10 +20,14 @@ from transformers.generation.logits_process import (
     InfNanRemoveLogitsProcessor,
     LogitNormalization,
     MinPLogitsWarper,
+    PrefixConstrainedLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SynthIDTextWatermarkLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
     TypicalLogitsWarper,
+    UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
 
 __all__ = ["Processing", "accept_greedy", "accept_sampled"]
@@ -42,22 +46,45 @@ _SCORES_ONLY = (
 )
 
 
+# Per-row state of processors, by attribute: one entry per row of the call's batch.
+_PER_ROW_STATE: dict[type, tuple[str, ...]] = {RepetitionPenaltyLogitsProcessor: ("prompt_ignore_length",)}
+
+# Processors that keep state across calls (they assume one call per generated position) or run a model of their own:
+# the loop calls processors once per drafted and per verified position, so their output would be wrong.
+_REFUSED = {
+    UnbatchedClassifierFreeGuidanceLogitsProcessor: "guidance_scale (classifier-free guidance)",
+    SynthIDTextWatermarkLogitsProcessor: "watermarking_config (SynthID watermarking)",
+}
+
+
 class Processing:
     """Applies a call's logits processors to `(rows, positions, vocab)` logits.
 
     Args:
         processors: the call's processors and warpers (None or empty for none).
         batch_size: rows of the call (the processors' per-row state has this many entries).
+
+    Raises:
+        ValueError: for a processor the loop cannot serve, naming the setting that added it.
     """
 
     def __init__(self, processors: LogitsProcessorList | None, batch_size: int = 1) -> None:
+        for processor in processors or ():
+            setting = _REFUSED.get(type(processor))
+            if setting is not None:
+                raise ValueError(
+                    f"{type(processor).__name__} keeps state from one generated position to the next, which "
+                    f"speculative decoding (several positions per step) breaks: drop {setting}, or generate "
+                    "without candidate_generator=."
+                )
         self.processors = processors if processors is not None and len(processors) else None
         self.scores_only = self.processors is None or all(type(p) in _SCORES_ONLY for p in self.processors)
         self.batch_size = batch_size
         self._per_row: dict[int, LogitsProcessorList] = {}
 
     def _for_row(self, row: int) -> LogitsProcessorList:
-        """The processors with their per-row state cut to `row`."""
+        """The processors as row `row` alone must see them: per-row state cut to the row, and a
+        `prefix_allowed_tokens_fn` asked about the row's index in the batch (not 0)."""
         if self.batch_size == 1:
             return self.processors
         processors = self._per_row.get(row)
@@ -66,13 +93,19 @@ class Processing:
             for processor in self.processors:
                 state = {
                     name: value[row : row + 1]
-                    for name, value in vars(processor).items()
-                    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.batch_size
+                    for name in _PER_ROW_STATE.get(type(processor), ())
+                    if isinstance(value := getattr(processor, name, None), torch.Tensor)
+                    and value.dim() >= 1
+                    and value.shape[0] == self.batch_size
                 }
-                if state:
+                if state or isinstance(processor, PrefixConstrainedLogitsProcessor):
                     processor = copy.copy(processor)
                     for name, value in state.items():
                         setattr(processor, name, value)
+                    if isinstance(processor, PrefixConstrainedLogitsProcessor):
+                        # transformers keeps the user's function here (4.57 and 5.x alike).
+                        allowed = processor._prefix_allowed_tokens_fn
+                        processor._prefix_allowed_tokens_fn = lambda _batch_id, ids, fn=allowed, row=row: fn(row, ids)
                 processors.append(processor)
             self._per_row[row] = processors
         return processors
