@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
 
 import speckv_hf  # noqa: F401 - installs the hook
 
@@ -43,6 +43,23 @@ def gpt2_config(layers: int = 2, vocab: int = VOCAB) -> GPT2Config:
         bos_token_id=2,
         eos_token_id=EOS,
         pad_token_id=0,
+    )
+
+
+def mistral_config(sliding_window: int = 8) -> MistralConfig:
+    """A sliding-window (Mistral-style) config, the window far shorter than the tests' sequences."""
+    return MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=sliding_window,
+        initializer_range=0.2,
+        pad_token_id=0,
+        eos_token_id=EOS,
     )
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from speckv_hf import SpecKVGenerator
 
-from .conftest import EOS, VOCAB, greedy, prompt
+from .conftest import EOS, VOCAB, greedy, mistral_config, prompt
 
 POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidence"]
 PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
@@ -153,22 +153,10 @@ def test_left_padded_prompt(llama_pairs):
 
 def test_sliding_window_draft_past_its_window():
     """A sliding-window draft (Mistral-style) keeps working after the sequence outgrows its window."""
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralForCausalLM
 
     torch.manual_seed(3)
-    config = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        sliding_window=8,
-        initializer_range=0.2,
-        pad_token_id=0,
-        eos_token_id=EOS,
-    )
+    config = mistral_config()
     target = MistralForCausalLM(config).eval()
     from .conftest import noisy_copy
 

@@ -329,6 +329,8 @@ class SpecKVGenerator:
     ) -> LoopCall:
         """The state one call of the library's own loop holds: warm-started costs, one policy per row, stats.
 
+        The hook has validated the call (`speckv_hf.validation`) before it gets here.
+
         Args:
             target: the model generating.
             draft: the draft model.
@@ -339,7 +341,6 @@ class SpecKVGenerator:
         Returns:
             The call's [`LoopCall`]; hand it to [`SpecKVGenerator.finish_loop`] after the call.
         """
-        validate_pair(target, draft, input_ids)
         batch_size = int(input_ids.shape[0])
         cost, template, compression, key = self._call_state(target, draft, batch_size)
         context = PolicyContext(cost=cost, compression=compression, do_sample=do_sample)

@@ -108,6 +108,39 @@ def run_loop(
     return _Loop(call, settings, target, draft).run(input_ids, attention_mask)
 
 
+@dataclass
+class _Drafts:
+    """What one step drafted, and how long the drafting took.
+
+    Attributes:
+        tokens (`torch.LongTensor` of shape `(rows, k)`): the drafted tokens (pad where `valid` is False).
+        valid (`torch.BoolTensor` of shape `(rows, k)`): which tokens are candidates (a prefix per row).
+        signals: per row, the signals of its candidate tokens.
+        probs (`torch.FloatTensor` of shape `(rows, k, vocab)`, *optional*): the processed draft distributions
+            (sampling only).
+        first_seconds: seconds to the first drafted token (the catch-up forward included).
+        later_seconds: seconds of the later tokens, `later_tokens` of them.
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    signals: list[list[TokenSignals]]
+    probs: torch.Tensor | None = None
+    first_seconds: float = 0.0
+    later_seconds: float = 0.0
+    later_tokens: int = 0
+
+
+@dataclass
+class _Times:
+    """Clock readings of one step: its start, the loop's time since the previous verification, the verification."""
+
+    started: float
+    overhead: float
+    verify_start: float = 0.0
+    verified: float = 0.0
+
+
 class _Loop:
     def __init__(self, call: LoopCall, settings: LoopSettings, target: Any, draft: Any) -> None:
         self.call, self.settings = call, settings
@@ -133,40 +166,27 @@ class _Loop:
         last_verified: float | None = None
         while batch.size:
             started = self.clock.now()
-            overhead = started - last_verified if last_verified is not None else 0.0
-            drafted, valid, signals, draft_probs, draft_timing = self._draft(batch, step)
-            verify_start = self.clock.now()
-            num_accepted, next_tokens = self._verify(batch, drafted, valid, draft_probs)
-            verified = self.clock.now()
+            times = _Times(started, started - last_verified if last_verified is not None else 0.0)
+            drafts = self._draft(batch, step)
+            times.verify_start = self.clock.now()
+            num_accepted, next_tokens = self._verify(batch, drafts)
+            times.verified = self.clock.now()
             if step == 0:  # both caches are filled now: check they are the key/value layers this loop edits
                 kv_cache.check_cache(batch.target_cache)
                 if batch.draft_len:
                     kv_cache.check_cache(batch.draft_cache)
-            appended, finished = self._append(batch, drafted, num_accepted, next_tokens)
-            self._record(
-                batch,
-                step,
-                drafted,
-                valid,
-                signals,
-                num_accepted,
-                appended,
-                draft_timing,
-                verify_start,
-                verified,
-                started,
-                overhead,
-            )
+            appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
+            self._record(batch, step, drafts, times, num_accepted, appended)
             self._stream(batch, finished)
             batch.advance(appended, num_accepted, finished, self.settings.pad_token_id)
             step += 1
-            last_verified = verified
+            last_verified = times.verified
         if settings.streamer is not None:
             settings.streamer.end()
         return self._output(input_ids, prompt_length)
 
     # -- drafting -------------------------------------------------------------------------------------------------
-    def _draft(self, batch: kv_cache.RowLayout, step: int):
+    def _draft(self, batch: kv_cache.RowLayout, step: int) -> _Drafts:
         settings, call = self.settings, self.call
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
@@ -190,10 +210,10 @@ class _Loop:
         tokens: list[torch.Tensor] = []
         valid_columns: list[torch.Tensor] = []
         probs_list: list[torch.Tensor] = []
-        timing = [0.0, 0.0, 0]  # seconds to the first token, seconds of the later tokens, later tokens
+        empty = batch.ids.new_zeros((n, 0))
+        drafts = _Drafts(empty, empty.bool(), signals)
         if not self._continue(drafting, open_rows):
-            empty = batch.ids.new_zeros((n, 0))
-            return empty, empty.bool(), signals, None, timing
+            return drafts
         start = self.clock.now()
         logits = self._draft_forward(batch, batch.ids[:, batch.draft_len :], batch.mask, batch.draft_len, batch.padded)
         batch.draft_len = length
@@ -230,10 +250,10 @@ class _Loop:
                     drafting[b] = self._ask(b, rows, step, signals[b], caps[b], row_throughput, length)
             now = self.clock.now()
             if position == 0:
-                timing[0] = now - start
+                drafts.first_seconds = now - start
             else:
-                timing[1] += now - start
-                timing[2] += 1
+                drafts.later_seconds += now - start
+                drafts.later_tokens += 1
             if not self._continue(drafting, open_rows):
                 break
             start = now
@@ -241,10 +261,10 @@ class _Loop:
             mask = torch.cat((mask, torch.tensor(open_rows, device=mask.device, dtype=mask.dtype)[:, None]), 1)
             logits = self._draft_forward(batch, feed, mask, batch.draft_len, batch.padded or not all(open_rows))
             batch.draft_len += 1
-        drafted = torch.stack(tokens, 1)
-        valid = torch.stack(valid_columns, 1)
-        draft_probs = torch.stack(probs_list, 1) if settings.do_sample else None
-        return drafted, valid, signals, draft_probs, timing
+        drafts.tokens = torch.stack(tokens, 1)
+        drafts.valid = torch.stack(valid_columns, 1)
+        drafts.probs = torch.stack(probs_list, 1) if settings.do_sample else None
+        return drafts
 
     def _continue(self, drafting: list[bool], open_rows: list[bool]) -> bool:
         """Whether the batch drafts another token: when at least `quorum` of the rows still open want one.
@@ -289,7 +309,8 @@ class _Loop:
         return outputs.logits[:, -1].to(batch.ids.device)
 
     # -- verification ---------------------------------------------------------------------------------------------
-    def _verify(self, batch: kv_cache.RowLayout, drafted, valid, draft_probs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _verify(self, batch: kv_cache.RowLayout, drafts: _Drafts) -> tuple[torch.Tensor, torch.Tensor]:
+        drafted, valid = drafts.tokens, drafts.valid
         k = drafted.shape[1]
         feed = torch.cat((batch.ids[:, batch.target_len :], drafted), 1)
         kwargs: dict[str, Any] = {
@@ -309,7 +330,7 @@ class _Loop:
         rows = batch.rows.tolist()
         processed = self.settings.processing(logits, self._views(rows), drafted, rows)
         if self.settings.do_sample:
-            return accept_sampled(processed, drafted, valid, draft_probs)
+            return accept_sampled(processed, drafted, valid, drafts.probs)
         return accept_greedy(processed, drafted, valid)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
@@ -349,24 +370,19 @@ class _Loop:
     # -- stats, streaming, output ---------------------------------------------------------------------------------
     def _record(
         self,
-        batch,
-        step,
-        drafted,
-        valid,
-        signals,
-        num_accepted,
-        appended,
-        timing,
-        verify_start,
-        verified,
-        started,
-        overhead,
+        batch: kv_cache.RowLayout,
+        step: int,
+        drafts: _Drafts,
+        times: _Times,
+        num_accepted: torch.Tensor,
+        appended: list[list[int]],
     ) -> None:
         call = self.call
         cost = call.cost
-        k = int(valid.shape[1])
-        draft_seconds = verify_start - started
-        verify_seconds = verified - verify_start
+        signals, overhead = drafts.signals, times.overhead
+        k = int(drafts.valid.shape[1])
+        draft_seconds = times.verify_start - times.started
+        verify_seconds = times.verified - times.verify_start
         emitted = sum(len(a) for a in appended)
         rows = batch.size
         if step > 0:  # step 0 carries both prefills
@@ -375,15 +391,15 @@ class _Loop:
             if rows == self.batch_size:
                 cost.observe_verify(k, verify_seconds)
                 if k:
-                    cost.observe_first_draft(timing[0])
-                    if timing[2]:
-                        cost.observe_draft(timing[1] / timing[2])
+                    cost.observe_first_draft(drafts.first_seconds)
+                    if drafts.later_tokens:
+                        cost.observe_draft(drafts.later_seconds / drafts.later_tokens)
                 if step > 1:
                     cost.observe_overhead(overhead)
             # Tokens per row: the bar one row's next token must beat, whatever the rows left.
             cost.observe_step(emitted / rows, draft_seconds + verify_seconds + overhead)
         accepted = num_accepted.tolist()
-        drafted_rows = drafted.tolist() if call.record_steps else []
+        drafted_rows = drafts.tokens.tolist() if call.record_steps else []
         stats = call.stats
         stats.record_step(
             gamma=k,

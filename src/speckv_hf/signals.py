@@ -55,20 +55,7 @@ def token_signals(
     Returns:
         `TokenSignals` for the token.
     """
-    top2 = torch.topk(probs, 2).values
-    safe = probs.clamp_min(1e-12)
-    entropy = -(probs * safe.log()).sum()
-    # One transfer to the host for all four scalars: each `.item()` is a device sync on GPU.
-    values = torch.stack((probs[token], top2[0], entropy, top2[0] - top2[1], token.to(probs.dtype))).tolist()
-    return TokenSignals(
-        confidence=values[0],
-        max_prob=values[1],
-        entropy=max(values[2], 0.0),
-        margin=values[3],
-        position=position,
-        ngram_found=ngram_prediction is not None,
-        ngram_agrees=ngram_prediction is not None and ngram_prediction == int(values[4]),
-    )
+    return batch_token_signals(probs[None], token.view(1), position, [ngram_prediction])[0]
 
 
 def batch_token_signals(

@@ -166,11 +166,6 @@ def validate_prepared(generation_config: Any, input_ids: torch.Tensor, attention
     Raises:
         ValueError: naming the fix, for beams, per-step outputs, or a mask that is not left padding.
     """
-    if input_ids.dim() != 2 or input_ids.shape[-1] == 0:
-        raise ValueError(
-            f"SpecKVGenerator needs a prompt of at least one token per row, got shape {tuple(input_ids.shape)}: "
-            "start the prompt with the tokenizer's BOS token."
-        )
     num_beams = getattr(generation_config, "num_beams", 1) or 1
     if num_beams > 1:
         raise ValueError(
