@@ -146,7 +146,7 @@ def test_policy_copies_are_independent():
     policy.bind(PolicyContext(cost=_cost(), compression=INT8))
     twin.bind(PolicyContext(cost=_cost(), compression=INT8))
     policy.observe(StepOutcome(step=0, tokens=[_token(0.9, 0)], num_accepted=0))
-    assert not (policy._observed == twin._observed).all()
+    assert policy._observed != twin._observed
 
 
 def test_shipped_default_predictor_loads_strictly():

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from speckv_hf import CostModel, CostSettings, SpecKVGenerator, StepSignals, token_signals
 
@@ -58,6 +62,22 @@ def test_cost_estimates_are_robust_to_a_noisy_sample():
     assert (*cost.verify_coefficients(), cost.draft_time, cost.overhead) == pytest.approx(before)
     with pytest.raises(ValueError, match="window"):
         CostSettings(window=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 12),
+    samples=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=60),
+)
+def test_cost_window_median_is_the_median_of_the_last_samples(size, samples):
+    from speckv_hf.cost import _Window
+
+    window, last = _Window(size), deque(maxlen=size)
+    for value in samples:
+        window.append(value)
+        last.append(value)
+        assert len(window) == len(last)
+        assert window.median() == statistics.median(last)
 
 
 def test_verify_intercept_never_collapses():

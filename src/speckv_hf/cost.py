@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass
 
@@ -71,6 +72,29 @@ class CostSettings:
             raise ValueError(f"window must be >= 1, got {self.window}.")
 
 
+class _Window:
+    """The last `size` samples, also kept sorted, so their median is a lookup and a new sample costs one insertion."""
+
+    __slots__ = ("_order", "_sorted")
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
+
+    def append(self, value: float) -> None:
+        if len(self._order) == self._order.maxlen:
+            del self._sorted[bisect_left(self._sorted, self._order[0])]
+        self._order.append(value)
+        insort(self._sorted, value)
+
+    def median(self) -> float:
+        ordered, n = self._sorted, len(self._sorted)
+        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
 class CostModel:
     """Online estimates of the costs of one speculative step.
 
@@ -87,12 +111,14 @@ class CostModel:
         self.settings = settings or CostSettings()
         # Recent samples, so that estimates are medians: one slow forward (a page fault, another process) moves a
         # median by nothing, where it would move a mean by its whole excess divided by the window.
-        self._draft_samples: deque[float] = deque(maxlen=self.settings.window)
-        self._first_draft_samples: deque[float] = deque(maxlen=self.settings.window)
-        self._overhead_samples: deque[float] = deque(maxlen=self.settings.window)
-        self._verify_samples: dict[int, deque[float]] = {}
+        self._draft_samples = _Window(self.settings.window)
+        self._first_draft_samples = _Window(self.settings.window)
+        self._overhead_samples = _Window(self.settings.window)
+        self._verify_samples: dict[int, _Window] = {}
         self._steps: deque[tuple[float, float]] = deque(maxlen=_STEP_WINDOW)
         self._throughput: float | None = None
+        self._step_cap = 0.0  # the clip of a step's seconds: 3x the median step, refreshed every 16 steps
+        self._steps_since_cap = _MIN_STEPS
         self._estimates: tuple[float, float, float, float, float] | None = None  # draft, overhead, a, b, first
         self.num_verify_samples = 0
         self.num_draft_samples = 0
@@ -120,7 +146,7 @@ class CostModel:
         bucket = min(int(num_candidates), _MAX_BUCKET)
         samples = self._verify_samples.get(bucket)
         if samples is None:
-            samples = self._verify_samples[bucket] = deque(maxlen=self.settings.window)
+            samples = self._verify_samples[bucket] = _Window(self.settings.window)
         samples.append(seconds)
         self.num_verify_samples += 1
         self._estimates = None
@@ -135,29 +161,34 @@ class CostModel:
         (draft, verification and the loop around them)."""
         self._steps.append((float(tokens), float(seconds)))
         self._throughput = None
+        self._steps_since_cap += 1
 
     @property
     def throughput(self) -> float | None:
         """Tokens per second over the last 256 steps (of this call and the warm-started ones), each step's seconds
-        clipped at 3x the median step's so that one stalled step moves it little; None before 16 steps."""
+        clipped at 3x the median step's (the median refreshed every 16 steps) so that one stalled step moves it
+        little; None before 16 steps."""
         if self._throughput is None and len(self._steps) >= _MIN_STEPS:
-            cap = _STEP_CLIP * statistics.median(seconds for _, seconds in self._steps)
+            if self._steps_since_cap >= _MIN_STEPS:
+                self._step_cap = _STEP_CLIP * statistics.median(seconds for _, seconds in self._steps)
+                self._steps_since_cap = 0
+            cap = self._step_cap
             seconds = sum(min(s, cap) for _, s in self._steps)
             self._throughput = sum(t for t, _ in self._steps) / seconds if seconds > 0 else None
         return self._throughput
 
     def _estimate(self) -> tuple[float, float, float, float, float]:
         if self._estimates is None:
-            first = statistics.median(self._first_draft_samples) if self._first_draft_samples else None
-            draft = statistics.median(self._draft_samples) if self._draft_samples else (first or 0.0)
-            overhead = statistics.median(self._overhead_samples) if self._overhead_samples else 0.0
+            first = self._first_draft_samples.median() if self._first_draft_samples else None
+            draft = self._draft_samples.median() if self._draft_samples else (first or 0.0)
+            overhead = self._overhead_samples.median() if self._overhead_samples else 0.0
             self._estimates = (draft, overhead, *self._fit_verify(), draft if first is None else first)
         return self._estimates
 
     def _fit_verify(self) -> tuple[float, float]:
         """`(a, b)` of `verify_time(k) = a + b * k`: least squares over the median time of each `k`, weighted by
         its number of samples."""
-        points = [(k, statistics.median(s), len(s)) for k, s in self._verify_samples.items() if s]
+        points = [(k, s.median(), len(s)) for k, s in self._verify_samples.items() if s]
         if not points:
             return 0.0, 0.0
         w = sum(n for _, _, n in points)

@@ -80,18 +80,27 @@ class SpeckvPolicy(MarginalValuePolicy):
             raise ValueError("correction_strength must be > 0 and correction_decay in (0, 1].")
         model, self.source = self._load(self.predictor, self.revision)
         self.predictor = None  # the numpy copy below is what runs; deep copies per call stay cheap
-        self._weights = _numpy_layers(model)
-        first = self._weights[0][0]
+        layers = _numpy_layers(model)
+        first, first_bias = layers[0]
         index = {name: i for i, name in enumerate(PORTABLE_FEATURES)}
-        self._w_token = np.ascontiguousarray(first[:, [index[c] for c in _TOKEN_COLUMNS]])
-        self._w_position = first[:, index["position"]].copy()
         self._w_call = np.ascontiguousarray(first[:, [index[c] for c in _CALL_COLUMNS]])
+        self._first_bias = first_bias
         self._call_x = np.zeros(len(_CALL_COLUMNS))
-        self._token_x = np.zeros(len(_TOKEN_COLUMNS))
-        self._rows = np.zeros((2, first.shape[0]))
-        self._hidden = [np.zeros((2, w.shape[0])) for w, _ in self._weights[1:]]
-        self._observed = np.full(_BINS, self.correction_strength)
-        self._predicted = np.full(_BINS, self.correction_strength)
+        # The MLP as matrices acting on rows that end in a constant 1, so each layer is one product and one ReLU:
+        # the first reads the token columns, the position and (its bias row) the step's constant contribution.
+        width = first.shape[0]
+        w1 = np.zeros((len(_TOKEN_COLUMNS) + 2, width + 1))
+        w1[: len(_TOKEN_COLUMNS), :width] = first[:, [index[c] for c in _TOKEN_COLUMNS]].T
+        w1[len(_TOKEN_COLUMNS), :width] = first[:, index["position"]]
+        w1[-1, width] = 1.0
+        self._layers = [w1] + [
+            _augmented(weight, bias, last=i == len(layers) - 2) for i, (weight, bias) in enumerate(layers[1:])
+        ]
+        self._x = np.zeros((2, len(_TOKEN_COLUMNS) + 2))
+        self._x[:, -1] = 1.0
+        self._outputs = [np.zeros((2, w.shape[1])) for w in self._layers]
+        self._observed = [self.correction_strength] * _BINS  # floats: scalar numpy arithmetic is slower
+        self._predicted = [self.correction_strength] * _BINS
         self._reset_call()
 
     @staticmethod
@@ -117,7 +126,6 @@ class SpeckvPolicy(MarginalValuePolicy):
         self._call_accepted = 0
         self._step_raw: list[float] = []
         self._next = 0.5
-        self._call_bias = np.zeros(self._w_call.shape[0])
 
     def bind(self, context: PolicyContext) -> None:
         super().bind(context)
@@ -138,24 +146,24 @@ class SpeckvPolicy(MarginalValuePolicy):
             "log_cost_ratio": math.log(ratio),
         }
         self._call_x[:] = [values[name] for name in _CALL_COLUMNS]
-        np.dot(self._w_call, self._call_x, out=self._call_bias)
-        self._call_bias += self._weights[0][1]
+        bias_row = self._layers[0][-1, :-1]
+        np.dot(self._w_call, self._call_x, out=bias_row)
+        bias_row += self._first_bias
 
     def _raw(self, token: TokenSignals, position: int) -> tuple[float, float]:
         """The predictor's probabilities for `token` at `position` and for the next token at `position + 1`."""
-        x = self._token_x
-        x[0], x[1], x[2], x[3] = token.confidence, token.max_prob, token.entropy, token.margin
-        x[4], x[5] = float(token.ngram_found), float(token.ngram_agrees)
-        rows = self._rows
-        np.dot(self._w_token, x, out=rows[0])
-        rows[0] += self._call_bias
-        rows[0] += position * self._w_position
-        np.add(rows[0], self._w_position, out=rows[1])
-        activations = rows
-        for (weight, bias), out in zip(self._weights[1:], self._hidden, strict=True):
-            np.maximum(activations, 0.0, out=activations)
-            np.dot(activations, weight.T, out=out)
-            out += bias
+        x = self._x
+        for row in (0, 1):
+            x[row, 0], x[row, 1], x[row, 2], x[row, 3] = token.confidence, token.max_prob, token.entropy, token.margin
+            x[row, 4], x[row, 5] = token.ngram_found, token.ngram_agrees
+        x[0, 6], x[1, 6] = position, position + 1
+        # Five numpy calls in all: right after a model forward each costs several microseconds (cold caches), so
+        # their number, not the arithmetic, sets the decision's time.
+        activations = x
+        for weight, out in zip(self._layers, self._outputs, strict=True):
+            if activations is not x:
+                np.maximum(activations, 0.0, out=activations)
+            np.dot(activations, weight, out=out)
             activations = out
         here, following = activations[0, 0], activations[1, 0]
         return 1.0 / (1.0 + math.exp(-here)), 1.0 / (1.0 + math.exp(-following))
@@ -200,6 +208,18 @@ class SpeckvPolicy(MarginalValuePolicy):
             "correction_strength": self.correction_strength,
             "correction_decay": self.correction_decay,
         }
+
+
+def _augmented(weight: np.ndarray, bias: np.ndarray, last: bool) -> np.ndarray:
+    """`(weight, bias)` as one matrix acting on rows that end in a constant 1 (bias as the last row), passing the 1
+    on as an extra last column unless `last`."""
+    out_features, in_features = weight.shape
+    matrix = np.zeros((in_features + 1, out_features + (0 if last else 1)))
+    matrix[:in_features, :out_features] = weight.T
+    matrix[in_features, :out_features] = bias
+    if not last:
+        matrix[in_features, out_features] = 1.0
+    return matrix
 
 
 def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
