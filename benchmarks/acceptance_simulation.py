@@ -7,14 +7,18 @@ the target's (so the run the target would accept from there), the target's own c
 predicts (`speckv_hf.context.NgramIndex`, the two features `ngram_found` / `ngram_agrees`).
 
 A logistic model of conditional acceptance (a token is accepted given the tokens before it in its draft were) is
-fit on prompts 6-11 per feature set and scored on prompts 3-5 (AUC). Then every stop rule is simulated greedily on
-the scored prompts with a linear step cost, `step_ms + token_ms * γ`: each constant γ, the marginal-value rule with
-each model's probabilities (draft one more while `P(all accepted) * q / token_ms` beats the long-run tokens/ms),
-and the hindsight oracle. "stale" decides on token `j` from the signals of token `j - 1` (on the first from the
-first-token acceptance rate), as the live loop must (it decides before drafting); "own" drafts token `j`, then
-decides on its own signals, and pays the draft forward (`--draft-ms`) of the token it drops.
+fit on prompts 6-11 per feature set and scored on prompts 3-5 (AUC); `--scored held-out` scores on the benchmarks'
+prompts 0-2 instead, which neither the logistic models nor the shipped predictor (profiled on 3-11) saw. Then every
+stop rule is simulated greedily on the scored prompts with a linear step cost, `step_ms + token_ms * γ`: each
+constant γ, the marginal-value rule with each model's probabilities (draft one more while `P(all accepted) * q /
+token_ms` beats the long-run tokens/ms), and the hindsight oracle. "stale" decides on token `j` from the signals of
+token `j - 1` (on the first from the first-token acceptance rate), as the live loop must (it decides before
+drafting); "own" drafts token `j`, then decides on its own signals, and pays the draft forward (`--draft-ms`) of
+the token it drops.
 
     python benchmarks/acceptance_simulation.py [--new-tokens 128] [--step-ms 11.6 --token-ms 1.36]
+    python benchmarks/acceptance_simulation.py --scored held-out --new-tokens 64 --step-ms 7.3 --token-ms 2.0 \
+        --draft-ms 1.45   # the bench's prompts, lengths and (2026-12-02) costs in our own loop
 
 The default costs are the embedded fp32 pair's in our loop (`speckv bench`: a step with γ drafted tokens took
 about 11.6 + 1.36 γ ms). Prints AUCs and simulated tokens/s, each over the best constant.
@@ -40,12 +44,13 @@ FEATURE_SETS = {
 
 
 @torch.no_grad()
-def positions(new_tokens: int) -> list[dict[str, np.ndarray]]:
-    """Teacher-forced per-position signals along the target's greedy output, one dict per prompt."""
+def positions(new_tokens: int, first: int = 3) -> list[dict[str, np.ndarray]]:
+    """Teacher-forced per-position signals along the target's greedy output, one dict per prompt (the suite's
+    prompts `first`-11 of each category)."""
     target, draft, tokenizer = load_pair()
     out = []
     for category in ("code", "prose", "math", "structured"):
-        for index, prompt in enumerate(load_prompts(category)[3:12], start=3):
+        for index, prompt in enumerate(load_prompts(category)[first:12], start=first):
             ids = tokenizer(prompt.text, return_tensors="pt").input_ids
             full = target.generate(ids, max_new_tokens=new_tokens, do_sample=False)
             continuation = full[0, ids.shape[1] :]
@@ -83,19 +88,19 @@ def positions(new_tokens: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def cached_positions(new_tokens: int, cache: str | None) -> list[dict[str, np.ndarray]]:
+def cached_positions(new_tokens: int, cache: str | None, first: int = 3) -> list[dict[str, np.ndarray]]:
     """`positions`, kept in a JSON file between runs when `cache` names one (the models' forwards take minutes)."""
     import json
     from pathlib import Path
 
     if cache and Path(cache).is_file():
         stored = json.loads(Path(cache).read_text())
-        if stored["new_tokens"] == new_tokens:
+        if stored["new_tokens"] == new_tokens and stored.get("first", 3) == first:
             return [{k: (v if k == "index" else np.array(v)) for k, v in p.items()} for p in stored["prompts"]]
-    prompts = positions(new_tokens)
+    prompts = positions(new_tokens, first)
     if cache:
         lists = [{k: (v if k == "index" else v.tolist()) for k, v in p.items()} for p in prompts]
-        Path(cache).write_text(json.dumps({"new_tokens": new_tokens, "prompts": lists}))
+        Path(cache).write_text(json.dumps({"new_tokens": new_tokens, "first": first, "prompts": lists}))
     return prompts
 
 
@@ -229,14 +234,22 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=11.6)
     parser.add_argument("--token-ms", type=float, default=1.36)
     parser.add_argument("--cache", help="a JSON file to keep the teacher-forced positions in between runs")
+    parser.add_argument(
+        "--scored",
+        choices=("profiled", "held-out"),
+        default="profiled",
+        help="score on prompts 3-5 (profiled by `speckv profile`, so the shipped predictor saw them) or on the "
+        "benchmarks' held-out prompts 0-2, which no predictor saw",
+    )
     parser.add_argument("--policies", default="adaptive,speckv", help="library policies to replay, comma-separated")
     parser.add_argument(
         "--draft-ms", type=float, default=0.69, help="the draft forward's part of --token-ms (lost on a dropped token)"
     )
     args = parser.parse_args()
-    prompts = cached_positions(args.new_tokens, args.cache)
+    held_out = args.scored == "held-out"
+    prompts = cached_positions(args.new_tokens, args.cache, first=0 if held_out else 3)
     train = [p for p in prompts if p["index"] >= 6]
-    test = [p for p in prompts if p["index"] < 6]
+    test = [p for p in prompts if p["index"] < (3 if held_out else 6)]
     step_ms, token_ms = args.step_ms, args.token_ms
     constants = {k: simulate(test, lambda p, s, n, r, k=k: k, step_ms, token_ms) for k in range(1, 11)}
     best = max(constants, key=constants.__getitem__)

@@ -37,9 +37,11 @@ def write_records(
     hidden: bool = False,
     seed: int = 0,
     shards: int = 3,
+    sampled: bool = False,
 ) -> Path:
     """Token shards of `prompts` prompts, each one greedy call of `steps` steps drafting `gamma` tokens (the last
-    step of a call is length-capped)."""
+    step of a call is length-capped). `sampled` writes sampled calls instead (prompt ids `s...`), whose acceptance
+    is a coin flip that no signal predicts."""
     rng = np.random.default_rng(seed)
     rows = []
     for prompt in range(prompts):
@@ -53,16 +55,17 @@ def write_records(
                 confidence = float(rng.beta(2.0, 1.2))
                 state = rng.normal(size=HIDDEN).astype(np.float32) if hidden else None
                 hidden0 = float(state[0]) if hidden else 0.0
-                ok = alive and rng.random() < 1 / (1 + math.exp(-acceptance_logit(confidence, position, hidden0)))
+                law = 0.8 if sampled else 1 / (1 + math.exp(-acceptance_logit(confidence, position, hidden0)))
+                ok = alive and rng.random() < law
                 rows.append(
                     {
-                        "prompt_id": f"p{prompt:03d}",
+                        "prompt_id": f"{'s' if sampled else 'p'}{prompt:03d}",
                         "compression": "fp32",
                         "setting": f"fixed:{gamma}",
                         "step": step,
                         "position": position,
                         "task": "synthetic",
-                        "do_sample": False,
+                        "do_sample": sampled,
                         "pair": "org/target | org/draft",
                         "compression_method": "none",
                         "compression_bits": 32,
@@ -89,11 +92,12 @@ def write_records(
             drafted_so_far += drafted
             accepted_so_far += accepted
     tokens = root / "tokens"
-    tokens.mkdir(parents=True)
+    tokens.mkdir(parents=True, exist_ok=True)
     schema = TOKEN_SCHEMA.with_metadata(schema_metadata())
     for shard in range(shards):
         part = [row for row in rows if int(row["prompt_id"][1:]) % shards == shard]
-        pq.write_table(pa.Table.from_pylist(part, schema=schema), tokens / f"u-{shard}.parquet")
+        name = f"u-{'s' if sampled else ''}{shard}.parquet"
+        pq.write_table(pa.Table.from_pylist(part, schema=schema), tokens / name)
     return root
 
 
@@ -189,6 +193,19 @@ def test_trained_predictor_beats_chance_and_confidence(trained) -> None:
     assert report.train_seconds < 20
 
 
+def test_report_splits_the_metrics_by_decoding_mode(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "records", prompts=40)
+    write_records(root, prompts=40, seed=1, sampled=True)
+    _, report = train_predictor(root, seed=0, epochs=20)
+    greedy, sampled = report.by_mode["greedy"], report.by_mode["sampled"]
+    assert greedy["predictor"].auc > 0.75
+    assert abs(sampled["predictor"].auc - 0.5) < 0.1  # the pooled AUC hides a mode where nothing is predicted
+    assert sampled["predictor"].base_rate == pytest.approx(0.8, abs=0.05)
+    assert set(report.to_dict()["by_mode"]["sampled"]) == {"predictor", "calibrated_confidence"}
+    greedy_only = train_predictor(write_records(tmp_path / "greedy", prompts=20), seed=0, epochs=2)[1]
+    assert set(greedy_only.by_mode) == {"greedy"}
+
+
 def test_same_seed_gives_identical_weights(records: Path) -> None:
     first, _ = train_predictor(records, hidden_sizes=(8,), epochs=3, seed=3)
     second, _ = train_predictor(records, hidden_sizes=(8,), epochs=3, seed=3)
@@ -250,6 +267,7 @@ def test_cli_trains_and_writes_a_loadable_checkpoint(records: Path, tmp_path: Pa
     assert (out / "calibration.png").stat().st_size > 1000
     card = (out / "README.md").read_text()
     assert str(round(report["predictor"]["auc"], 4)) in card and "org/target | org/draft" in card
+    assert "held-out AUC, greedy" in card and "AUC, greedy" in result.output
     assert predictor.metadata["command"].startswith(f"speckv train {records} --out {out}")
     # A second run refuses the non-empty folder unless told to overwrite it.
     again = invoke(str(records), "--out", str(out))

@@ -82,6 +82,9 @@ class TrainReport:
         records: `pairs`, `compressions`, `settings` found, `rows_read`, `rows_dropped` (steps with missing values).
         splits: `train`, `validation`, `held_out` -> `rows` (reached tokens), `prompts`, `steps`.
         predictor / calibrated_confidence: held-out `Metrics`.
+        by_mode: the same two per decoding mode present in the held-out rows (`"greedy"`, `"sampled"`): speculative
+            sampling accepts a token with probability `min(1, p/q)`, which the draft's signals predict much less
+            well than greedy agreement, so the pooled figures can hide a predictor that is weak in one mode.
         calibration: `predictor` / `calibrated_confidence` -> 10 bins of `lower`, `upper`, `mean_predicted`,
             `observed`, `count`.
         feature_importance: feature (and `hidden_state` for pair) -> held-out AUC drop when shuffled.
@@ -103,6 +106,7 @@ class TrainReport:
     splits: dict[str, dict[str, int]]
     predictor: Metrics
     calibrated_confidence: Metrics
+    by_mode: dict[str, dict[str, Metrics]]
     calibration: dict[str, list[dict[str, Any]]]
     feature_importance: dict[str, float]
     stop_rule: StopRuleReport
@@ -452,11 +456,22 @@ def _train(
         splits={"train": _sizes(fit), "validation": _sizes(validation), "held_out": _sizes(rows)},
         predictor=Metrics.of(probabilities["predictor"], rows.accepted),
         calibrated_confidence=Metrics.of(probabilities["calibrated_confidence"], rows.accepted),
+        by_mode=_by_mode(rows, probabilities),
         calibration={name: calibration_curve(p, rows.accepted) for name, p in probabilities.items()},
         feature_importance=_permutation_importance(predictors["predictor"], rows, probabilities["predictor"], seed),
         stop_rule=_stop_rule_report(test, predictors, first_token_rate, slope),
     )
     return model, report
+
+
+def _by_mode(rows: _Tokens, probabilities: dict[str, np.ndarray]) -> dict[str, dict[str, Metrics]]:
+    """Held-out metrics of each predictor per decoding mode present in `rows`."""
+    sampled = rows.features[:, PORTABLE_FEATURES.index("do_sample")] > 0.5
+    return {
+        mode: {name: Metrics.of(p[members], rows.accepted[members]) for name, p in probabilities.items()}
+        for mode, members in (("greedy", ~sampled), ("sampled", sampled))
+        if members.any()
+    }
 
 
 def _permutation_importance(

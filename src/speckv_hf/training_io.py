@@ -77,6 +77,11 @@ def _card_metrics(report: TrainReport) -> dict[str, float | None]:
         "held-out log-loss, calibrated confidence": rounded(baseline.log_loss),
         "held-out Brier": rounded(ours.brier),
         "held-out base rate": rounded(ours.base_rate),
+        **{
+            f"held-out AUC, {mode}{', calibrated confidence' if name != 'predictor' else ''}": rounded(metrics.auc)
+            for mode, by_name in report.by_mode.items()
+            for name, metrics in by_name.items()
+        },
         "stop rule / best constant γ": rounded(rule.predictor_vs_best_constant),
         "stop rule / oracle": rounded(rule.predictor_vs_oracle),
     }

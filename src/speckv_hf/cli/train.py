@@ -122,6 +122,8 @@ def _metrics_table(report: Any) -> Table:
     table.add_row("log-loss", cell(ours.log_loss), cell(baseline.log_loss))
     table.add_row("Brier", cell(ours.brier), cell(baseline.brier))
     table.add_row("base rate", cell(ours.base_rate), cell(baseline.base_rate))
+    for mode, metrics in report.by_mode.items():
+        table.add_row(f"AUC, {mode}", cell(metrics["predictor"].auc), cell(metrics["calibrated_confidence"].auc))
     return table
 
 
