@@ -17,8 +17,8 @@ drafting); "own" drafts token `j`, then decides on its own signals, and pays the
 the token it drops.
 
     python benchmarks/acceptance_simulation.py [--new-tokens 128] [--step-ms 11.6 --token-ms 1.36]
-    python benchmarks/acceptance_simulation.py --scored held-out --new-tokens 64 --step-ms 7.3 --token-ms 2.0 \
-        --draft-ms 1.45   # the bench's prompts, lengths and (2026-12-02) costs in our own loop
+    python benchmarks/acceptance_simulation.py --scored held-out --new-tokens 64 --step-ms 7.73 --token-ms 1.78 \
+        --draft-ms 1.4   # the bench's prompts and lengths, fp32 costs in our own loop on 2026-12-02
 
 The default costs are the embedded fp32 pair's in our loop (`speckv bench`: a step with γ drafted tokens took
 about 11.6 + 1.36 γ ms). Prints AUCs and simulated tokens/s, each over the best constant.

@@ -2,10 +2,11 @@
 
     python benchmarks/loop_overheads.py [--methods fixed:2,fixed:4,adaptive,speckv] [--prompts 8] [--new-tokens 64]
 
-Runs the embedded fp32 pair greedily over the first prompts of the suite, one generator per method reused across
-them, the methods interleaved per prompt: a warm-up pass, then a measured one. Prints per target forward (one step)
-the milliseconds of each part, read from `GenerationStats` (`draft_seconds` includes `policy_seconds`). A
-benchmark, not a test: it prints, it asserts nothing.
+Runs the embedded fp32 pair greedily over the first prompts of the suite (its code prompts come first), one
+generator per method reused across them, the methods interleaved per prompt: a warm-up pass, then a measured one.
+Prints per target forward (one step; the prefill counts as one) the milliseconds of each part, read from
+`GenerationStats` (`draft_seconds` includes `policy_seconds`). A benchmark, not a test: it prints, it asserts
+nothing.
 """
 
 from __future__ import annotations

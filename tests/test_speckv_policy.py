@@ -57,8 +57,12 @@ def _token(confidence: float, position: int, ngram_found: bool = True, ngram_agr
     )
 
 
-def test_numpy_mlp_equals_the_torch_predictor():
-    predictor = _predictor()
+@pytest.mark.parametrize("hidden_sizes", [[], [8], [16, 8], [32, 32]])
+def test_numpy_mlp_equals_the_torch_predictor(hidden_sizes):
+    predictor = GammaPredictor(list(PORTABLE_FEATURES), hidden_sizes=hidden_sizes, init_seed=3)
+    predictor.set_normalization(
+        torch.linspace(0.1, 1.0, len(PORTABLE_FEATURES)), torch.full((len(PORTABLE_FEATURES),), 0.7)
+    )
     policy = SpeckvPolicy(predictor=predictor, warmup_steps=0)
     cost = _cost(0.2)
     policy.bind(PolicyContext(cost=cost, compression=INT8))

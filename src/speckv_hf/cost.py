@@ -124,8 +124,12 @@ class CostModel:
         self.num_draft_samples = 0
 
     def copy(self) -> CostModel:
-        """Returns an independent copy (used to warm-start a new generation call)."""
-        return copy.deepcopy(self)
+        """Returns an independent copy (used to warm-start a new generation call); its step clip is recomputed on
+        first use."""
+        clone = copy.deepcopy(self)
+        clone._steps_since_cap = _MIN_STEPS
+        clone._throughput = None
+        return clone
 
     # -- observations -------------------------------------------------------------------------------------------
     def observe_draft(self, seconds: float) -> None:

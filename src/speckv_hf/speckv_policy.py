@@ -30,6 +30,7 @@ __all__ = ["DEFAULT_PREDICTOR", "SpeckvPolicy", "default_predictor_path"]
 DEFAULT_PREDICTOR = "predictors/default"
 _BINS = 10
 _TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees")
+_POSITION_COLUMN = len(_TOKEN_COLUMNS)  # of the MLP's input rows: the token columns, the position, a constant 1
 #: The features that are constant within a step, folded into the first layer's bias once per step.
 _CALL_COLUMNS = tuple(c for c in PORTABLE_FEATURES if c not in (*_TOKEN_COLUMNS, "position"))
 
@@ -91,7 +92,7 @@ class SpeckvPolicy(MarginalValuePolicy):
         width = first.shape[0]
         w1 = np.zeros((len(_TOKEN_COLUMNS) + 2, width + 1))
         w1[: len(_TOKEN_COLUMNS), :width] = first[:, [index[c] for c in _TOKEN_COLUMNS]].T
-        w1[len(_TOKEN_COLUMNS), :width] = first[:, index["position"]]
+        w1[_POSITION_COLUMN, :width] = first[:, index["position"]]
         w1[-1, width] = 1.0
         self._layers = [w1] + [
             _augmented(weight, bias, last=i == len(layers) - 2) for i, (weight, bias) in enumerate(layers[1:])
@@ -156,9 +157,10 @@ class SpeckvPolicy(MarginalValuePolicy):
         for row in (0, 1):
             x[row, 0], x[row, 1], x[row, 2], x[row, 3] = token.confidence, token.max_prob, token.entropy, token.margin
             x[row, 4], x[row, 5] = token.ngram_found, token.ngram_agrees
-        x[0, 6], x[1, 6] = position, position + 1
-        # Five numpy calls in all: right after a model forward each costs several microseconds (cold caches), so
-        # their number, not the arithmetic, sets the decision's time.
+        x[0, _POSITION_COLUMN], x[1, _POSITION_COLUMN] = position, position + 1
+        # One product per layer and a ReLU between layers (five numpy calls for the shipped (32, 32) predictor):
+        # right after a model forward each call costs several microseconds (cold caches), so their number, not the
+        # arithmetic, sets the decision's time.
         activations = x
         for weight, out in zip(self._layers, self._outputs, strict=True):
             if activations is not x:

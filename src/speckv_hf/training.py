@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from .features import PORTABLE_FEATURES
 from .predictor import PREDICTOR_KINDS, GammaPredictor
 from .records import RECORDS_SCHEMA_VERSION, RecordsSchemaError
-from .training_metrics import Metrics, StopRuleReport, auc, calibration_curve, rule_throughput, step_throughput
+from .training_metrics import (
+    Metrics,
+    StopRuleReport,
+    auc,
+    calibration_curve,
+    metrics_by_mode,
+    rule_throughput,
+    step_throughput,
+)
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -456,22 +464,14 @@ def _train(
         splits={"train": _sizes(fit), "validation": _sizes(validation), "held_out": _sizes(rows)},
         predictor=Metrics.of(probabilities["predictor"], rows.accepted),
         calibrated_confidence=Metrics.of(probabilities["calibrated_confidence"], rows.accepted),
-        by_mode=_by_mode(rows, probabilities),
+        by_mode=metrics_by_mode(
+            rows.features[:, PORTABLE_FEATURES.index("do_sample")] > 0.5, rows.accepted, probabilities
+        ),
         calibration={name: calibration_curve(p, rows.accepted) for name, p in probabilities.items()},
         feature_importance=_permutation_importance(predictors["predictor"], rows, probabilities["predictor"], seed),
         stop_rule=_stop_rule_report(test, predictors, first_token_rate, slope),
     )
     return model, report
-
-
-def _by_mode(rows: _Tokens, probabilities: dict[str, np.ndarray]) -> dict[str, dict[str, Metrics]]:
-    """Held-out metrics of each predictor per decoding mode present in `rows`."""
-    sampled = rows.features[:, PORTABLE_FEATURES.index("do_sample")] > 0.5
-    return {
-        mode: {name: Metrics.of(p[members], rows.accepted[members]) for name, p in probabilities.items()}
-        for mode, members in (("greedy", ~sampled), ("sampled", sampled))
-        if members.any()
-    }
 
 
 def _permutation_importance(

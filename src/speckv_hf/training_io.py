@@ -78,9 +78,9 @@ def _card_metrics(report: TrainReport) -> dict[str, float | None]:
         "held-out Brier": rounded(ours.brier),
         "held-out base rate": rounded(ours.base_rate),
         **{
-            f"held-out AUC, {mode}{', calibrated confidence' if name != 'predictor' else ''}": rounded(metrics.auc)
-            for mode, by_name in report.by_mode.items()
-            for name, metrics in by_name.items()
+            f"held-out AUC, {mode}{suffix}": rounded(report.by_mode[mode][name].auc)
+            for mode in report.by_mode
+            for name, suffix in (("predictor", ""), ("calibrated_confidence", ", calibrated confidence"))
         },
         "stop rule / best constant γ": rounded(rule.predictor_vs_best_constant),
         "stop rule / oracle": rounded(rule.predictor_vs_oracle),

@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Metrics", "StopRuleReport", "auc", "calibration_curve", "rule_throughput", "step_throughput"]
+__all__ = [
+    "Metrics",
+    "StopRuleReport",
+    "auc",
+    "calibration_curve",
+    "metrics_by_mode",
+    "rule_throughput",
+    "step_throughput",
+]
 
 _BINS = 10
 
@@ -62,6 +70,23 @@ class Metrics:
             brier=float(np.mean((p - y) ** 2)),
             base_rate=float(y.mean()),
         )
+
+
+def metrics_by_mode(
+    sampled: np.ndarray, labels: np.ndarray, probabilities: dict[str, np.ndarray]
+) -> dict[str, dict[str, Metrics]]:
+    """`Metrics` of each named set of probabilities, per decoding mode present (`"greedy"`, `"sampled"`).
+
+    Args:
+        sampled (`np.ndarray` of shape `(n,)`): booleans, whether each row comes from a sampled call.
+        labels (`np.ndarray` of shape `(n,)`): booleans, accepted or not.
+        probabilities: name -> probabilities of shape `(n,)`.
+    """
+    return {
+        mode: {name: Metrics.of(p[members], labels[members]) for name, p in probabilities.items()}
+        for mode, members in (("greedy", ~sampled), ("sampled", sampled))
+        if members.any()
+    }
 
 
 def calibration_curve(probabilities: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
