@@ -21,18 +21,14 @@ from pathlib import Path
 from typing import Any
 
 
-def _speedups(document: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """`(compression, method)` -> speedup over target-only in that run."""
-    return {(r["compression"], r["method"]): r["speedup"] for r in document["results"]}
+def _by_method(document: dict[str, Any], field: str) -> dict[tuple[str, str], float]:
+    """`(compression, method)` -> the result's `field` (`speedup` over target-only, `tokens_per_s`) in that run."""
+    return {(r["compression"], r["method"]): r[field] for r in document["results"]}
 
 
-def _tokens_per_s(document: dict[str, Any]) -> dict[tuple[str, str], float]:
-    return {(r["compression"], r["method"]): r["tokens_per_s"] for r in document["results"]}
-
-
-def _held_out_constant(documents: list[dict[str, Any]], run: int, compression: str) -> str | None:
+def _held_out_constant(speedups: list[dict[tuple[str, str], float]], run: int, compression: str) -> str | None:
     """The `fixed:K` with the best mean speedup at `compression` over every run but `run`."""
-    others = [_speedups(d) for i, d in enumerate(documents) if i != run]
+    others = [s for i, s in enumerate(speedups) if i != run]
     constants = {m for s in others for (c, m) in s if c == compression and m.startswith("fixed:")}
     scores = {m: [s[(compression, m)] for s in others if (compression, m) in s] for m in constants}
     scores = {m: sum(v) / len(v) for m, v in scores.items() if len(v) == len(others)}
@@ -65,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("| run | compression | constant best in the other runs | " + " | ".join(methods) + " |")
     print("|---|---|---|" + "---:|" * len(methods))
+    speedups = [_by_method(d, "speedup") for d in documents]
     for run, (path, document) in enumerate(zip(args.runs, documents, strict=True)):
-        rates = _tokens_per_s(document)
+        rates = _by_method(document, "tokens_per_s")
         for entry in document["compressions"]:
             compression = entry["compression"]
-            constant = _held_out_constant(documents, run, compression)
+            constant = _held_out_constant(speedups, run, compression)
             if constant is None or (compression, constant) not in rates:
                 continue
             bar = rates[(compression, constant)]
@@ -80,7 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"| pooled over {len(documents)} runs | best constant (mean speedup) | " + " | ".join(methods) + " |")
     print("|---|---|" + "---:|" * len(methods))
-    speedups = [_speedups(d) for d in documents]
     for compression in dict.fromkeys(e["compression"] for d in documents for e in d["compressions"]):
         means = {}
         for method in {m for s in speedups for (c, m) in s if c == compression}:
