@@ -132,6 +132,7 @@ def test_bench_fails_loudly_on_a_real_mismatch(pair_dirs, tmp_path, monkeypatch)
         (["--methods", "fastest"], "unknown method 'fastest'"),
         (["--target", "somewhere"], "pass both --target and --draft"),
         (["--do-sample", "--methods", "oracle"], "drop 'oracle'"),
+        (["--do-sample", "--sampling", "gumbel"], "--sampling must be speculative or coupled"),
         (["--json", "/nonexistent/dir/r.json"], "does not exist"),
     ],
 )

@@ -94,7 +94,10 @@ class AssistedCall(CandidateGenerator):
         self.policy = policy
         self.policy.bind(PolicyContext(cost=cost, compression=compression, do_sample=self._do_sample))
         self.stats_ = GenerationStats(
-            policy=policy.config(), compression=compression, prompt_tokens=int(input_ids.shape[1])
+            policy=policy.config(),
+            compression=compression,
+            prompt_tokens=int(input_ids.shape[1]),
+            verification="speculative" if self._do_sample else "greedy",
         )
         self._init_draft_state(model_kwargs)
         self._init_step_state()

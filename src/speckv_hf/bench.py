@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .bench_methods import DEFAULT_METHODS, HF_DEFAULTS, Method, parse_methods
+from .coupling import SAMPLING_SCHEMES
 from .generator import SpecKVGenerator
 from .measure import ForwardCounter
 from .oracle import OraclePolicy, acceptance_runs
@@ -112,6 +113,7 @@ class _Harness:
     max_new_tokens: int
     do_sample: bool
     seed: int
+    sampling: str
     counters: tuple[ForwardCounter, ForwardCounter]
     generators: dict[str, SpecKVGenerator] = field(default_factory=dict)
     oracles: dict[str, list[int]] = field(default_factory=dict)
@@ -128,7 +130,10 @@ class _Harness:
                 setattr(self.draft.generation_config, key, value)
             kwargs["assistant_model"] = self.draft
         elif method.kind == "speckv":
-            generator = self.generators.setdefault(method.name, SpecKVGenerator(method.policy))
+            generator = self.generators.get(method.name)
+            if generator is None:
+                sampling = method.sampling or self.sampling
+                generator = self.generators[method.name] = SpecKVGenerator(method.policy, sampling=sampling)
         elif method.kind == "oracle":
             runs = self.oracles[prompt.item.id]
             generator = SpecKVGenerator(OraclePolicy(runs, prompt.input_ids.shape[1]), warm_start=False)
@@ -176,6 +181,7 @@ def run_benchmark(
     warmup_prompts: int = 1,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    sampling: str = "speculative",
 ) -> tuple[list[CallRecord], dict[str, list[int]]]:
     """Runs every method on every prompt, interleaved, `repeats` times.
 
@@ -194,24 +200,28 @@ def run_benchmark(
         warmup_prompts: prompts run once through every method before measuring.
         seed: base seed for sampling.
         progress: called with a method name after each measured or warm-up call (for a progress bar).
+        sampling: how the SpecKV methods sample with `do_sample` (`SpecKVGenerator(sampling=...)`), unless a
+            method names its own.
 
     Returns:
         The measured calls, and the reference (target-alone greedy) output per prompt id.
 
     Raises:
-        ValueError: for the oracle with `do_sample=True`, for `repeats < 1` or no prompts, or duplicate prompt ids.
+        ValueError: for the oracle with `do_sample=True`, for `repeats < 1` or no prompts, duplicate prompt ids, or
+            an unknown sampling scheme.
     """
     methods = list(methods) if methods is not None else parse_methods(DEFAULT_METHODS)
     if do_sample and any(m.kind == "oracle" for m in methods):
         raise ValueError("the oracle is defined on greedy output: drop 'oracle' from the methods with --do-sample.")
+    if sampling not in SAMPLING_SCHEMES or any(m.sampling not in (None, *SAMPLING_SCHEMES) for m in methods):
+        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}.")
     if repeats < 1 or not prompts:
         raise ValueError("run_benchmark needs at least one prompt and repeats >= 1.")
     if len({p.item.id for p in prompts}) != len(prompts):
         raise ValueError("prompt ids must be unique.")
     timed = all(p.device.type != "cuda" for model in (target, draft) for p in model.parameters())
-    harness = _Harness(
-        target, draft, max_new_tokens, do_sample, seed, (ForwardCounter(target, timed), ForwardCounter(draft, timed))
-    )
+    counters = (ForwardCounter(target, timed), ForwardCounter(draft, timed))
+    harness = _Harness(target, draft, max_new_tokens, do_sample, seed, sampling, counters)
     saved = {key: getattr(draft.generation_config, key, None) for key in HF_DEFAULTS}
     reference: dict[str, list[int]] = {}
     records: list[CallRecord] = []

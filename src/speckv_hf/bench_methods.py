@@ -33,12 +33,15 @@ class Method:
         kind: `"target"`, `"hf"` (transformers' assisted generation), `"speckv"` or `"oracle"`.
         hf_settings: for `"hf"`, the assistant's generation-config settings.
         policy: for `"speckv"`, the policy given to `SpecKVGenerator`.
+        sampling: for `"speckv"`, `SpecKVGenerator(sampling=...)` in sampled runs; None for the run's own (so one
+            run can interleave speculative and coupled sampling).
     """
 
     name: str
     kind: str
     hf_settings: dict[str, Any] = field(default_factory=dict)
     policy: str | DraftPolicy | None = None
+    sampling: str | None = None
 
 
 def _hf_method(name: str) -> Method:

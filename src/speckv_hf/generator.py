@@ -19,6 +19,7 @@ import torch
 from .assisted import AssistedCall, model_device
 from .compression import CompressionInfo, detect_compression
 from .cost import Clock, CostModel, CostSettings
+from .coupling import SAMPLING_SCHEMES
 from .loop import LoopCall
 from .policies import DraftPolicy, PolicyContext
 from .registry import get_policy
@@ -80,6 +81,13 @@ class SpecKVGenerator:
         loop: which speculative loop runs the calls. `"speckv"` (the default): the library's own loop
             (`speckv_hf.loop`), for one prompt or a batch (including `num_return_sequences > 1`); `"transformers"`:
             transformers' assisted loop, driving the generator as a `CandidateGenerator` (one prompt only).
+        sampling: how sampled calls (`do_sample=True`) verify drafts in the library's own loop.
+            `"speculative"` (the default): speculative sampling, accepting a drafted token with probability
+            `min(1, p/q)`. `"coupled"`: coupled sampling (`speckv_hf.coupling`): the randomness is drawn per position
+            first (Gumbel noise from torch's global RNG), the target's token is its perturbed argmax and a drafted
+            token is accepted when it is that token. Both give each row the target's distribution; coupled output
+            is the same for every policy, γ and draft given the seed, and its acceptance is as predictable as
+            greedy decoding's, at a slightly lower acceptance rate. Greedy calls ignore it.
         batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
             the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
             (0, 1], where a tiny value means "any row".
@@ -100,6 +108,7 @@ class SpecKVGenerator:
         plain_fallback: bool = True,
         probe_every: int = 8,
         loop: str = "speckv",
+        sampling: str = "speculative",
         batch_quorum: float = 0.5,
         **policy_kwargs: Any,
     ) -> None:
@@ -114,6 +123,14 @@ class SpecKVGenerator:
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
         self.loop = loop
+        if sampling not in SAMPLING_SCHEMES:
+            raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}, got {sampling!r}.")
+        if sampling == "coupled" and loop == "transformers":
+            raise ValueError(
+                "sampling='coupled' runs in speckv-hf's own loop only: drop loop='transformers', or use "
+                "sampling='speculative'."
+            )
+        self.sampling = sampling
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
@@ -325,7 +342,7 @@ class SpecKVGenerator:
         draft: PreTrainedModel,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
-        do_sample: bool,
+        verification: str = "greedy",
     ) -> LoopCall:
         """The state one call of the library's own loop holds: warm-started costs, one policy per row, stats.
 
@@ -336,14 +353,17 @@ class SpecKVGenerator:
             draft: the draft model.
             input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts.
             attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): 0 on padding.
-            do_sample: whether the call samples.
+            verification: how the call verifies drafts: `"greedy"`, `"speculative"` (speculative sampling) or
+                `"coupled"` (coupled sampling). The policies are told whether acceptance is random
+                (`PolicyContext.do_sample`): only under speculative sampling; greedy and coupled acceptance is a
+                match.
 
         Returns:
             The call's [`LoopCall`]; hand it to [`SpecKVGenerator.finish_loop`] after the call.
         """
         batch_size = int(input_ids.shape[0])
         cost, template, compression, key = self._call_state(target, draft, batch_size)
-        context = PolicyContext(cost=cost, compression=compression, do_sample=do_sample)
+        context = PolicyContext(cost=cost, compression=compression, do_sample=verification == "speculative")
         # One policy per row (policies keep per-step state), all reading the call's one cost model.
         policies = [template] + [copy.deepcopy(template) for _ in range(batch_size - 1)]
         for policy in policies:
@@ -358,10 +378,17 @@ class SpecKVGenerator:
             prompt_tokens=int(sum(lengths)),
             batch_size=batch_size,
             loop="speckv",
+            verification=verification,
         )
         if batch_size > 1:
             stats.rows = [
-                GenerationStats(policy=config, compression=compression, prompt_tokens=int(n), loop="speckv")
+                GenerationStats(
+                    policy=config,
+                    compression=compression,
+                    prompt_tokens=int(n),
+                    loop="speckv",
+                    verification=verification,
+                )
                 for n in lengths
             ]
         return LoopCall(

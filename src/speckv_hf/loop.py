@@ -7,7 +7,7 @@ One step, for the rows still generating:
    `quorum` of the rows still drafting want one (the draft forward is one batched call, so a row that stopped early
    saves nothing, and its extra tokens are verified too, for free). A row stops for good at EOS and its budget.
 2. **Verify.** One target forward over every row's last token and candidates; rows accept different numbers of
-   tokens (greedy matching, or speculative sampling per row).
+   tokens (greedy matching, speculative sampling, or coupled sampling (`speckv_hf.coupling`) per row).
 3. **Bookkeeping** (`speckv_hf.kv_cache`): rows that finished leave the batch; the others are re-aligned so that
    each row stays contiguous and right-aligned, on the sequences, masks and both caches at once.
 
@@ -26,6 +26,7 @@ import torch
 from . import kv_cache
 from .context import NgramIndex
 from .cost import Clock, CostModel
+from .coupling import GumbelNoise
 from .policies import DraftPolicy, DraftState, StepOutcome
 from .signals import StepSignals, TokenSignals, batch_token_signals
 from .stats import GenerationStats, StepRecord
@@ -45,7 +46,9 @@ class LoopSettings:
         max_new_tokens: tokens each row may add.
         eos_token_ids: ids that end a row.
         pad_token_id: id written after a row's end.
-        do_sample: speculative sampling (True) or greedy matching (False).
+        do_sample: sampling (True) or greedy matching (False).
+        coupled: (with `do_sample`) coupled sampling (`speckv_hf.coupling`: Gumbel noise per position, greedy
+            matching on the perturbed logits) instead of speculative sampling.
         processing: the call's logits processors.
         stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
         streamer: transformers streamer, or None.
@@ -57,6 +60,7 @@ class LoopSettings:
     pad_token_id: int
     do_sample: bool
     processing: Processing
+    coupled: bool = False
     stop_checks: list[Any] = field(default_factory=list)
     streamer: Any = None
     quorum: float = 0.5
@@ -162,6 +166,7 @@ class _Loop:
         self.generated: list[list[int]] = [[] for _ in range(size)]
         self.contexts = [NgramIndex(ids[len(ids) - int(m.sum()) :]) for ids, m in zip(self.prompts, mask, strict=True)]
         self.streamed = 0
+        self.noise: GumbelNoise | None = None
         step = 0
         last_verified: float | None = None
         while batch.size:
@@ -224,10 +229,15 @@ class _Loop:
             if views and tokens:
                 views = [v + t for v, t in zip(views, torch.stack(tokens, 1).tolist(), strict=True)]
             processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
-            probs = torch.softmax(processed, dim=-1)
-            token = torch.multinomial(probs, 1)[:, 0] if settings.do_sample else probs.argmax(-1)
-            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
             position = len(tokens)
+            if self.settings.coupled:
+                # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
+                at = [len(self.generated[r]) + position for r in rows]
+                processed = processed + self._noise(processed).at(rows, at)
+            probs = torch.softmax(processed, dim=-1)
+            speculative = settings.do_sample and not self.settings.coupled
+            token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
+            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
             row_signals = batch_token_signals(probs, token, position, predictions)
             token_ids = token.tolist()
             if all(open_rows):
@@ -237,7 +247,7 @@ class _Loop:
                 column = torch.tensor(open_rows, device=token.device)
                 tokens.append(torch.where(column, token, settings.pad_token_id))
             valid_columns.append(column)
-            if settings.do_sample:
+            if speculative:
                 probs_list.append(probs)
             for b in range(n):
                 lasts[b] = (lasts[b][1], token_ids[b])
@@ -263,8 +273,19 @@ class _Loop:
             batch.draft_len += 1
         drafts.tokens = torch.stack(tokens, 1)
         drafts.valid = torch.stack(valid_columns, 1)
-        drafts.probs = torch.stack(probs_list, 1) if settings.do_sample else None
+        drafts.probs = torch.stack(probs_list, 1) if probs_list else None
         return drafts
+
+    def _noise(self, logits: torch.Tensor) -> GumbelNoise:
+        """The call's Gumbel noise, drawn for the logits' vocabulary on their device when first needed."""
+        if self.noise is None:
+            self.noise = GumbelNoise(self.batch_size, int(logits.shape[-1]), logits.device)
+        elif self.noise.vocab_size != logits.shape[-1]:
+            raise ValueError(
+                f"coupled sampling needs the draft's and the target's logits over one vocabulary, got "
+                f"{self.noise.vocab_size} and {logits.shape[-1]} entries: use SpecKVGenerator(sampling='speculative')."
+            )
+        return self.noise
 
     def _continue(self, drafting: list[bool], open_rows: list[bool]) -> bool:
         """Whether the batch drafts another token: when at least `quorum` of the rows still open want one.
@@ -329,6 +350,9 @@ class _Loop:
         batch.target_len = batch.ids.shape[1] + k
         rows = batch.rows.tolist()
         processed = self.settings.processing(logits, self._views(rows), drafted, rows)
+        if self.settings.coupled:
+            noise = self._noise(processed).span(rows, [len(self.generated[r]) for r in rows], k + 1)
+            return accept_greedy(processed + noise, drafted, valid)
         if self.settings.do_sample:
             return accept_sampled(processed, drafted, valid, drafts.probs)
         return accept_greedy(processed, drafted, valid)
@@ -354,6 +378,8 @@ class _Loop:
                 new, done = self._stop_checks(r, new)
             self.generated[r].extend(new)
             self.contexts[r].extend(new)
+            if self.noise is not None:
+                self.noise.release(r, len(self.generated[r]))
             appended.append(new)
             finished.append(done)
         return appended, finished

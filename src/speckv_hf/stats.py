@@ -115,6 +115,8 @@ class GenerationStats:
             tokens, the steps it took part in, its drafted and accepted tokens and its own γ histogram.
         loop: which loop ran the call: `"speckv"` (the library's own) or `"transformers"` (transformers'
             assisted loop driving the generator as a `CandidateGenerator`).
+        verification: how the call verified drafts: `"greedy"` (matching the target's argmax), `"speculative"`
+            (speculative sampling) or `"coupled"` (coupled sampling, `speckv_hf.coupling`).
     """
 
     policy: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +141,7 @@ class GenerationStats:
     batch_size: int = 1
     rows: list[GenerationStats] = field(default_factory=list)
     loop: str = "transformers"
+    verification: str = "greedy"
 
     def record_step(
         self,
@@ -231,7 +234,8 @@ class GenerationStats:
         return (
             f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "
             f"tokens={self.tokens_emitted}, target_forwards={self.target_forwards}, "
-            f"tokens/forward={self.tokens_per_target_forward:.2f}, acceptance={self.acceptance_rate:.1%}, "
+            f"verification={self.verification}, tokens/forward={self.tokens_per_target_forward:.2f}, "
+            f"acceptance={self.acceptance_rate:.1%}, "
             f"mean_gamma={self.mean_gamma:.2f}, gamma_hist={{{gammas}}}, c={ratio}, "
             f"time: draft {self.draft_seconds / total:.0%} (policy {self.policy_seconds / total:.0%}), "
             f"verify {self.verify_seconds / total:.0%}, loop {self.overhead_seconds / total:.0%} "

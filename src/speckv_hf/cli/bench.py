@@ -45,6 +45,11 @@ def bench(
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
+    sampling: str = typer.Option(
+        "speculative",
+        help="With --do-sample, how the SpecKV methods sample: speculative (speculative sampling) or coupled "
+        "(coupled sampling: the same output for every method, given the seed).",
+    ),
     repeats: int = typer.Option(1, min=1, help="Passes over the prompts; the table shows the spread across them."),
     warmup_prompts: int = typer.Option(1, min=0, help="Prompts run through every method before measuring."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -70,6 +75,8 @@ def bench(
         check_compressions(compressions, device)
     except (ValueError, ImportError) as error:
         fail(str(error))
+    if sampling not in ("speculative", "coupled"):
+        fail(f"--sampling must be speculative or coupled, got {sampling!r}.")
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
     method_specs = split_list(methods)
@@ -98,7 +105,7 @@ def bench(
     for name in compressions:
         method_rows, overall = _run_compression(
             console, name, target, draft, items, method_list, max_new_tokens, do_sample, repeats, warmup_prompts,
-            device, seed,
+            device, seed, sampling,
         )  # fmt: skip
         results += method_rows
         summaries.append(overall)
@@ -113,6 +120,7 @@ def bench(
         "num_prompts": len(items),
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
+        "sampling": sampling if do_sample else None,
         "repeats": repeats,
         "warmup_prompts": warmup_prompts,
         "methods": [m.name for m in method_list],
@@ -161,6 +169,7 @@ def _run_compression(
     warmup_prompts: int,
     device: str | None,
     seed: int,
+    sampling: str = "speculative",
 ) -> tuple[list, Any]:
     from .. import bench as harness
     from ..bench_report import summarize
@@ -187,6 +196,7 @@ def _run_compression(
             repeats=repeats,
             warmup_prompts=warmup,
             seed=seed,
+            sampling=sampling,
             progress=lambda name: progress.update(task, advance=1, description=f"{compression}: {name}"),
         )
         progress.update(task, description=f"{compression}: checking outputs")
