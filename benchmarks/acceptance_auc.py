@@ -12,7 +12,6 @@ coupled sampling the signals are those of the draft's perturbed distribution (`s
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import torch
@@ -31,7 +30,6 @@ def main() -> None:
     parser.add_argument("--prompts-per-task", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pair = load_pair_for("fp32", device="cpu")
     prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task))
     print(f"{'scheme':12} {'tokens':>6} {'accepted':>8}  " + "  ".join(f"{s:>10}" for s in SIGNALS))

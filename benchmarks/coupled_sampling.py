@@ -5,7 +5,7 @@ Every SpecKV method runs twice, once per scheme (`SpecKVGenerator(sampling="spec
 from the prompt and the repeat). Prints, per compression and scheme, tokens/s over target alone, tokens per target
 forward and acceptance, and the ratios that matter: each scheme's policies over that scheme's best constant γ, and
 the coupled best over the speculative best. It also checks that every coupled method produced the same text for
-each prompt and repeat (coupled output depends on the seed alone).
+each prompt and repeat (coupled output depends on the seed alone), and counts the calls with no draft forward.
 
     python benchmarks/coupled_sampling.py [--compression fp32,int8,nf4] [--repeats 2] [--seed 1]
 """
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--prompts-per-task", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     policies = args.policies.split(",")
     methods = [Method("target-only", "target")] + [
@@ -41,8 +42,8 @@ def main() -> None:
         for scheme in SCHEMES
     ]
     for compression in args.compression.split(","):
-        pair = load_pair_for(compression, None, None, "cpu")
-        prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task), "cpu")
+        pair = load_pair_for(compression, None, None, args.device)
+        prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task), args.device)
         with quiet_transformers():
             records, _ = run_benchmark(
                 pair.target,
@@ -56,6 +57,7 @@ def main() -> None:
             )
         tokens, seconds, forwards, drafted, accepted = (defaultdict(float) for _ in range(5))
         texts: dict[tuple[str, int], set[tuple[int, ...]]] = defaultdict(set)
+        plain = 0  # SpecKV calls with no draft forward, as a call that fell back to plain decoding
         for r in records:
             tokens[r.method] += r.new_tokens
             seconds[r.method] += r.seconds
@@ -64,6 +66,7 @@ def main() -> None:
             accepted[r.method] += r.accepted or 0
             if r.method.endswith(" coupled"):
                 texts[r.prompt_id, r.repeat].add(tuple(r.output))
+            plain += r.method != "target-only" and r.draft_forwards == 0
         rate = {m: tokens[m] / seconds[m] for m in tokens}
         base = rate["target-only"]
         print(f"\n## {compression}: {len(prompts)} prompts x {args.repeats} repeats, seed {args.seed}")
@@ -84,6 +87,7 @@ def main() -> None:
         print(f"best coupled constant over best speculative constant: {coupled_over:.3f}x")
         same = sum(len(outputs) == 1 for outputs in texts.values())
         print(f"coupled methods gave one text per prompt and repeat in {same} of {len(texts)} cases")
+        print(f"SpecKV calls with no draft forward (as plain decoding runs): {plain}")
 
 
 if __name__ == "__main__":

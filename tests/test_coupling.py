@@ -3,6 +3,7 @@ the policy, γ or draft."""
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import pytest
@@ -85,6 +86,77 @@ def test_coupled_output_is_the_target_gumbel_sample_for_every_policy_and_draft(l
     assert _coupled(target, close, ids, "fixed:4", seed=12)[0][0, ids.shape[1] :].tolist() != expected
 
 
+def test_a_draft_equal_to_the_target_is_always_accepted(llama_pairs):
+    """Draft token j and verification position j read the same noise: a draft that is the target's copy proposes
+    the target's perturbed argmax, so every drafted token is accepted."""
+    target, _ = llama_pairs["llama-noisy"]
+    ids = prompt(8, seed=6)
+    out, stats = _coupled(target, copy.deepcopy(target), ids, "fixed:4", seed=13)
+    assert stats.drafted_tokens > NEW_TOKENS // 2
+    assert stats.accepted_tokens == stats.drafted_tokens
+    assert out[0, ids.shape[1] :].tolist() == _gumbel_reference(target, [ids[0].tolist()], seed=13)[0]
+
+
+def test_coupled_output_stops_at_eos_like_the_reference(llama_pairs):
+    """With an EOS id, every policy's output is the reference sample cut after its first EOS, then padding."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids = prompt(8, seed=3)
+    reference = _gumbel_reference(target, [ids[0].tolist()], seed=11)[0]
+    eos = reference[5]  # a token the sample reaches, so the call ends early
+    end = reference.index(eos) + 1
+    for policy in ("fixed:1", "fixed:4", "adaptive"):
+        generator = SpecKVGenerator(policy, sampling="coupled", cost_ratio=0.05, verify_slope=0.0)
+        torch.manual_seed(11)
+        out = target.generate(
+            ids,
+            assistant_model=draft,
+            candidate_generator=generator,
+            do_sample=True,
+            max_new_tokens=NEW_TOKENS,
+            eos_token_id=eos,
+            pad_token_id=0,
+            **WARPERS,
+        )
+        assert out[0, ids.shape[1] :].tolist() == reference[:end], policy
+
+
+class _NeverPays(FixedPolicy):
+    """A policy whose evidence says speculation does not pay (so the generator would fall back to plain decoding)."""
+
+    can_skip_drafting: ClassVar[bool] = True
+
+    def speculation_pays(self) -> bool:
+        return False
+
+
+def test_coupled_sampling_never_falls_back_to_plain_decoding(llama_pairs):
+    """Plain decoding would sample with transformers' own RNG draws, not the noise: coupled calls stay in the loop
+    and keep their text."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids = prompt(8, seed=3)
+    expected = _gumbel_reference(target, [ids[0].tolist()], seed=11)[0]
+    generator = SpecKVGenerator(_NeverPays(num_tokens=2), sampling="coupled")
+    for _ in range(3):
+        torch.manual_seed(11)
+        out = target.generate(
+            ids,
+            assistant_model=draft,
+            candidate_generator=generator,
+            do_sample=True,
+            max_new_tokens=NEW_TOKENS,
+            eos_token_id=None,
+            pad_token_id=0,
+            **WARPERS,
+        )
+        assert not generator.last_stats.plain_decoding and generator.last_stats.verification == "coupled"
+        assert out[0, ids.shape[1] :].tolist() == expected
+    # The same policy with speculative sampling does fall back (the check above has teeth).
+    speculative = SpecKVGenerator(_NeverPays(num_tokens=2))
+    for _ in range(2):
+        target.generate(ids, assistant_model=draft, candidate_generator=speculative, do_sample=True, max_new_tokens=4)
+    assert speculative.last_stats.plain_decoding and speculative.last_stats.verification == "none"
+
+
 def test_coupled_batch_rows_follow_their_own_noise(llama_pairs):
     """In a left-padded batch each row has its own noise: every policy gives each row its Gumbel-max sample."""
     target, draft = llama_pairs["llama-noisy"]
@@ -154,6 +226,9 @@ def test_noise_does_not_depend_on_which_positions_were_asked_for(chunk, requests
     if position >= chunk:
         with pytest.raises(RuntimeError, match="released"):
             walked.at([0], [0])
+    kept = [c is None for c in walked._chunks[0]]
+    walked.release(1)  # a finished row frees every chunk it drew, and only its own
+    assert all(c is None for c in walked._chunks[1]) and [c is None for c in walked._chunks[0]] == kept
 
 
 def test_noise_is_standard_gumbel():

@@ -214,7 +214,8 @@ def run_benchmark(
     if do_sample and any(m.kind == "oracle" for m in methods):
         raise ValueError("the oracle is defined on greedy output: drop 'oracle' from the methods with --do-sample.")
     if sampling not in SAMPLING_SCHEMES or any(m.sampling not in (None, *SAMPLING_SCHEMES) for m in methods):
-        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}.")
+        given = sorted({sampling, *(m.sampling for m in methods if m.sampling is not None)} - set(SAMPLING_SCHEMES))
+        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}, got {given[0]!r}.")
     if repeats < 1 or not prompts:
         raise ValueError("run_benchmark needs at least one prompt and repeats >= 1.")
     if len({p.item.id for p in prompts}) != len(prompts):

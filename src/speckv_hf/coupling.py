@@ -53,7 +53,7 @@ class GumbelNoise:
         chunks = self._chunks[row]
         while len(chunks) <= index:
             # Chunks are drawn in order, so position n's noise does not depend on which positions were asked for.
-            exponential = torch.empty((self.chunk, self.vocab_size), device=self.device)
+            exponential = torch.empty((self.chunk, self.vocab_size), dtype=torch.float32, device=self.device)
             exponential.exponential_(generator=self._generators[row])
             chunks.append(exponential.clamp_min_(1e-30).log_().neg_())
         noise = chunks[index]
@@ -96,8 +96,10 @@ class GumbelNoise:
             per_row.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
         return torch.stack(per_row)
 
-    def release(self, row: int, before: int) -> None:
-        """Frees the row's chunks that hold only positions before `before` (tokens already emitted)."""
+    def release(self, row: int, before: int | None = None) -> None:
+        """Frees the row's chunks that hold only positions before `before` (tokens already emitted); all of them
+        when `before` is None (the row finished)."""
         chunks = self._chunks[row]
-        for index in range(min(before // self.chunk, len(chunks))):
+        end = len(chunks) if before is None else min(before // self.chunk, len(chunks))
+        for index in range(end):
             chunks[index] = None

@@ -44,6 +44,7 @@ class _Warm:
 
 
 _LOOPS = ("speckv", "transformers")
+_VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
 
 
 class SpecKVGenerator:
@@ -60,8 +61,9 @@ class SpecKVGenerator:
     it did (per thread; per row too for a batch).
 
     The draft applies the same logits processors and warpers as the target, samples from the processed draft
-    distribution when `do_sample=True`, and verification is greedy matching or speculative sampling per row, so
-    each row's output is the target's (greedy) or distributed as the target's (sampling).
+    distribution when `do_sample=True`, and verification is greedy matching or speculative sampling per row (or
+    coupled sampling, `sampling="coupled"`), so each row's output is the target's (greedy) or distributed as the
+    target's (sampling).
 
     Args:
         policy: a policy name (`"adaptive"`, `"speckv"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"fixed:K"`, or
@@ -85,9 +87,11 @@ class SpecKVGenerator:
             `"speculative"` (the default): speculative sampling, accepting a drafted token with probability
             `min(1, p/q)`. `"coupled"`: coupled sampling (`speckv_hf.coupling`): the randomness is drawn per position
             first (Gumbel noise from torch's global RNG), the target's token is its perturbed argmax and a drafted
-            token is accepted when it is that token. Both give each row the target's distribution; coupled output
-            is the same for every policy, γ and draft given the seed, and its acceptance is as predictable as
-            greedy decoding's, at a slightly lower acceptance rate. Greedy calls ignore it.
+            token is accepted when it is that token. Both give each row the target's distribution. Coupled output
+            is the same for every policy, γ and draft given the seed (for one batch layout and device; bitsandbytes
+            targets up to near-ties), and its acceptance is as predictable as greedy decoding's, but lower than
+            speculative sampling's (on the demo pair, 0-16% less throughput at the best constant γ). It turns
+            `plain_fallback` off: plain decoding would sample without the noise. Greedy calls ignore it.
         batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
             the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
             (0, 1], where a tiny value means "any row".
@@ -290,6 +294,8 @@ class SpecKVGenerator:
         Returns:
             True to run the call as plain decoding, without the draft.
         """
+        if self.sampling == "coupled":
+            return False  # transformers' own sampling would not follow the noise: the text would change
         if not (self.plain_fallback and self.warm_start and getattr(self.policy, "can_skip_drafting", False)):
             return False
         with self._lock:
@@ -318,6 +324,7 @@ class SpecKVGenerator:
             accepted_histogram=Counter({0: new_tokens}),
             verify_seconds=seconds,
             plain_decoding=True,
+            verification="none",
         )
 
     # -- the library's own loop ------------------------------------------------------------------------------------
@@ -360,7 +367,13 @@ class SpecKVGenerator:
 
         Returns:
             The call's [`LoopCall`]; hand it to [`SpecKVGenerator.finish_loop`] after the call.
+
+        Raises:
+            ValueError: for an unknown `verification`.
         """
+        if verification not in _VERIFICATIONS:
+            names = ", ".join(map(repr, _VERIFICATIONS))
+            raise ValueError(f"verification must be one of {names}, got {verification!r}.")
         batch_size = int(input_ids.shape[0])
         cost, template, compression, key = self._call_state(target, draft, batch_size)
         context = PolicyContext(cost=cost, compression=compression, do_sample=verification == "speculative")

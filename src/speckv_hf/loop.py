@@ -121,7 +121,7 @@ class _Drafts:
         valid (`torch.BoolTensor` of shape `(rows, k)`): which tokens are candidates (a prefix per row).
         signals: per row, the signals of its candidate tokens.
         probs (`torch.FloatTensor` of shape `(rows, k, vocab)`, *optional*): the processed draft distributions
-            (sampling only).
+            (speculative sampling only).
         first_seconds: seconds to the first drafted token (the catch-up forward included).
         later_seconds: seconds of the later tokens, `later_tokens` of them.
     """
@@ -283,7 +283,8 @@ class _Loop:
         elif self.noise.vocab_size != logits.shape[-1]:
             raise ValueError(
                 f"coupled sampling needs the draft's and the target's logits over one vocabulary, got "
-                f"{self.noise.vocab_size} and {logits.shape[-1]} entries: use SpecKVGenerator(sampling='speculative')."
+                f"{self.noise.vocab_size} and {logits.shape[-1]} entries: use a draft whose output layer matches "
+                "the target's."
             )
         return self.noise
 
@@ -379,7 +380,7 @@ class _Loop:
             self.generated[r].extend(new)
             self.contexts[r].extend(new)
             if self.noise is not None:
-                self.noise.release(r, len(self.generated[r]))
+                self.noise.release(r, None if done else len(self.generated[r]))
             appended.append(new)
             finished.append(done)
         return appended, finished

@@ -116,7 +116,8 @@ class GenerationStats:
         loop: which loop ran the call: `"speckv"` (the library's own) or `"transformers"` (transformers'
             assisted loop driving the generator as a `CandidateGenerator`).
         verification: how the call verified drafts: `"greedy"` (matching the target's argmax), `"speculative"`
-            (speculative sampling) or `"coupled"` (coupled sampling, `speckv_hf.coupling`).
+            (speculative sampling), `"coupled"` (coupled sampling, `speckv_hf.coupling`), or `"none"` for a call
+            that ran as plain decoding.
     """
 
     policy: dict[str, Any] = field(default_factory=dict)

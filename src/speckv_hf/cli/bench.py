@@ -17,6 +17,7 @@ from rich.table import Table
 from ._common import atomic_write_text, fail, split_list
 
 DEFAULT_PROMPTS_PER_TASK = 3
+SAMPLING_SCHEMES = ("speculative", "coupled")
 # speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that `speckv --help` does not import torch (tested equal).
 DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
 
@@ -47,8 +48,9 @@ def bench(
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
     sampling: str = typer.Option(
         "speculative",
+        "--sampling-scheme",
         help="With --do-sample, how the SpecKV methods sample: speculative (speculative sampling) or coupled "
-        "(coupled sampling: the same output for every method, given the seed).",
+        "(coupled sampling: the same output for every SpecKV method, given the seed).",
     ),
     repeats: int = typer.Option(1, min=1, help="Passes over the prompts; the table shows the spread across them."),
     warmup_prompts: int = typer.Option(1, min=0, help="Prompts run through every method before measuring."),
@@ -75,8 +77,11 @@ def bench(
         check_compressions(compressions, device)
     except (ValueError, ImportError) as error:
         fail(str(error))
-    if sampling not in ("speculative", "coupled"):
-        fail(f"--sampling must be speculative or coupled, got {sampling!r}.")
+    # speckv_hf.coupling.SAMPLING_SCHEMES, spelled out so that `speckv --help` does not import torch (tested equal).
+    if sampling not in SAMPLING_SCHEMES:
+        fail(f"--sampling-scheme must be speculative or coupled, got {sampling!r}.")
+    if sampling != "speculative" and not do_sample:
+        fail("--sampling-scheme applies to sampled runs: add --do-sample.")
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
     method_specs = split_list(methods)
