@@ -90,7 +90,7 @@ class SpecKVGenerator:
             token is accepted when it is that token. Both give each row the target's distribution. Coupled output
             is the same for every policy, γ and draft given the seed (for one batch layout and device; bitsandbytes
             targets up to near-ties), and its acceptance is as predictable as greedy decoding's, but lower than
-            speculative sampling's (on the demo pair, 0-16% less throughput at the best constant γ). It turns
+            speculative sampling's (on the demo pair, 3-12% less throughput at the best constant γ). It turns
             `plain_fallback` off: plain decoding would sample without the noise. Greedy calls ignore it.
         batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
             the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
