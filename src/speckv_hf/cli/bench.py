@@ -17,8 +17,9 @@ from rich.table import Table
 from ._common import atomic_write_text, fail, split_list
 
 DEFAULT_PROMPTS_PER_TASK = 3
+# speckv_hf.coupling.SAMPLING_SCHEMES and speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that
+# `speckv --help` does not import torch (tested equal).
 SAMPLING_SCHEMES = ("speculative", "coupled")
-# speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that `speckv --help` does not import torch (tested equal).
 DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
 
 
@@ -77,7 +78,6 @@ def bench(
         check_compressions(compressions, device)
     except (ValueError, ImportError) as error:
         fail(str(error))
-    # speckv_hf.coupling.SAMPLING_SCHEMES, spelled out so that `speckv --help` does not import torch (tested equal).
     if sampling not in SAMPLING_SCHEMES:
         fail(f"--sampling-scheme must be speculative or coupled, got {sampling!r}.")
     if sampling != "speculative" and not do_sample:
