@@ -21,14 +21,17 @@ from speckv_hf.policies import FixedPolicy
 
 from .conftest import llama_config, prompt
 from .test_bench import _prompts
-from .test_sampling import SAMPLES, VOCAB, _chi_square_pvalue, _two_token_distribution
+from .test_sampling import SAMPLES, VOCAB, _chi_square_pvalue, _two_token_distribution, first_two_token_counts
 
 NEW_TOKENS = 24
 WARPERS = {"temperature": 0.8, "top_k": 20, "top_p": 1.0}
 
 
-def _coupled(target, draft, ids, policy, seed, mask=None, **kwargs):
-    generator = SpecKVGenerator(policy, sampling="coupled", **kwargs)
+def _coupled(target, draft, ids, policy, seed, mask=None, eos_token_id=None, **kwargs):
+    """One coupled call with the tests' warpers, seeded; `policy` is a policy spec or a ready `SpecKVGenerator`."""
+    generator = (
+        policy if isinstance(policy, SpecKVGenerator) else SpecKVGenerator(policy, sampling="coupled", **kwargs)
+    )
     torch.manual_seed(seed)
     out = target.generate(
         ids,
@@ -37,7 +40,7 @@ def _coupled(target, draft, ids, policy, seed, mask=None, **kwargs):
         candidate_generator=generator,
         do_sample=True,
         max_new_tokens=NEW_TOKENS,
-        eos_token_id=None,
+        eos_token_id=eos_token_id,
         pad_token_id=0,
         **WARPERS,
     )
@@ -105,18 +108,7 @@ def test_coupled_output_stops_at_eos_like_the_reference(llama_pairs):
     eos = reference[5]  # a token the sample reaches, so the call ends early
     end = reference.index(eos) + 1
     for policy in ("fixed:1", "fixed:4", "adaptive"):
-        generator = SpecKVGenerator(policy, sampling="coupled", cost_ratio=0.05, verify_slope=0.0)
-        torch.manual_seed(11)
-        out = target.generate(
-            ids,
-            assistant_model=draft,
-            candidate_generator=generator,
-            do_sample=True,
-            max_new_tokens=NEW_TOKENS,
-            eos_token_id=eos,
-            pad_token_id=0,
-            **WARPERS,
-        )
+        out, _ = _coupled(target, draft, ids, policy, seed=11, eos_token_id=eos, cost_ratio=0.05, verify_slope=0.0)
         assert out[0, ids.shape[1] :].tolist() == reference[:end], policy
 
 
@@ -137,17 +129,7 @@ def test_coupled_sampling_never_falls_back_to_plain_decoding(llama_pairs):
     expected = _gumbel_reference(target, [ids[0].tolist()], seed=11)[0]
     generator = SpecKVGenerator(_NeverPays(num_tokens=2), sampling="coupled")
     for _ in range(3):
-        torch.manual_seed(11)
-        out = target.generate(
-            ids,
-            assistant_model=draft,
-            candidate_generator=generator,
-            do_sample=True,
-            max_new_tokens=NEW_TOKENS,
-            eos_token_id=None,
-            pad_token_id=0,
-            **WARPERS,
-        )
+        out, _ = _coupled(target, draft, ids, generator, seed=11)
         assert not generator.last_stats.plain_decoding and generator.last_stats.verification == "coupled"
         assert out[0, ids.shape[1] :].tolist() == expected
     # The same policy with speculative sampling does fall back (the check above has teeth).
@@ -250,25 +232,7 @@ def test_coupled_sampling_matches_target_distribution():
     target_probs = _two_token_distribution(target, input_ids)
     draft_probs = _two_token_distribution(draft, input_ids)
     generator = SpecKVGenerator("fixed:2", sampling="coupled")
-    counts = torch.zeros(VOCAB, VOCAB)
-    drafted = accepted = 0
-    for seed in range(SAMPLES):
-        torch.manual_seed(seed)
-        out = target.generate(
-            input_ids,
-            assistant_model=draft,
-            candidate_generator=generator,
-            do_sample=True,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=3,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-        t1, t2 = out[0, 3:5].tolist()
-        counts[t1, t2] += 1
-        drafted += generator.last_stats.drafted_tokens
-        accepted += generator.last_stats.accepted_tokens
+    counts, drafted, accepted = first_two_token_counts(target, draft, input_ids, generator)
     assert drafted > SAMPLES and 0 < accepted < drafted, "the test must exercise accepted and rejected drafts"
     assert _chi_square_pvalue(counts, target_probs) > 1e-3
     assert _chi_square_pvalue(counts, draft_probs) < 1e-6  # power: the draft's own distribution is rejected

@@ -38,29 +38,10 @@ def _chi_square_pvalue(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     return float(chisquare(obs.numpy(), exp.numpy()).pvalue)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("policy", "draft_kind"), [("fixed:2", "unrelated"), ("adaptive", "noisy")])
-def test_sampling_matches_target_distribution(policy, draft_kind):
-    torch.manual_seed(0)
-    config = llama_config(layers=1, vocab=VOCAB, initializer_range=0.5, max_position_embeddings=32, eos_token_id=None)
-    target = LlamaForCausalLM(config).eval()
-    # An unrelated draft is rejected often, so resampling from the residual is exercised; a noisy copy is close
-    # enough that the adaptive policy keeps drafting, far enough to be rejected at times.
-    draft = LlamaForCausalLM(config).eval() if draft_kind == "unrelated" else noisy_copy(target, 0.15)
-    input_ids = torch.tensor([[3, 5, 4]])
-    target_probs = _two_token_distribution(target, input_ids)
-    draft_probs = _two_token_distribution(draft, input_ids)
-
+def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.Tensor, int, int]:
+    """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens."""
     counts = torch.zeros(VOCAB, VOCAB)
-    # Both tiny models cost the same per forward, so the adaptive policy would rightly draft nothing: tell it the
-    # draft is cheap and verification flat, and keep it speculating (this test is about the sampling arithmetic, not
-    # about the policy's reading of the machine's timings).
-    generator = (
-        SpecKVGenerator(policy, cost_ratio=0.05, verify_slope=0.0, plain_fallback=False)
-        if policy == "adaptive"
-        else SpecKVGenerator(policy)
-    )
-    drafted = 0
+    drafted = accepted = 0
     for seed in range(SAMPLES):
         torch.manual_seed(seed)
         # 3 new tokens: the first step may draft 2 (budget = max_length - length - 1), so chained acceptance and
@@ -80,6 +61,32 @@ def test_sampling_matches_target_distribution(policy, draft_kind):
         t1, t2 = out[0, 3:5].tolist()
         counts[t1, t2] += 1
         drafted += generator.last_stats.drafted_tokens
+        accepted += generator.last_stats.accepted_tokens
+    return counts, drafted, accepted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("policy", "draft_kind"), [("fixed:2", "unrelated"), ("adaptive", "noisy")])
+def test_sampling_matches_target_distribution(policy, draft_kind):
+    torch.manual_seed(0)
+    config = llama_config(layers=1, vocab=VOCAB, initializer_range=0.5, max_position_embeddings=32, eos_token_id=None)
+    target = LlamaForCausalLM(config).eval()
+    # An unrelated draft is rejected often, so resampling from the residual is exercised; a noisy copy is close
+    # enough that the adaptive policy keeps drafting, far enough to be rejected at times.
+    draft = LlamaForCausalLM(config).eval() if draft_kind == "unrelated" else noisy_copy(target, 0.15)
+    input_ids = torch.tensor([[3, 5, 4]])
+    target_probs = _two_token_distribution(target, input_ids)
+    draft_probs = _two_token_distribution(draft, input_ids)
+
+    # Both tiny models cost the same per forward, so the adaptive policy would rightly draft nothing: tell it the
+    # draft is cheap and verification flat, and keep it speculating (this test is about the sampling arithmetic, not
+    # about the policy's reading of the machine's timings).
+    generator = (
+        SpecKVGenerator(policy, cost_ratio=0.05, verify_slope=0.0, plain_fallback=False)
+        if policy == "adaptive"
+        else SpecKVGenerator(policy)
+    )
+    counts, drafted, _ = first_two_token_counts(target, draft, input_ids, generator)
     assert drafted > SAMPLES // 2, "the test must exercise drafted tokens"
     assert generator.last_stats is not None
     if policy == "fixed:2":

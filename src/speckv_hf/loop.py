@@ -224,18 +224,18 @@ class _Loop:
         batch.draft_len = length
         lasts = [self.contexts[r].tail for r in rows]
         mask = batch.mask
+        speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
         while True:
             views = self._views(rows)
             if views and tokens:
                 views = [v + t for v, t in zip(views, torch.stack(tokens, 1).tolist(), strict=True)]
             processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
             position = len(tokens)
-            if self.settings.coupled:
+            if settings.coupled:
                 # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
                 at = [len(self.generated[r]) + position for r in rows]
                 processed = processed + self._noise(processed).at(rows, at)
             probs = torch.softmax(processed, dim=-1)
-            speculative = settings.do_sample and not self.settings.coupled
             token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
             predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
             row_signals = batch_token_signals(probs, token, position, predictions)
