@@ -27,6 +27,7 @@ about 11.6 + 1.36 γ ms). Prints AUCs and simulated tokens/s, each over the best
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 import numpy as np
@@ -36,6 +37,7 @@ from speckv_hf.context import NgramIndex
 from speckv_hf.demo import load_pair, load_prompts
 
 MAX_GAMMA = 12
+GAMMA_BINS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-8", 5, 8), ("9+", 9, 10**6))
 FEATURE_SETS = {
     "draft": ("logit_conf", "margin", "entropy", "position"),
     "draft+target": ("logit_conf", "margin", "entropy", "position", "target_logit_conf", "target_entropy"),
@@ -164,29 +166,115 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / pairs)
 
 
-def simulate(prompts, decide, step_ms: float, token_ms: float, draft_ms: float = 0.0) -> float:
+def simulate(prompts, decide, step_ms: float, token_ms: float, draft_ms: float = 0.0, step_cost=None) -> float:
     """Tokens per second of a stop rule: `decide(prompt, start, n, rate)` returns γ, or `(γ, dropped)` where
-    `dropped` tokens were drafted (`draft_ms` each) and not sent; rate = long-run tokens/ms."""
+    `dropped` tokens were drafted (`draft_ms` each) and not sent; rate = long-run tokens/ms. `step_cost(γ)` (ms),
+    when given, replaces the linear `step_ms + token_ms * γ`."""
+    step_cost = step_cost or (lambda gamma: step_ms + token_ms * gamma)
     tokens, cost, recent_tokens, recent_ms = 0, 0.0, 0.0, 0.0
     for prompt in prompts:
         n, start = len(prompt["agree"]), 0
         while start < n:
-            rate = recent_tokens / recent_ms if recent_ms else 1.0 / (step_ms + token_ms)
+            rate = recent_tokens / recent_ms if recent_ms else 1.0 / step_cost(1)
             decision = decide(prompt, start, n, rate)
             gamma, dropped = decision if isinstance(decision, tuple) else (decision, 0)
             gamma = min(gamma, n - start - 1)
             accepted = min(gamma, int(prompt["run"][start]))
-            step = step_ms + token_ms * gamma + draft_ms * dropped
+            step = step_cost(gamma) + draft_ms * dropped
             tokens, cost = tokens + accepted + 1, cost + step
             recent_tokens, recent_ms = 0.995 * recent_tokens + accepted + 1, 0.995 * recent_ms + step
             start += accepted + 1
     return 1000.0 * tokens / cost
 
 
-def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float):
+class ProfileCost:
+    """A step's cost from a measured verification profile: `verify(γ) + first_ms + (γ - 1) * draft_ms` ms (γ >= 1)
+    or `verify(0)` (a plain decoding step), `verify` interpolated linearly between the measured candidate counts
+    and extrapolated from the last two.
+
+    Args:
+        profile: `"K:MS,K:MS,..."`, verification ms (the loop's per-step overhead included) by drafted-token count,
+            as `benchmarks/verify_cost_shape.py` prints it.
+        first_ms: the step's first drafted token (the draft's catch-up forward included).
+        draft_ms: each further drafted token.
+    """
+
+    def __init__(self, profile: str, first_ms: float, draft_ms: float) -> None:
+        try:
+            points = sorted((int(k), float(ms)) for k, ms in (item.split(":") for item in profile.split(",")))
+        except ValueError:
+            raise SystemExit(f"--verify-ms takes K:MS,K:MS,... (e.g. 0:19.5,1:25.3,4:26.3), got {profile!r}") from None
+        if len(points) < 2 or points[0][0] != 0:
+            raise SystemExit("--verify-ms needs at least two counts, the first of them 0 (a plain decoding step)")
+        self.points, self.first_ms, self.draft_ms = points, first_ms, draft_ms
+
+    def verify(self, gamma: int) -> float:
+        (k0, v0), (k1, v1) = next(
+            ((a, b) for a, b in zip(self.points, self.points[1:], strict=False) if gamma <= b[0]), self.points[-2:]
+        )
+        return v0 + (v1 - v0) * (gamma - k0) / (k1 - k0)
+
+    def __call__(self, gamma: int) -> float:
+        drafting = self.first_ms + (gamma - 1) * self.draft_ms if gamma else 0.0
+        return self.verify(gamma) + drafting
+
+
+def compression_info(name: str):
+    """The `CompressionInfo` the live loop would detect on the embedded target with this compression."""
+    from speckv_hf.compression import CompressionInfo, compression_from_config
+    from speckv_hf.compression_names import quantization_config
+
+    return (
+        CompressionInfo("none", "fp32", 32) if name == "fp32" else compression_from_config(quantization_config(name))
+    )
+
+
+def planning_policy(step_cost, **settings):
+    """`speckv-plan`: the `speckv` policy drafting one more token while some draft length ahead (up to 8 more
+    tokens, later ones assumed as likely as the next) adds expected tokens faster than the long-run rate, priced
+    with the simulator's exact step cost: the most a policy that knew the verification profile could gain over the
+    fitted line, simulator-only."""
+    from speckv_hf.speckv_policy import SpeckvPolicy
+
+    class PlanningSpeckv(SpeckvPolicy):
+        def should_draft(self, state) -> bool:
+            drafted = len(state.tokens)
+            if drafted == 0:
+                self._step_probs.clear()
+                self._step_product = 1.0
+                self._step_raw.clear()
+            if drafted >= self.max_tokens:
+                return False
+            if self._steps_seen < self.warmup_steps or not state.throughput:
+                return drafted < 4 and (drafted == 0 or state.tokens[-1].confidence >= 0.4)
+            if drafted == 0:
+                q = self._first_token.mean
+            else:
+                while len(self._step_probs) < drafted:
+                    probability = self._token_acceptance(state.tokens[len(self._step_probs)], len(self._step_probs))
+                    self._step_probs.append(probability)
+                    self._step_product *= probability
+                q = self._token_acceptance(state.tokens[-1], drafted)
+            rate, base, gain, chance = state.throughput / 1000.0, step_cost(drafted), 0.0, self._step_product
+            worth_it = False
+            for more in range(drafted + 1, min(drafted + 8, self.max_tokens) + 1):
+                chance *= q
+                gain += chance
+                if gain / (step_cost(more) - base) > rate:
+                    worth_it = True
+                    break
+            return self._judge_first(worth_it) if drafted == 0 else worth_it
+
+    return PlanningSpeckv(**settings)
+
+
+def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float, step_cost=None, compression="fp32"):
     """A `decide` that asks a real `DraftPolicy` (bound to a cost model fed with the simulated costs), token by
-    token, and lets it observe each step's outcome: the library's policy logic without the live loop's timing."""
-    from speckv_hf.compression import CompressionInfo
+    token, and lets it observe each step's outcome: the library's policy logic without the live loop's timing.
+    With a `ProfileCost`, the cost model is fed its verification times for 1-8 drafted tokens (a speculating policy
+    rarely verifies none) and its draft times. `decide.gammas` counts the γ it chose."""
+    from collections import Counter
+
     from speckv_hf.cost import CostModel
     from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
     from speckv_hf.signals import TokenSignals
@@ -194,12 +282,19 @@ def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float):
     cost = CostModel()
     slope = token_ms - draft_ms
     for _ in range(8):
-        for k in range(9):
-            cost.observe_verify(k, (step_ms + slope * k) / 1000)
-        cost.observe_draft(draft_ms / 1000)
-        cost.observe_first_draft(draft_ms / 1000)
-    policy.bind(PolicyContext(cost=cost, compression=CompressionInfo("none", "fp32", 32)))
+        if step_cost is None:
+            for k in range(9):
+                cost.observe_verify(k, (step_ms + slope * k) / 1000)
+            cost.observe_draft(draft_ms / 1000)
+            cost.observe_first_draft(draft_ms / 1000)
+        else:
+            for k in range(1, 9):
+                cost.observe_verify(k, step_cost.verify(k) / 1000)
+            cost.observe_draft(step_cost.draft_ms / 1000)
+            cost.observe_first_draft(step_cost.first_ms / 1000)
+    policy.bind(PolicyContext(cost=cost, compression=compression_info(compression)))
     step = [0]
+    gammas: Counter[int] = Counter()
 
     def signals(prompt, j: int, position: int) -> TokenSignals:
         conf = float(prompt["conf"][j])
@@ -223,8 +318,10 @@ def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float):
         accepted = min(len(drafted), int(prompt["run"][start]))
         policy.observe(StepOutcome(step=step[0], tokens=drafted, num_accepted=accepted))
         step[0] += 1
+        gammas[len(drafted)] += 1
         return len(drafted)
 
+    decide.gammas = gammas
     return decide
 
 
@@ -245,17 +342,31 @@ def main() -> None:
     parser.add_argument(
         "--draft-ms", type=float, default=0.69, help="the draft forward's part of --token-ms (lost on a dropped token)"
     )
+    parser.add_argument(
+        "--verify-ms",
+        help="a measured verification profile, K:MS,K:MS,... by drafted-token count (benchmarks/verify_cost_shape.py)"
+        ": steps then cost verify(γ) + --first-ms + (γ - 1) * --draft-ms instead of --step-ms + --token-ms * γ",
+    )
+    parser.add_argument(
+        "--first-ms", type=float, help="with --verify-ms: the first drafted token (default --draft-ms)"
+    )
+    parser.add_argument("--compression", default="fp32", help="the target compression the replayed policies are told")
+    parser.add_argument("--predictor", help="a predictor folder for the replayed speckv policies (default: shipped)")
     args = parser.parse_args()
     held_out = args.scored == "held-out"
     prompts = cached_positions(args.new_tokens, args.cache, first=0 if held_out else 3)
     train = [p for p in prompts if p["index"] >= 6]
     test = [p for p in prompts if p["index"] < (3 if held_out else 6)]
     step_ms, token_ms = args.step_ms, args.token_ms
-    constants = {k: simulate(test, lambda p, s, n, r, k=k: k, step_ms, token_ms) for k in range(1, 11)}
+    profile = None
+    if args.verify_ms:
+        profile = ProfileCost(args.verify_ms, args.draft_ms if args.first_ms is None else args.first_ms, args.draft_ms)
+    run = functools.partial(simulate, step_cost=profile)
+    constants = {k: run(test, lambda p, s, n, r, k=k: k, step_ms, token_ms) for k in range(1, 11)}
     best = max(constants, key=constants.__getitem__)
     print(f"{len(train)} training prompts, {len(test)} scored, {args.new_tokens} tokens each")
     print("constant γ: " + "  ".join(f"{k}: {v:.1f}" for k, v in constants.items()) + f"  (best {best})")
-    oracle = simulate(test, lambda p, s, n, r: int(p["run"][s]), step_ms, token_ms)
+    oracle = run(test, lambda p, s, n, r: int(p["run"][s]), step_ms, token_ms)
     print(f"oracle: {oracle:.1f} tok/s, {oracle / constants[best]:.3f}x the best constant")
     print(f"{'features':14s} {'AUC':>6s} {'stale':>7s} {'own':>7s}  (simulated tokens/s over the best constant)")
     first_rate = float(np.mean([p["agree"][j] for p in train for j in range(len(p["agree"]))]))
@@ -280,14 +391,24 @@ def main() -> None:
                     cumulative, gamma = cumulative * q, gamma + 1
                 return gamma, 0
 
-            results.append(simulate(test, decide, step_ms, token_ms, args.draft_ms) / constants[best])
+            results.append(run(test, decide, step_ms, token_ms, args.draft_ms) / constants[best])
         print(f"{name:14s} {area:6.3f} {results[0]:6.3f}x {results[1]:6.3f}x")
     from speckv_hf.registry import get_policy
 
     for spec in args.policies.split(","):
-        decide = policy_decider(get_policy(spec), step_ms, token_ms, args.draft_ms)
-        ratio = simulate(test, decide, step_ms, token_ms) / constants[best]
+        settings = {"predictor": args.predictor} if args.predictor and spec.startswith("speckv") else {}
+        if spec == "speckv-plan":
+            policy = planning_policy(profile or (lambda gamma: step_ms + token_ms * gamma), **settings)
+        else:
+            policy = get_policy(spec, **settings)
+        decide = policy_decider(policy, step_ms, token_ms, args.draft_ms, profile, args.compression)
+        ratio = run(test, decide, step_ms, token_ms) / constants[best]
         print(f"policy {spec:14s}        {ratio:6.3f}x  (the library's policy, its decisions replayed)")
+        steps = sum(decide.gammas.values())
+        shares = {
+            label: sum(v for g, v in decide.gammas.items() if lo <= g <= hi) / steps for label, lo, hi in GAMMA_BINS
+        }
+        print("    γ: " + ", ".join(f"{label} {share:.0%}" for label, share in shares.items()))
 
 
 if __name__ == "__main__":

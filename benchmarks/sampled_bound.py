@@ -17,6 +17,8 @@ q_n's support. Stop rules are simulated with a linear step cost `step_ms + token
       top1-top2 margin, position in the draft; fit on prompts 6-11 per category, scored on 3-5 (`--scored held-out`:
       the bench's prompts 0-2). Also its AUC against Bernoulli(r) outcomes (next to a_n's and r's own) and its
       correlation / R² with a_n and r.
+  (e) knowing a_n exactly, the γ that maximizes the step's expected tokens minus their cost at the long-run rate
+      (a whole-step planner, which may draft past a dip in a_n that stops the marginal rule).
 
 (c) and (d) decide on a token after drafting it; a dropped token costs `--draft-ms` (default 0). The trajectory is
 the target's sampled continuation: after a rejection the real algorithm samples from the residual max(0, p - q),
@@ -45,11 +47,14 @@ import numpy as np
 import torch
 from acceptance_simulation import auc, features, fit_logistic, positions, rows, simulate
 
+from speckv_hf.context import NgramIndex
 from speckv_hf.demo import CATEGORIES, load_pair, load_prompts
 
 MAX_GAMMA = 12
 TOP_K = 50
 GREEDY_FEATURES = ("logit_conf", "margin", "entropy", "position")
+#: Columns of `soft_rows`' features: logit q(x), logit max q, entropy, margin, ngram_found, ngram_agrees, position.
+SOFT_FEATURE_SETS = {"draft": (0, 1, 2, 3, 6), "draft+context": (0, 1, 2, 3, 4, 5, 6)}
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -81,6 +86,7 @@ def sampled_positions(new_tokens: int, first: int, samples: int) -> list[dict]:
                 qv, qi = q.topk(TOP_K, -1)
                 r = torch.where(qv > 0, torch.clamp(p.gather(-1, qi) / qv.clamp_min(1e-30), max=1.0), 0.0)
                 entropy = -(q * q.clamp_min(1e-12).log()).sum(-1)
+                found, agrees = context_signals(ids[0].tolist(), full[0, ids.shape[1] :].tolist(), qi)
                 out.append(
                     {
                         "index": index,
@@ -93,12 +99,30 @@ def sampled_positions(new_tokens: int, first: int, samples: int) -> list[dict]:
                                 logit(qv[:, :1].numpy()),
                                 entropy[:, None].numpy(),
                                 (qv[:, :1] - qv[:, 1:2]).numpy(),
+                                found[:, None],
+                                agrees,
                             ),
                             -1,
                         ).astype(np.float64),
                     }
                 )
     return out
+
+
+def context_signals(
+    prompt: list[int], continuation: list[int], support: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: whether the context predicts the next token (`NgramIndex`, as the live loop), and for each
+    support token whether it is that prediction (the live `ngram_found`, `ngram_agrees`)."""
+    index = NgramIndex(prompt)
+    found, agrees = np.zeros(len(continuation)), np.zeros(tuple(support.shape))
+    for j, token in enumerate(continuation):
+        prediction = index.lookup(*index.tail)
+        if prediction is not None:
+            found[j] = 1.0
+            agrees[j] = (support[j] == prediction).numpy()
+        index.extend([token])
+    return found, agrees
 
 
 def soft_rows(conts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -149,7 +173,7 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray)
 
 
 def simulate_sampled(conts, rule, weight, bias, step_ms, token_ms, draft_ms, seeds) -> np.ndarray:
-    """Tokens/s per seed of `rule` (an int: constant γ; "b", "c", "d"), all seeds advanced together."""
+    """Tokens/s per seed of `rule` (an int: constant γ; "b", "c", "d", "e"), all seeds advanced together."""
     rng = np.random.default_rng(12345)
     tokens, cost, recent_tokens, recent_ms = (np.zeros(seeds) for _ in range(4))
     offsets = np.arange(MAX_GAMMA)
@@ -158,7 +182,7 @@ def simulate_sampled(conts, rule, weight, bias, step_ms, token_ms, draft_ms, see
         cdf = np.cumsum(cont["q"], -1)
         cdf /= cdf[:, -1:]
         if rule == "d":
-            base = cont["base"] @ weight[:4] + bias
+            base = cont["base"] @ weight[:-1] + bias
         start = np.zeros(seeds, dtype=int)
         while (active := np.nonzero(start < length)[0]).size:
             s = start[active]
@@ -172,13 +196,18 @@ def simulate_sampled(conts, rule, weight, bias, step_ms, token_ms, draft_ms, see
             dropped = np.zeros(len(s))
             if isinstance(rule, int):
                 gamma = np.minimum(rule, cap)
+            elif rule == "e":  # the γ that maximizes the step's expected tokens minus their cost at the current rate
+                lead = np.cumprod(cont["a"][m], 1) - rate[:, None] * token_ms
+                net = np.concatenate([np.zeros((len(s), 1)), np.cumsum(lead, 1)], 1)
+                net[np.arange(MAX_GAMMA + 1)[None, :] > cap[:, None]] = -np.inf
+                gamma = net.argmax(1)
             else:
                 if rule == "b":
                     value = cont["a"][m]
                 elif rule == "c":
                     value = r
                 else:
-                    value = 1.0 / (1.0 + np.exp(-(base[m, x] + weight[4] * offsets)))
+                    value = 1.0 / (1.0 + np.exp(-(base[m, x] + weight[-1] * offsets)))
                 lead = np.cumprod(np.cumprod(value, 1) > rate[:, None] * token_ms, 1).sum(1)
                 gamma = np.minimum(lead, cap)
                 if rule != "b":  # it drafted the token it stopped on
@@ -194,7 +223,7 @@ def simulate_sampled(conts, rule, weight, bias, step_ms, token_ms, draft_ms, see
 
 
 def load(args, first: int) -> tuple[list[dict], list[dict]]:
-    key = (args.new_tokens, first, args.samples)
+    key = (args.new_tokens, first, args.samples, "context signals")
     if args.cache and Path(args.cache).is_file():
         stored = pickle.loads(Path(args.cache).read_bytes())
         if stored["key"] == key:
@@ -229,45 +258,56 @@ def main() -> None:
     costs = (args.step_ms, args.token_ms, args.draft_ms)
     print(f"costs: {args.step_ms} + {args.token_ms} γ ms per step, dropped draft {args.draft_ms} ms; {args.scored}")
 
-    weight, bias = fit_soft(*soft_rows(train)[:3])
+    train_x, train_r, train_w, _ = soft_rows(train)
     x, r, w, a = soft_rows(test)
-    pred = 1.0 / (1.0 + np.exp(-(x @ weight + bias)))
-    first_pos = x[:, 4] == 0
+    logistics = {}  # name -> (weight over every column, zeros where unused; bias)
+    for name, columns in SOFT_FEATURE_SETS.items():
+        fitted, bias = fit_soft(train_x[:, columns], train_r, train_w)
+        weight = np.zeros(x.shape[1])
+        weight[list(columns)] = fitted
+        logistics[name] = (weight, bias)
+    first_pos = x[:, -1] == 0
     scored_a = np.concatenate([c["a"] for c in test])
     print(
         f"\nsampled: {len(train)} training / {len(test)} scored continuations ({args.samples} per prompt), "
         f"{len(scored_a)} scored positions, mean a_n {scored_a.mean():.3f}, {args.seeds} seeds"
     )
+    weight, bias = logistics["draft"]
     results = {k: simulate_sampled(test, k, weight, bias, *costs, args.seeds) for k in range(1, MAX_GAMMA + 1)}
     best = max(range(1, MAX_GAMMA + 1), key=lambda k: results[k].mean())
     print("constant γ: " + "  ".join(f"{k}: {results[k].mean():.1f}" for k in range(1, MAX_GAMMA + 1)))
     ref = results[best]
-    labels = {
-        "b": "(b) knows a_n ahead",
-        "c": "(c) knows r of each drafted token",
-        "d": "(d) draft-feature logistic of r",
-    }
+    rules = [
+        ("b", "draft", "(b) knows a_n ahead"),
+        ("e", "draft", "(e) knows a_n ahead, plans the step"),
+        ("c", "draft", "(c) knows r of each drafted token"),
+        ("d", "draft", "(d) draft-feature logistic of r"),
+        ("d", "draft+context", "(f) draft+context logistic of r"),
+    ]
     print(f"{'rule':36s} {'tok/s':>7s}  over the best constant")
     print(f"{f'(a) best constant γ = {best}':36s} {ref.mean():7.1f}  1.000")
-    for rule, label in labels.items():
-        v = simulate_sampled(test, rule, weight, bias, *costs, args.seeds)
+    for rule, features_name, label in rules:
+        v = simulate_sampled(test, rule, *logistics[features_name], *costs, args.seeds)
         se = math.hypot(v.std() / math.sqrt(len(v)) / v.mean(), ref.std() / math.sqrt(len(ref)) / ref.mean())
         print(f"{label:36s} {v.mean():7.1f}  {v.mean() / ref.mean():.3f} ± {v.mean() / ref.mean() * se:.3f}")
     pos, neg = w * r, w * (1 - r)
-    print(
-        f"AUC vs Bernoulli(r) outcomes (rows reach-weighted): a_n {weighted_auc(a, pos, neg):.3f}, "
-        f"r {weighted_auc(r, pos, neg):.3f}, logistic {weighted_auc(pred, pos, neg):.3f}"
-        f" (first draft position only: {weighted_auc(pred[first_pos], pos[first_pos], neg[first_pos]):.3f})"
-    )
 
     def corr(u: np.ndarray, v: np.ndarray) -> float:
         return float(np.cov(u, v, aweights=w)[0, 1] / np.sqrt(np.cov(u, aweights=w) * np.cov(v, aweights=w)))
 
-    r2 = 1 - np.average((a - pred) ** 2, weights=w) / np.average((a - np.average(a, weights=w)) ** 2, weights=w)
     print(
-        f"logistic vs a_n: corr {corr(pred, a):.3f}, R² {r2:.3f} (corr² {corr(pred, a) ** 2:.3f}); "
-        f"vs r: corr {corr(pred, r):.3f}; a_n vs r: corr {corr(a, r):.3f}"
+        f"AUC vs Bernoulli(r) outcomes (rows reach-weighted): a_n {weighted_auc(a, pos, neg):.3f}, "
+        f"r {weighted_auc(r, pos, neg):.3f}"
     )
+    for name, (weight, bias) in logistics.items():
+        pred = 1.0 / (1.0 + np.exp(-(x @ weight + bias)))
+        r2 = 1 - np.average((a - pred) ** 2, weights=w) / np.average((a - np.average(a, weights=w)) ** 2, weights=w)
+        print(
+            f"{name} logistic: AUC {weighted_auc(pred, pos, neg):.3f} (first draft position only: "
+            f"{weighted_auc(pred[first_pos], pos[first_pos], neg[first_pos]):.3f}); vs a_n: corr "
+            f"{corr(pred, a):.3f}, R² {r2:.3f}; vs r: corr {corr(pred, r):.3f}"
+        )
+    print(f"a_n vs r: corr {corr(a, r):.3f}")
 
     gtrain, gtest = split(greedy)
     agree = np.concatenate([p["agree"] for p in gtest])

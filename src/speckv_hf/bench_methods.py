@@ -62,13 +62,15 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
 
     Args:
         specs: names, or one comma-separated string. `fixed:A-B` expands to `fixed:A` ... `fixed:B`, and
-            `hf-fixed-A-B` likewise. `Method` objects pass through (e.g. a SpecKV method with a policy object).
+            `hf-fixed-A-B` likewise. `speckv@PATH_OR_REPO` runs a trained predictor (a folder written by `speckv
+            train` or a Hub id), so a new predictor and the shipped one can run interleaved. `Method` objects pass
+            through (e.g. a SpecKV method with a policy object).
 
     Returns:
         The methods, without duplicates, in the given order after `target-only`.
 
     Raises:
-        ValueError: for an unknown name, naming the accepted ones.
+        ValueError: for an unknown name, naming the accepted ones, or a predictor that cannot be loaded.
     """
     if isinstance(specs, str):
         specs = [part.strip() for part in specs.split(",") if part.strip()]
@@ -78,6 +80,21 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             if method.name not in {m.name for m in methods}:
                 methods.append(method)
     return methods
+
+
+def _predictor_method(spec: str) -> Method:
+    """`speckv@PATH_OR_REPO`: the policy that runs that trained predictor (`policy_from_pretrained`), loaded once
+    here so that a bad path fails before any model loads."""
+    from .paper_policy import policy_from_pretrained
+
+    name, _, source = spec.partition("@")
+    if name != "speckv" or not source:
+        raise ValueError(f"bad method {spec!r}: a trained predictor is written speckv@PATH_OR_REPO_ID.")
+    try:
+        policy = policy_from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"method {spec!r} cannot be built: {error}") from None
+    return Method(spec, "speckv", policy=policy)
 
 
 def _expand(spec: str) -> list[Method]:
@@ -93,6 +110,8 @@ def _expand(spec: str) -> list[Method]:
         return [Method(spec, "oracle")]
     if spec.startswith("hf-"):
         return [_hf_method(spec)]
+    if "@" in spec:
+        return [_predictor_method(spec)]
     try:
         get_policy(spec)  # validates the spec (and loads a predictor); each run builds its own policy
     except OSError as error:
@@ -100,6 +119,7 @@ def _expand(spec: str) -> list[Method]:
     except ValueError:
         raise ValueError(
             f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, or a SpecKV "
-            "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range)."
+            "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; speckv@PATH for a trained "
+            "predictor)."
         ) from None
     return [Method(spec, "speckv", policy=spec)]

@@ -43,7 +43,8 @@ def bench(
     methods: str = typer.Option(
         DEFAULT_METHODS,
         help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, and SpecKV "
-        "policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range).",
+        "policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; speckv@PATH for the "
+        "predictor in folder or Hub repo PATH).",
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
