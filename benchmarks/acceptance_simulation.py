@@ -21,7 +21,15 @@ the token it drops.
         --draft-ms 1.4   # the bench's prompts and lengths, fp32 costs in our own loop on 2026-12-02
 
 The default costs are the embedded fp32 pair's in our loop (`speckv bench`: a step with γ drafted tokens took
-about 11.6 + 1.36 γ ms). Prints AUCs and simulated tokens/s, each over the best constant.
+about 11.6 + 1.36 γ ms). `--verify-ms` replaces the line with a measured verification profile
+(`benchmarks/verify_cost_shape.py` prints one), `--compression` is what the replayed policies are told of the
+target, `--predictor` replays `speckv` with another trained predictor, and the policy `speckv-plan` (simulator-only)
+plans a few tokens ahead over the exact step cost. Prints AUCs and simulated tokens/s, each over the best constant,
+and the replayed policies' shares of γ.
+
+    python benchmarks/acceptance_simulation.py --scored held-out --new-tokens 64 --step-ms 25 --token-ms 2.2 \
+        --draft-ms 1.5 --first-ms 2.1 --compression int8 --policies speckv,speckv-plan \
+        --verify-ms 0:16.7,1:24.2,2:23.8,3:25.3,4:26.3,5:26.7,6:27.5,7:29.4,8:29.4   # INT8, measured 2026-12-02
 """
 
 from __future__ import annotations

@@ -39,6 +39,33 @@ def test_parse_methods_errors_name_the_fix(spec, match):
         parse_methods(spec)
 
 
+def test_a_trained_predictor_runs_as_a_method(tmp_path):
+    from speckv_hf import GammaPredictor, SpeckvPolicy
+    from speckv_hf.features import PORTABLE_FEATURES
+
+    GammaPredictor(list(PORTABLE_FEATURES), hidden_sizes=[4]).save_pretrained(tmp_path / "mine")
+    spec = f"speckv@{tmp_path / 'mine'}"
+    methods = parse_methods(f"speckv,{spec}")
+    assert [m.name for m in methods] == ["target-only", "speckv", spec]
+    shipped, mine = methods[1], methods[2]
+    assert shipped.policy == "speckv" and mine.kind == "speckv"
+    assert isinstance(mine.policy, SpeckvPolicy) and mine.policy.config()["predictor"] == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("speckv@", "written speckv@PATH_OR_REPO_ID"),
+        ("adaptive@somewhere", "written speckv@PATH_OR_REPO_ID"),
+        ("speckv@./no/such/folder", "cannot be built"),
+    ],
+)
+def test_a_predictor_method_that_cannot_load_fails_before_any_run(spec, match, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=match):
+        parse_methods(spec)
+
+
 class _Tokenizer:
     """Maps each character to one token id."""
 
