@@ -201,8 +201,8 @@ class ProfileCost:
     and extrapolated from the last two.
 
     Args:
-        profile: `"K:MS,K:MS,..."`, verification ms (the loop's per-step overhead included) by drafted-token count,
-            as `benchmarks/verify_cost_shape.py` prints it.
+        profile: `"K:MS,K:MS,..."`, verification ms by drafted-token count, each with whatever per-step overhead
+            should count (`benchmarks/verify_cost_shape.py` prints bare forwards in this form).
         first_ms: the step's first drafted token (the draft's catch-up forward included).
         draft_ms: each further drafted token.
     """
@@ -212,8 +212,9 @@ class ProfileCost:
             points = sorted((int(k), float(ms)) for k, ms in (item.split(":") for item in profile.split(",")))
         except ValueError:
             raise SystemExit(f"--verify-ms takes K:MS,K:MS,... (e.g. 0:19.5,1:25.3,4:26.3), got {profile!r}") from None
-        if len(points) < 2 or points[0][0] != 0:
-            raise SystemExit("--verify-ms needs at least two counts, the first of them 0 (a plain decoding step)")
+        counts = [k for k, _ in points]
+        if len(points) < 2 or counts[0] != 0 or len(set(counts)) < len(counts):
+            raise SystemExit("--verify-ms needs two or more distinct counts, the first of them 0 (a plain step)")
         self.points, self.first_ms, self.draft_ms = points, first_ms, draft_ms
 
     def verify(self, gamma: int) -> float:
@@ -359,7 +360,7 @@ def main() -> None:
         "--first-ms", type=float, help="with --verify-ms: the first drafted token (default --draft-ms)"
     )
     parser.add_argument("--compression", default="fp32", help="the target compression the replayed policies are told")
-    parser.add_argument("--predictor", help="a predictor folder for the replayed speckv policies (default: shipped)")
+    parser.add_argument("--predictor", help="a predictor folder for speckv and speckv-plan (default: the shipped one)")
     args = parser.parse_args()
     held_out = args.scored == "held-out"
     prompts = cached_positions(args.new_tokens, args.cache, first=0 if held_out else 3)
@@ -404,7 +405,7 @@ def main() -> None:
     from speckv_hf.registry import get_policy
 
     for spec in args.policies.split(","):
-        settings = {"predictor": args.predictor} if args.predictor and spec.startswith("speckv") else {}
+        settings = {"predictor": args.predictor} if args.predictor and spec in ("speckv", "speckv-plan") else {}
         if spec == "speckv-plan":
             policy = planning_policy(profile or (lambda gamma: step_ms + token_ms * gamma), **settings)
         else:

@@ -18,9 +18,12 @@ q_n's support. Stop rules are simulated with a linear step cost `step_ms + token
       the bench's prompts 0-2). Also its AUC against Bernoulli(r) outcomes (next to a_n's and r's own) and its
       correlation / R² with a_n and r.
   (e) knowing a_n exactly, the γ that maximizes the step's expected tokens minus their cost at the long-run rate
-      (a whole-step planner, which may draft past a dip in a_n that stops the marginal rule).
+      (a whole-step planner; with a linear cost it decides as (b) does, since the chance that every token up to
+      the i-th is accepted only falls as i grows),
+  (f) (d) with the context signals added: `ngram_found` and, for each token of q_n's support, `ngram_agrees`
+      (as `speckv_hf.context.NgramIndex` gives them live).
 
-(c) and (d) decide on a token after drafting it; a dropped token costs `--draft-ms` (default 0). The trajectory is
+(c), (d) and (f) decide on a token after drafting it; a dropped token costs `--draft-ms` (default 0). The trajectory is
 the target's sampled continuation: after a rejection the real algorithm samples from the residual max(0, p - q),
 so its trajectory differs from the target's own samples; that difference is ignored. Greedy decoding is the
 reference (`acceptance_simulation.positions`: the target's greedy output, acceptance = draft argmax == target
