@@ -3,10 +3,11 @@
 The cost model prices a drafted token with a line fitted to verification times (`CostModel.verify_coefficients`).
 This measures the shape that line stands for: on the embedded target, after a prefill of one of the suite's prompts,
 a forward over `k + 1` new positions (the last verified token and `k` drafted ones) is timed for every `k`, the cache
-cropped back after each, all counts interleaved, `--repeats` times. It prints, per count, the median ms and the
-interquartile range, the line fitted to the medians of 1-8 drafted tokens (as the live model sees them: a
-speculating policy rarely verifies none), and the profile as `benchmarks/acceptance_simulation.py --verify-ms`
-reads it. Bare forwards: the loop's own per-step work (logits processing, acceptance, bookkeeping) is not included.
+cropped back after each (`speckv_hf.measure.measure_target_forwards`), all counts interleaved, `--repeats` times.
+It prints, per count, the median ms and the interquartile range, the line fitted to the medians of 1-8 drafted
+tokens (as the live model sees them: a speculating policy rarely verifies none), and the profile as
+`benchmarks/acceptance_simulation.py --verify-ms` reads it. Bare forwards: the loop's own per-step work (logits
+processing, acceptance, bookkeeping) is not included.
 
     python benchmarks/verify_cost_shape.py [--compression fp32,int8,nf4] [--max-candidates 12] [--repeats 40]
 
@@ -23,35 +24,25 @@ import statistics
 import numpy as np
 import torch
 
-from speckv_hf.cost import Clock
+from speckv_hf.measure import measure_target_forwards
 from speckv_hf.models import load_pair_for, quiet_transformers
 from speckv_hf.prompts import demo_prompts
 
 
 @torch.no_grad()
 def verification_times(compression: str, counts: list[int], repeats: int) -> dict[int, list[float]]:
-    """Seconds of a target forward over `k + 1` new positions after a prefill, per `k`, `repeats` samples each."""
-    from transformers import DynamicCache
-
+    """Seconds of a target forward over `k + 1` new positions after a prefill, per `k`, `repeats` samples each: one
+    `measure_target_forwards` pass over every count per repeat, so that the counts interleave."""
     pair = load_pair_for(compression)
-    target = pair.target
-    device = next(target.parameters()).device
-    clock = Clock(device)
+    device = next(pair.target.parameters()).device
     prompt = demo_prompts(1, offset=3)[0]
     ids = pair.tokenizer(prompt.text, return_tensors="pt").input_ids.to(device)
-    cache = DynamicCache()
-    target(ids, past_key_values=cache, use_cache=True)
-    generator = torch.Generator().manual_seed(0)
-    vocab = target.config.vocab_size
+    measure_target_forwards(pair.target, ids, counts, repeats=1)  # warm-up, dropped
     times: dict[int, list[float]] = {k: [] for k in counts}
-    for _ in range(repeats + 1):  # the first pass warms up and is dropped
-        for k in counts:
-            new = torch.randint(0, vocab, (1, k + 1), generator=generator).to(device)
-            start = clock.now()
-            target(new, past_key_values=cache, use_cache=True)
-            times[k].append(clock.now() - start)
-            cache.crop(-(k + 1))
-    return {k: samples[1:] for k, samples in times.items()}
+    for _ in range(repeats):
+        for k, seconds in measure_target_forwards(pair.target, ids, counts, repeats=1).items():
+            times[k].append(seconds)
+    return times
 
 
 def main() -> None:
