@@ -19,10 +19,10 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.candidate_generator import CandidateGenerator
 
+from ._transformers import cache_kwarg
 from .compression import CompressionInfo
 from .context import NgramIndex
 from .cost import Clock, CostModel
-from .kv_cache import cache_kwarg
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from .signals import StepSignals, TokenSignals, token_signals
 from .stats import GenerationStats, StepRecord
@@ -129,6 +129,14 @@ class AssistedCall(CandidateGenerator):
         self._recent_seconds = 0.0
 
     # -- CandidateGenerator API -----------------------------------------------------------------------------------
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most tokens one step may draft (transformers >= 5.25 reads it before the first step, to size what the
+        target's cache records for rolling back recurrent layers; the hook refuses such models, so for ours it is an
+        upper bound and nothing more)."""
+        max_tokens = getattr(self.policy, "max_tokens", None)
+        return int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else self._max_length
+
     def get_candidates(
         self, input_ids: torch.LongTensor, **kwargs: Any
     ) -> tuple[torch.LongTensor, torch.Tensor | None]:

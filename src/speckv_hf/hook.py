@@ -14,7 +14,7 @@ prepares the logits processors, stopping criteria and generation config as for a
 to [`own_loop_decoding`]; the private special-token tensors of the generation config are read there.
 
 Calls without `candidate_generator` go straight to transformers. `uninstall()` restores both methods. The
-supported transformers versions are checked here and only here.
+supported transformers versions, and what differs between them, live in `speckv_hf._transformers`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import transformers
-from packaging.version import Version
 from transformers.generation.utils import GenerationMixin
 
+from ._transformers import MAX_TRANSFORMERS, MIN_TRANSFORMERS, cache_kwarg, check_transformers_version
 from .assisted import AssistedCall, model_device
 from .cost import Clock
 from .generator import SpecKVGenerator
-from .kv_cache import cache_kwarg
 from .loop import LoopSettings, run_loop
 from .validation import validate_batched_call, validate_call, validate_pair, validate_prepared
 from .verification import Processing
@@ -51,9 +49,6 @@ __all__ = [
     "validate_pair",
 ]
 
-MIN_TRANSFORMERS = Version("4.57.0")
-MAX_TRANSFORMERS = Version("6.0.0")  # exclusive
-
 
 @dataclass
 class _ActiveCall:
@@ -64,30 +59,6 @@ class _ActiveCall:
 
 _ACTIVE: contextvars.ContextVar[_ActiveCall | None] = contextvars.ContextVar("speckv_active_call", default=None)
 _ORIGINALS: dict[str, Any] = {}
-
-
-def check_transformers_version(version: str | None = None) -> Version:
-    """Checks that the installed transformers is supported.
-
-    Args:
-        version: the version to check (the installed one by default).
-
-    Returns:
-        The parsed version.
-
-    Raises:
-        ImportError: naming the supported range, for an unsupported version.
-    """
-    parsed = Version(version or transformers.__version__)
-    if not MIN_TRANSFORMERS <= Version(parsed.base_version) < MAX_TRANSFORMERS:
-        raise ImportError(
-            f"speckv-hf supports transformers >={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS}, found {parsed}: "
-            f"pip install 'transformers>={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS}'."
-        )
-    for name in ("generate", "_get_candidate_generator"):
-        if not callable(getattr(GenerationMixin, name, None)):
-            raise ImportError(f"transformers {parsed} has no GenerationMixin.{name}; speckv-hf cannot hook into it.")
-    return parsed
 
 
 def is_installed() -> bool:

@@ -18,10 +18,10 @@ before any work).
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache
+
+from ._transformers import cache_kwarg
 
 __all__ = [
     "RowLayout",
@@ -34,19 +34,6 @@ __all__ = [
     "select_rows",
     "shift_rows",
 ]
-
-
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The name under which `model.forward` takes a KV cache: `cache` where transformers renamed it (5.x releases
-    that deprecate `past_key_values`), `past_key_values` before.
-
-    Args:
-        model: a transformers model.
-
-    Returns:
-        The keyword argument name.
-    """
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def new_cache() -> DynamicCache:
