@@ -31,6 +31,16 @@ def test_install_is_idempotent_and_reversible():
     assert speckv_hf.is_installed() and Mixin.generate.__wrapped__ is not None
 
 
+def test_constructing_a_generator_installs_the_hook():
+    speckv_hf.uninstall()
+    try:
+        SpecKVGenerator()  # the package no longer installs it on import: the generator sees to it
+        assert speckv_hf.is_installed()
+        assert "candidate_generator" in GenerationMixin.generate.__code__.co_varnames
+    finally:
+        speckv_hf.install()
+
+
 def test_unsupported_transformers_version_is_named():
     with pytest.raises(ImportError, match=r"transformers >=4\.57\.0,<6\.0\.0"):
         hook.check_transformers_version("4.40.0")
