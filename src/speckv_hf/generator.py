@@ -171,6 +171,7 @@ class SpecKVGenerator:
             The generator.
 
         Raises:
+            FileNotFoundError: for a local path that does not exist (absolute, `./`, `../`, `~`, ...).
             PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
             PredictorSchemaError: for a predictor that reads other features.
         """

@@ -1,15 +1,53 @@
-"""Checks on what a call asks of `SpecKVGenerator`, made before any work: the models, the prompt, the settings.
+"""Checks made before any work: what a call asks of `SpecKVGenerator` (the models, the prompt, the settings), and
+whether a folder-or-Hub-id argument names a local folder that is missing.
 
-A ground-floor module: the hook and the generator both call it, and it imports neither.
+A ground-floor module: the hook, the generator and the loaders call it, and it imports none of them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import torch
 
-__all__ = ["validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
+__all__ = ["local_or_hub_id", "validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
+
+# What a Hub repo id can be: `name` or `namespace/name`, of letters, digits, `-`, `_` and `.` (huggingface_hub's
+# rule, without its finer points on where `-` and `.` may stand).
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+
+
+def local_or_hub_id(source: str | os.PathLike[str], fix: str) -> str:
+    """What to hand `from_pretrained`: a local path (`~` expanded), or a Hub repo id as given.
+
+    `source` is a local path when it can be nothing else: a `Path`, an existing file or folder, or a string that
+    cannot be a Hub repo id (absolute, starting with `./`, `../` or `~`, more than one `/`, a backslash or a
+    space). Such a path that is not a folder is refused here, instead of by huggingface_hub as an invalid repo id.
+
+    Args:
+        source: a local folder or a Hub repo id.
+        fix: what to pass instead, ending the message (e.g. "a folder written by save_pretrained, or a Hub id").
+
+    Returns:
+        The local path with `~` expanded, or `source` unchanged when it is a Hub repo id.
+
+    Raises:
+        FileNotFoundError: for a local path that does not exist.
+        NotADirectoryError: for a local path that is a file.
+    """
+    name = os.fspath(source)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{name} is a file, not a folder: pass {fix}")
+    if isinstance(source, os.PathLike) or name.startswith("~") or not _HUB_ID.fullmatch(name):
+        resolved = os.path.abspath(path)
+        where = "" if resolved == name else f" (resolved to {resolved})"
+        raise FileNotFoundError(f"no such folder: {name}{where}. Pass {fix}")
+    return name
 
 
 def _vocab_size(model: torch.nn.Module) -> int | None:
