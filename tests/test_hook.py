@@ -92,6 +92,24 @@ def test_bad_calls_fail_before_work(llama_pairs, monkeypatch, make_kwargs, error
     assert calls == []  # no forward ran
 
 
+def test_per_step_outputs_on_one_prompt_point_to_what_returns_them(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    kwargs = {"max_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True}
+    with pytest.raises(
+        ValueError, match=r"output_scores=True.*for a single prompt, pass .*SpecKVGenerator\(loop='transformers'\)"
+    ):
+        target.generate(prompt(6), assistant_model=draft, candidate_generator=SpecKVGenerator(), **kwargs)
+
+
+def test_transformers_loop_returns_scores_for_one_prompt(llama_pairs):
+    """What the error above advises works: transformers' assisted loop returns one score tensor per new token."""
+    target, draft = llama_pairs["llama-noisy"]
+    kwargs = {"max_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True}
+    generator = SpecKVGenerator(loop="transformers", plain_fallback=False)
+    out = target.generate(prompt(6), assistant_model=draft, candidate_generator=generator, **kwargs)
+    assert len(out.scores) == out.sequences.shape[1] - 6 == 4
+
+
 def test_static_cache_object_rejected(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
     cache = StaticCache(config=target.config, max_cache_len=64)

@@ -172,7 +172,8 @@ def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Te
 
 
 def validate_batched_call(arguments: dict[str, Any]) -> None:
-    """The checks of a call that runs in the library's own loop (batches), beyond [`validate_call`]'s.
+    """The checks of a call that runs in the library's own loop (`loop="speckv"`, the default: batches and single
+    prompts), beyond [`validate_call`]'s.
 
     Raises:
         ValueError: naming the fix, for outputs or caches the loop does not produce or accept.
@@ -181,14 +182,17 @@ def validate_batched_call(arguments: dict[str, Any]) -> None:
     config = arguments.get("generation_config")
     if kwargs.get("past_key_values", kwargs.get("cache")) is not None:
         raise ValueError(
-            "SpecKVGenerator's batched loop builds its own KV caches: drop past_key_values= and pass the whole "
-            "prompt as input_ids."
+            "SpecKVGenerator's own loop (loop='speckv', the default) builds its own KV caches: drop "
+            "past_key_values= and pass the whole prompt as input_ids."
         )
     for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
         if kwargs.get(name, getattr(config, name, False)):
+            # transformers' assisted loop fills these in (from the target's logits) but takes one prompt only.
             raise ValueError(
-                f"{name}=True is not supported by SpecKVGenerator's batched loop: drop it (sequences are returned, "
-                "and return_dict_in_generate=True gives them as .sequences), or generate one prompt at a time."
+                f"{name}=True is not supported by SpecKVGenerator's own loop (loop='speckv', the default): drop it "
+                "(return_dict_in_generate=True still gives .sequences); for a single prompt, pass "
+                "candidate_generator=SpecKVGenerator(loop='transformers'), whose loop (transformers' assisted "
+                "generation) returns it; for a batch, generate without candidate_generator= and assistant_model=."
             )
 
 
