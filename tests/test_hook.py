@@ -31,6 +31,16 @@ def test_install_is_idempotent_and_reversible():
     assert speckv_hf.is_installed() and Mixin.generate.__wrapped__ is not None
 
 
+def test_constructing_a_generator_installs_the_hook():
+    speckv_hf.uninstall()
+    try:
+        SpecKVGenerator()  # the package no longer installs it on import: the generator sees to it
+        assert speckv_hf.is_installed()
+        assert "candidate_generator" in GenerationMixin.generate.__code__.co_varnames
+    finally:
+        speckv_hf.install()
+
+
 def test_unsupported_transformers_version_is_named():
     with pytest.raises(ImportError, match=r"transformers >=4\.57\.0,<6\.0\.0"):
         hook.check_transformers_version("4.40.0")
@@ -80,6 +90,24 @@ def test_bad_calls_fail_before_work(llama_pairs, monkeypatch, make_kwargs, error
     with pytest.raises(error, match=match):
         target.generate(prompt(6), max_new_tokens=5, **make_kwargs(target, draft))
     assert calls == []  # no forward ran
+
+
+def test_per_step_outputs_on_one_prompt_point_to_what_returns_them(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    kwargs = {"max_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True}
+    with pytest.raises(
+        ValueError, match=r"output_scores=True.*for a single prompt, pass .*SpecKVGenerator\(loop='transformers'\)"
+    ):
+        target.generate(prompt(6), assistant_model=draft, candidate_generator=SpecKVGenerator(), **kwargs)
+
+
+def test_transformers_loop_returns_scores_for_one_prompt(llama_pairs):
+    """What the error above advises works: transformers' assisted loop returns one score tensor per new token."""
+    target, draft = llama_pairs["llama-noisy"]
+    kwargs = {"max_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True}
+    generator = SpecKVGenerator(loop="transformers", plain_fallback=False)
+    out = target.generate(prompt(6), assistant_model=draft, candidate_generator=generator, **kwargs)
+    assert len(out.scores) == out.sequences.shape[1] - 6 == 4
 
 
 def test_static_cache_object_rejected(llama_pairs):

@@ -341,6 +341,35 @@ def test_missing_config_and_lenient_loading_are_refused(saved) -> None:
         GammaPredictor.from_pretrained(path)
 
 
+@pytest.mark.parametrize("source", ["/abs/missing-folder", "./rel/missing", "../rel/missing", "a/b/c", "~/missing"])
+def test_missing_local_folder_is_named_before_the_hub(source, tmp_path, monkeypatch) -> None:
+    from speckv_hf import SpecKVGenerator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local path must never reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", no_hub)
+    for load in (GammaPredictor.from_pretrained, SpecKVGenerator.from_pretrained):
+        with pytest.raises(FileNotFoundError, match=rf"no such folder: {re.escape(source)}.*speckv train"):
+            load(source)
+
+
+def test_local_paths_are_folders_with_home_expanded(saved, monkeypatch) -> None:
+    predictor, path = saved
+    monkeypatch.setenv("HOME", str(path.parent))
+    features, _ = inputs(predictor)
+    assert torch.equal(GammaPredictor.from_pretrained("~/predictor")(features), predictor(features))
+    with pytest.raises(NotADirectoryError, match=r"config\.json is a file, not a folder: pass a predictor folder"):
+        GammaPredictor.from_pretrained(path / "config.json")
+    monkeypatch.chdir(path.parent)
+    with pytest.raises(FileNotFoundError, match=r"no such folder: missing \(resolved to"):
+        GammaPredictor.from_pretrained(Path("missing"))  # a Path is never a Hub repo id
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     num_features=st.integers(1, 6),

@@ -99,6 +99,7 @@ class SpecKVGenerator:
 
     Raises:
         ValueError: for an unknown policy or invalid settings.
+        ImportError: for an unsupported transformers version (constructing one installs the hook, which checks it).
     """
 
     def __init__(
@@ -116,6 +117,9 @@ class SpecKVGenerator:
         batch_quorum: float = 0.5,
         **policy_kwargs: Any,
     ) -> None:
+        from .hook import install  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
+
+        install()
         self.policy = get_policy(policy, **policy_kwargs)
         self.cost_settings = CostSettings(cost_ratio=cost_ratio, verify_slope=verify_slope)
         self.record_steps = record_steps
@@ -167,6 +171,7 @@ class SpecKVGenerator:
             The generator.
 
         Raises:
+            FileNotFoundError: for a local path that does not exist (absolute, `./`, `../`, `~`, ...).
             PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
             PredictorSchemaError: for a predictor that reads other features.
         """

@@ -18,10 +18,15 @@ import torch
 
 from .compression import COMPRESSIONS, check_runs_on, quantization_config
 from .compression_names import load_dtype
+from .validation import local_or_hub_id
 
 __all__ = ["LoadedPair", "check_compressions", "default_device", "load_pair_for", "quiet_transformers"]
 
 _BNB_NAMES = {"int8", "nf4", "fp4", "bnb-int8", "bnb-nf4", "bnb-fp4"}
+_MODEL_SOURCE = (
+    "a model folder written by save_pretrained (config.json and the weights), or a Hub model id such as "
+    "'Qwen/Qwen2.5-0.5B'"
+)
 
 
 @dataclass
@@ -125,10 +130,14 @@ def load_pair_for(
     Raises:
         ValueError: when only one of `target` and `draft` is given, for an unknown compression, or for one that
             cannot run on the device.
+        FileNotFoundError: for a `target` or `draft` that can only be a local path (absolute, `./`, `../`, `~`,
+            ...) and does not exist; NotADirectoryError for one that is a file. Both before any model loads.
         ImportError: when the compression's backend is not installed (the message names the extra).
     """
     if (target is None) != (draft is None):
         raise ValueError("pass both --target and --draft (or neither, for the embedded pair).")
+    if target is not None and draft is not None:
+        target, draft = local_or_hub_id(target, _MODEL_SOURCE), local_or_hub_id(draft, _MODEL_SOURCE)
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}: choose from {', '.join(COMPRESSIONS)}.")
     device = device or default_device()

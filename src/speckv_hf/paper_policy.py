@@ -26,6 +26,7 @@ from .features import PAPER_FEATURES
 from .policies import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from .predictor_paper import paper_comp_enc, paper_features
 from .signals import StepSignals
+from .validation import local_or_hub_id
 
 __all__ = ["DEFAULT_PAPER_PREDICTOR", "PaperPolicy", "default_paper_predictor_path", "policy_from_pretrained"]
 
@@ -178,15 +179,17 @@ def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **pol
         The policy.
 
     Raises:
+        FileNotFoundError: for a local path that does not exist (see `GammaPredictor.from_pretrained`).
         PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
     """
-    from .predictor import PAPER_KIND, GammaPredictor
+    from .predictor import PAPER_KIND, PREDICTOR_SOURCE, GammaPredictor
     from .speckv_policy import SpeckvPolicy
 
     if isinstance(predictor, GammaPredictor):
         kind = predictor.kind
     else:
-        predictor = str(predictor)
+        # A missing folder is named before the kind is looked up (which would ask the Hub for it).
+        predictor = local_or_hub_id(predictor, PREDICTOR_SOURCE)
         kind = _checkpoint_kind(predictor, revision)
     if kind == PAPER_KIND:
         return PaperPolicy(predictor=predictor, revision=revision, **policy_kwargs)
@@ -217,7 +220,7 @@ def _load(predictor: Any, revision: str | None) -> tuple[Any, str]:
     elif predictor is None:
         model, source = GammaPredictor.from_pretrained(str(default_paper_predictor_path())), "default"
     elif isinstance(predictor, (str, os.PathLike)):
-        model, source = GammaPredictor.from_pretrained(str(predictor), revision=revision), str(predictor)
+        model, source = GammaPredictor.from_pretrained(predictor, revision=revision), str(predictor)
     else:
         raise ValueError(f"predictor must be a GammaPredictor, a folder or Hub id, or None; got {predictor!r}")
     if model.kind != PAPER_KIND:

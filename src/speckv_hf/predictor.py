@@ -32,6 +32,7 @@ from torch import nn
 
 from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
 from .predictor_card import MODEL_CARD_TEMPLATE, card_context
+from .validation import local_or_hub_id
 
 __all__ = ["PAPER_KIND", "PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
 
@@ -45,6 +46,11 @@ _SCHEMA_VERSIONS = {
     PAPER_KIND: PAPER_SCHEMA_VERSION,
 }
 _DOWNLOAD_KWARGS = ("proxies", "resume_download")
+#: What a predictor argument can be, as error messages say it.
+PREDICTOR_SOURCE = (
+    "a predictor folder written by `speckv train` or GammaPredictor.save_pretrained (config.json and "
+    "model.safetensors), or a Hub repo id such as 'namespace/name'"
+)
 
 
 class PredictorLoadError(ValueError):
@@ -279,6 +285,28 @@ class GammaPredictor(
         """
         model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> GammaPredictor:
+        """Loads a predictor strictly from a local folder or a Hub repo (see `_from_pretrained` for the checks).
+
+        Args:
+            pretrained_model_name_or_path: a folder written by `save_pretrained` (or `speckv train`), or a Hub repo id.
+            **kwargs: `PyTorchModelHubMixin.from_pretrained`'s (`revision`, `cache_dir`, `local_files_only`, ...),
+                and `map_location` and `expected_features`.
+
+        Returns:
+            The predictor, in eval mode.
+
+        Raises:
+            FileNotFoundError: for a local path (a `Path`, or absolute, `./`, `../`, `~`: what cannot be a Hub repo
+                id) that does not exist, before anything is downloaded.
+            NotADirectoryError: for a path to a file.
+            PredictorLoadError: as `_from_pretrained`.
+            PredictorSchemaError: as `_from_pretrained`.
+        """
+        source = local_or_hub_id(pretrained_model_name_or_path, PREDICTOR_SOURCE)
+        return super().from_pretrained(source, **kwargs)
 
     @classmethod
     def _from_pretrained(

@@ -1,15 +1,53 @@
-"""Checks on what a call asks of `SpecKVGenerator`, made before any work: the models, the prompt, the settings.
+"""Checks made before any work: what a call asks of `SpecKVGenerator` (the models, the prompt, the settings), and
+whether a folder-or-Hub-id argument names a local folder that is missing.
 
-A ground-floor module: the hook and the generator both call it, and it imports neither.
+A ground-floor module: the hook, the generator and the loaders call it, and it imports none of them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import torch
 
-__all__ = ["validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
+__all__ = ["local_or_hub_id", "validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
+
+# What a Hub repo id can be: `name` or `namespace/name`, of letters, digits, `-`, `_` and `.` (huggingface_hub's
+# rule, without its finer points on where `-` and `.` may stand).
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+
+
+def local_or_hub_id(source: str | os.PathLike[str], fix: str) -> str:
+    """What to hand `from_pretrained`: a local path (`~` expanded), or a Hub repo id as given.
+
+    `source` is a local path when it can be nothing else: a `Path`, an existing file or folder, or a string that
+    cannot be a Hub repo id (absolute, starting with `./`, `../` or `~`, more than one `/`, a backslash or a
+    space). Such a path that is not a folder is refused here, instead of by huggingface_hub as an invalid repo id.
+
+    Args:
+        source: a local folder or a Hub repo id.
+        fix: what to pass instead, ending the message (e.g. "a folder written by save_pretrained, or a Hub id").
+
+    Returns:
+        The local path with `~` expanded, or `source` unchanged when it is a Hub repo id.
+
+    Raises:
+        FileNotFoundError: for a local path that does not exist.
+        NotADirectoryError: for a local path that is a file.
+    """
+    name = os.fspath(source)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{name} is a file, not a folder: pass {fix}")
+    if isinstance(source, os.PathLike) or name.startswith("~") or not _HUB_ID.fullmatch(name):
+        resolved = os.path.abspath(path)
+        where = "" if resolved == name else f" (resolved to {resolved})"
+        raise FileNotFoundError(f"no such folder: {name}{where}. Pass {fix}")
+    return name
 
 
 def _vocab_size(model: torch.nn.Module) -> int | None:
@@ -134,7 +172,8 @@ def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Te
 
 
 def validate_batched_call(arguments: dict[str, Any]) -> None:
-    """The checks of a call that runs in the library's own loop (batches), beyond [`validate_call`]'s.
+    """The checks of a call that runs in the library's own loop (`loop="speckv"`, the default: batches and single
+    prompts), beyond [`validate_call`]'s.
 
     Raises:
         ValueError: naming the fix, for outputs or caches the loop does not produce or accept.
@@ -143,14 +182,17 @@ def validate_batched_call(arguments: dict[str, Any]) -> None:
     config = arguments.get("generation_config")
     if kwargs.get("past_key_values", kwargs.get("cache")) is not None:
         raise ValueError(
-            "SpecKVGenerator's batched loop builds its own KV caches: drop past_key_values= and pass the whole "
-            "prompt as input_ids."
+            "SpecKVGenerator's own loop (loop='speckv', the default) builds its own KV caches: drop "
+            "past_key_values= and pass the whole prompt as input_ids."
         )
     for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
         if kwargs.get(name, getattr(config, name, False)):
+            # transformers' assisted loop fills these in (from the target's logits) but takes one prompt only.
             raise ValueError(
-                f"{name}=True is not supported by SpecKVGenerator's batched loop: drop it (sequences are returned, "
-                "and return_dict_in_generate=True gives them as .sequences), or generate one prompt at a time."
+                f"{name}=True is not supported by SpecKVGenerator's own loop (loop='speckv', the default): drop it "
+                "(return_dict_in_generate=True still gives .sequences); for a single prompt, pass "
+                "candidate_generator=SpecKVGenerator(loop='transformers'), whose loop (transformers' assisted "
+                "generation) returns it; for a batch, generate without candidate_generator= and assistant_model=."
             )
 
 

@@ -7,11 +7,19 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+
+def print_error(message: str) -> None:
+    """Prints `error: MESSAGE` to stderr on one line: whitespace runs (newlines too) become one space, the text is
+    never read as rich markup, and the terminal, not rich, wraps it."""
+    one_line = " ".join(message.split())
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(one_line)}", highlight=False)
 
 
 def fail(message: str) -> NoReturn:
     """Prints an error naming the fix and exits with status 2 (a usage error), before any work."""
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    print_error(message)
     raise typer.Exit(2)
 
 
