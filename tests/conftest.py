@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
 
-import speckv_hf  # noqa: F401 - installs the hook
+import speckv_hf.hook
+
+speckv_hf.hook.install()  # what `from speckv_hf import SpecKVGenerator` does; some tests call generate first
 
 VOCAB = 96
 EOS = 1

@@ -1,7 +1,8 @@
-"""The one place that touches transformers' internals.
+"""How `generate(candidate_generator=...)` reaches speckv-hf.
 
-transformers' `generate()` has no argument for a user-made candidate generator. `install()` (run by
-`import speckv_hf`) wraps two methods of `GenerationMixin`, on the class, once:
+transformers' `generate()` has no argument for a user-made candidate generator. `install()` (run when the
+generation API is first loaded, `from speckv_hf import SpecKVGenerator`, and by every `SpecKVGenerator()`) wraps
+two methods of `GenerationMixin`, on the class, once:
 
 - `generate` accepts `candidate_generator=` (a [`SpecKVGenerator`]); it validates the call before any work and
   marks the call as ours in a context variable (so threads and nested calls never see each other's generator);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,7 @@ class _ActiveCall:
 
 _ACTIVE: contextvars.ContextVar[_ActiveCall | None] = contextvars.ContextVar("speckv_active_call", default=None)
 _ORIGINALS: dict[str, Any] = {}
+_INSTALL_LOCK = threading.Lock()  # two threads building their first generator must not wrap generate twice
 
 
 def is_installed() -> bool:
@@ -67,13 +70,18 @@ def is_installed() -> bool:
 
 
 def install() -> None:
-    """Installs the hook on `GenerationMixin` (idempotent). Run by `import speckv_hf`.
+    """Installs the hook on `GenerationMixin` (idempotent, thread-safe). Run when the generation API is first
+    loaded (`from speckv_hf import SpecKVGenerator`) and by every `SpecKVGenerator()`.
 
     Raises:
         ImportError: for an unsupported transformers version.
     """
-    if is_installed():
-        return
+    with _INSTALL_LOCK:
+        if not is_installed():
+            _install()
+
+
+def _install() -> None:
     check_transformers_version()
     original_generate = GenerationMixin.generate
     original_get = GenerationMixin._get_candidate_generator
@@ -270,9 +278,10 @@ def _plain_decoding(original_generate, model, generator, arguments, args, kwargs
 
 def uninstall() -> None:
     """Removes the hook, restoring transformers' own methods (idempotent)."""
-    for name, original in _ORIGINALS.items():
-        setattr(GenerationMixin, name, original)
-    _ORIGINALS.clear()
+    with _INSTALL_LOCK:
+        for name, original in _ORIGINALS.items():
+            setattr(GenerationMixin, name, original)
+        _ORIGINALS.clear()
 
 
 def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> torch.Tensor | None:

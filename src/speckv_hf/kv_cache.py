@@ -51,7 +51,7 @@ def check_cache(cache: DynamicCache) -> None:
     if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
         raise TypeError(
             f"the batched speculative loop needs a DynamicCache of key/value layers, got {type(cache).__name__}: "
-            "models with recurrent or other cache layers are not supported; generate them one prompt at a time."
+            "models with recurrent or other cache layers are not supported: generate without candidate_generator=."
         )
 
 

@@ -112,7 +112,7 @@ class SpeckvPolicy(MarginalValuePolicy):
             model, source = predictor, str(predictor.metadata.get("repo_id", "in-memory"))
         else:
             path = default_predictor_path() if predictor is None else predictor
-            model = GammaPredictor.from_pretrained(str(path), revision=revision, expected_features=PORTABLE_FEATURES)
+            model = GammaPredictor.from_pretrained(path, revision=revision, expected_features=PORTABLE_FEATURES)
             source = "default" if predictor is None else str(predictor)
         if model.kind != "portable" or tuple(model.features) != PORTABLE_FEATURES:
             raise ValueError(
