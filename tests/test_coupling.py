@@ -133,7 +133,7 @@ def test_coupled_sampling_never_falls_back_to_plain_decoding(llama_pairs):
         assert not generator.last_stats.plain_decoding and generator.last_stats.verification == "coupled"
         assert out[0, ids.shape[1] :].tolist() == expected
     # The same policy with speculative sampling does fall back (the check above has teeth).
-    speculative = SpecKVGenerator(_NeverPays(num_tokens=2))
+    speculative = SpecKVGenerator(_NeverPays(num_tokens=2), sampling="speculative")
     for _ in range(2):
         target.generate(ids, assistant_model=draft, candidate_generator=speculative, do_sample=True, max_new_tokens=4)
     assert speculative.last_stats.plain_decoding and speculative.last_stats.verification == "none"
@@ -178,7 +178,7 @@ def test_policies_are_told_that_coupled_acceptance_is_a_match(llama_pairs):
 
 
 def test_sampling_setting_errors_name_the_fix():
-    with pytest.raises(ValueError, match="sampling must be one of 'speculative', 'coupled'"):
+    with pytest.raises(ValueError, match="sampling must be one of 'auto', 'speculative', 'coupled'"):
         SpecKVGenerator(sampling="gumbel")
     with pytest.raises(ValueError, match="own loop only: drop loop='transformers'"):
         SpecKVGenerator(sampling="coupled", loop="transformers")

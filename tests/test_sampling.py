@@ -1,4 +1,5 @@
-"""With do_sample=True the emitted distribution is the target's (speculative sampling stays exact)."""
+"""With do_sample=True the emitted distribution is the target's (speculative sampling stays exact), and a seeded
+call with the default generator repeats."""
 
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ def test_sampling_matches_target_distribution(policy, draft_kind):
     # draft is cheap and verification flat, and keep it speculating (this test is about the sampling arithmetic, not
     # about the policy's reading of the machine's timings).
     generator = (
-        SpecKVGenerator(policy, cost_ratio=0.05, verify_slope=0.0, plain_fallback=False)
+        SpecKVGenerator(policy, cost_ratio=0.05, verify_slope=0.0, plain_fallback=False, sampling="speculative")
         if policy == "adaptive"
-        else SpecKVGenerator(policy)
+        else SpecKVGenerator(policy, sampling="speculative")
     )
     counts, drafted, _ = first_two_token_counts(target, draft, input_ids, generator)
     assert drafted > SAMPLES // 2, "the test must exercise drafted tokens"
@@ -128,7 +129,7 @@ def test_batched_sampling_keeps_each_rows_distribution():
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     expected = [_two_token_distribution(target, torch.tensor([p])) for p in prompts]
     counts = torch.zeros(len(prompts), VOCAB, VOCAB)
-    generator = SpecKVGenerator("fixed:2")
+    generator = SpecKVGenerator("fixed:2", sampling="speculative")
     samples = SAMPLES * 2 // 3
     for seed in range(samples):
         torch.manual_seed(seed)
@@ -152,3 +153,40 @@ def test_batched_sampling_keeps_each_rows_distribution():
         assert _chi_square_pvalue(counts[row], expected[row]) > 1e-3
     # Power: the rows' distributions differ, and each row's counts reject the other row's distribution.
     assert _chi_square_pvalue(counts[0], expected[1]) < 1e-6
+
+
+def _seeded_text(target, draft, generator, seed: int = 0) -> list[int]:
+    torch.manual_seed(seed)
+    out = target.generate(
+        torch.tensor([[5, 6, 7, 8]]),
+        assistant_model=draft,
+        candidate_generator=generator,
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=24,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0].tolist()
+
+
+def test_seeded_sampling_repeats_with_the_default_generator(llama_pairs):
+    """`torch.manual_seed` then `generate(do_sample=True)` gives the same text twice with `SpecKVGenerator()`,
+    although the second call starts from the costs the first one measured; any γ gives that text."""
+    target, draft = llama_pairs["llama-noisy"]
+    generator = SpecKVGenerator()
+    first = _seeded_text(target, draft, generator)
+    assert generator.last_stats.verification == "coupled"
+    assert _seeded_text(target, draft, generator) == first
+    assert _seeded_text(target, draft, SpecKVGenerator("fixed:1")) == first
+    assert _seeded_text(target, draft, SpecKVGenerator("fixed:6")) == first
+    assert _seeded_text(target, draft, generator, seed=1) != first
+
+
+def test_speculative_sampling_is_opt_in_and_the_transformers_loop_keeps_it(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    generator = SpecKVGenerator("fixed:3", sampling="speculative")
+    _seeded_text(target, draft, generator)
+    assert generator.last_stats.verification == "speculative"
+    assert SpecKVGenerator().sampling_scheme == "coupled"
+    assert SpecKVGenerator(loop="transformers").sampling_scheme == "speculative"

@@ -27,7 +27,8 @@ import torch
 
 __all__ = ["SAMPLING_SCHEMES", "GumbelNoise"]
 
-#: How the library's own loop samples: `"speculative"` (speculative sampling, the default) or `"coupled"`.
+#: How the library's own loop samples: `"speculative"` (speculative sampling) or `"coupled"` (the default, through
+#: `SpecKVGenerator(sampling="auto")`).
 SAMPLING_SCHEMES = ("speculative", "coupled")
 
 

@@ -45,6 +45,7 @@ class _Warm:
 
 _LOOPS = ("speckv", "transformers")
 _VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
+_SAMPLING_SETTINGS = ("auto", *SAMPLING_SCHEMES)
 
 
 class SpecKVGenerator:
@@ -61,9 +62,9 @@ class SpecKVGenerator:
     it did (per thread; per row too for a batch).
 
     The draft applies the same logits processors and warpers as the target, samples from the processed draft
-    distribution when `do_sample=True`, and verification is greedy matching or speculative sampling per row (or
-    coupled sampling, `sampling="coupled"`), so each row's output is the target's (greedy) or distributed as the
-    target's (sampling).
+    distribution when `do_sample=True`, and verification is greedy matching, or coupled sampling per row (the
+    default for sampled calls: a seeded call repeats) or speculative sampling (`sampling="speculative"`), so each
+    row's output is the target's (greedy) or distributed as the target's (sampling).
 
     Args:
         policy: a policy name (`"adaptive"`, `"speckv"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"fixed:K"`, or
@@ -83,15 +84,18 @@ class SpecKVGenerator:
         loop: which speculative loop runs the calls. `"speckv"` (the default): the library's own loop
             (`speckv_hf.loop`), for one prompt or a batch (including `num_return_sequences > 1`); `"transformers"`:
             transformers' assisted loop, driving the generator as a `CandidateGenerator` (one prompt only).
-        sampling: how sampled calls (`do_sample=True`) verify drafts in the library's own loop.
-            `"speculative"` (the default): speculative sampling, accepting a drafted token with probability
-            `min(1, p/q)`. `"coupled"`: coupled sampling (`speckv_hf.coupling`): the randomness is drawn per position
-            first (Gumbel noise from torch's global RNG), the target's token is its perturbed argmax and a drafted
-            token is accepted when it is that token. Both give each row the target's distribution. Coupled output
-            is the same for every policy, γ and draft given the seed (for one batch layout and device; bitsandbytes
-            targets up to near-ties), and its acceptance is as predictable as greedy decoding's, but lower than
-            speculative sampling's (on the demo pair, 3-12% less throughput at the best constant γ). It turns
-            `plain_fallback` off: plain decoding would sample without the noise. Greedy calls ignore it.
+        sampling: how sampled calls (`do_sample=True`) verify drafts. `"auto"` (the default): `"coupled"` in the
+            library's own loop, so that a seeded call repeats; `"speculative"` with `loop="transformers"`.
+            `"coupled"`: coupled sampling (`speckv_hf.coupling`): the randomness is drawn per position first (Gumbel
+            noise from torch's global RNG), the target's token is its perturbed argmax and a drafted token is
+            accepted when it is that token. The output is the same for every policy, γ and draft given the seed (for
+            one batch layout and device; bitsandbytes targets up to near-ties), so `torch.manual_seed(0)` before a
+            call gives the same text every time, whatever the timings the policy reacts to. Its acceptance is lower
+            than speculative sampling's (see the benchmarks page for what that costs), and sampled calls never fall
+            back to plain decoding (which would sample without the noise). `"speculative"`: speculative sampling,
+            accepting a drafted token with probability `min(1, p/q)`: each row keeps the target's distribution, but
+            the text depends on every γ the policy chose, and adaptive policies choose from measured timings, so a
+            seeded call does not repeat (with `fixed:K` it does). Greedy calls ignore the setting.
         batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
             the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
             (0, 1], where a tiny value means "any row".
@@ -113,7 +117,7 @@ class SpecKVGenerator:
         plain_fallback: bool = True,
         probe_every: int = 8,
         loop: str = "speckv",
-        sampling: str = "speculative",
+        sampling: str = "auto",
         batch_quorum: float = 0.5,
         **policy_kwargs: Any,
     ) -> None:
@@ -131,8 +135,8 @@ class SpecKVGenerator:
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
         self.loop = loop
-        if sampling not in SAMPLING_SCHEMES:
-            raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}, got {sampling!r}.")
+        if sampling not in _SAMPLING_SETTINGS:
+            raise ValueError(f"sampling must be one of {', '.join(map(repr, _SAMPLING_SETTINGS))}, got {sampling!r}.")
         if sampling == "coupled" and loop == "transformers":
             raise ValueError(
                 "sampling='coupled' runs in speckv-hf's own loop only: drop loop='transformers', or use "
@@ -148,6 +152,13 @@ class SpecKVGenerator:
 
     def __repr__(self) -> str:
         return f"SpecKVGenerator(policy={self.policy!r})"
+
+    @property
+    def sampling_scheme(self) -> str:
+        """How this generator's sampled calls verify: `sampling` with `"auto"` resolved for its `loop`."""
+        if self.sampling != "auto":
+            return self.sampling
+        return "coupled" if self.loop == "speckv" else "speculative"
 
     @classmethod
     def from_pretrained(
@@ -288,18 +299,21 @@ class SpecKVGenerator:
                 self._warm = _Warm(key=key, cost=cost, policy=policy, speculation_paid=paid)
         return stats
 
-    def wants_plain_decoding(self, target: torch.nn.Module, draft: torch.nn.Module, batch_size: int = 1) -> bool:
+    def wants_plain_decoding(
+        self, target: torch.nn.Module, draft: torch.nn.Module, batch_size: int = 1, do_sample: bool = False
+    ) -> bool:
         """Whether the next call on this pair should skip speculation (see `plain_fallback`). Counts the call.
 
         Args:
             target: the model generating.
             draft: the assistant model.
             batch_size: rows of the call.
+            do_sample: whether the call samples.
 
         Returns:
             True to run the call as plain decoding, without the draft.
         """
-        if self.sampling == "coupled":
+        if do_sample and self.sampling_scheme == "coupled":
             return False  # transformers' own sampling would not follow the noise: the text would change
         if not (self.plain_fallback and self.warm_start and getattr(self.policy, "can_skip_drafting", False)):
             return False

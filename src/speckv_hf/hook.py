@@ -99,7 +99,7 @@ def _install() -> None:
         own_loop = candidate_generator.uses_own_loop(batch_size)
         if own_loop:
             validate_batched_call(arguments)
-        if candidate_generator.wants_plain_decoding(self, draft, batch_size):
+        if candidate_generator.wants_plain_decoding(self, draft, batch_size, _requests_sampling(self, arguments)):
             return _plain_decoding(original_generate, self, candidate_generator, arguments, args, kwargs)
         if own_loop:
             given = {k: v for k, v in arguments.items() if k not in ("self", "kwargs", "assistant_model")}
@@ -185,6 +185,16 @@ def _batch_size(arguments: dict[str, Any], input_ids: torch.Tensor | None) -> in
     return rows * int(copies)
 
 
+def _requests_sampling(model: torch.nn.Module, arguments: dict[str, Any]) -> bool:
+    """Whether a call samples, read as transformers will: a `do_sample=` keyword over the call's generation config,
+    else the model's."""
+    kwargs = arguments.get("kwargs", {})
+    if kwargs.get("do_sample") is not None:
+        return bool(kwargs["do_sample"])
+    config = arguments.get("generation_config") or getattr(model, "generation_config", None)
+    return bool(getattr(config, "do_sample", False))
+
+
 def _special_ids(generation_config: Any) -> tuple[frozenset[int], int]:
     """The EOS ids and the pad id transformers prepared for the call (`_eos_token_tensor`, `_pad_token_tensor`:
     transformers sets the pad id to the EOS id when the model has none)."""
@@ -242,7 +252,7 @@ def own_loop_decoding(
         stop_checks=[c for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))],
         streamer=streamer,
         quorum=generator.batch_quorum,
-        coupled=do_sample and generator.sampling == "coupled",
+        coupled=do_sample and generator.sampling_scheme == "coupled",
     )
     attention_mask = model_kwargs.get("attention_mask")
     validate_prepared(generation_config, input_ids, attention_mask)
