@@ -80,6 +80,7 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "accepted_runs.png",
         "gamma_distribution.png",
+        "paired_speedup.png",
         "tokens_per_s.png",
     ]
 
