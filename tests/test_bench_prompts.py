@@ -6,9 +6,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
+from speckv_hf.models import LoadedPair
 from speckv_hf.prompts import PromptItem, first_per_task
 
 
@@ -45,3 +47,26 @@ def test_profile_prompts_per_task_applies_to_a_file(tmp_path, monkeypatch):
     assert plans[0].prompts_source.endswith("first 2 per task")
     result = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "embedded")], env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 0 and len(plans[-1].prompts) == 6 * 4  # the embedded suite: 6 per category
+
+
+class _Tokenizer:
+    def __call__(self, text, return_tensors="pt"):
+        return SimpleNamespace(input_ids=torch.tensor([[3 + ord(c) % 90 for c in text[:12]]], dtype=torch.long))
+
+
+def test_bench_prompts_per_task_applies_to_a_file(llama_pairs, tmp_path, monkeypatch):
+    target, draft = llama_pairs["llama-noisy"]
+    pair = LoadedPair(target, draft, _Tokenizer(), "tiny", "tiny", "fp32")
+    monkeypatch.setattr("speckv_hf.models.load_pair_for", lambda *_: pair)
+    args = ["bench", "--target", "t", "--draft", "d", "--prompts", str(_prompts_file(tmp_path))]
+    args += ["--prompts-per-task", "1", "--methods", "fixed:2", "--max-new-tokens", "4", "--threads", "1"]
+    args += ["--json", str(tmp_path / "r.json")]
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "80", "HF_HUB_OFFLINE": "1"})
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert settings["num_prompts"] == 2 and settings["prompts"].endswith("first 1 per task")
+    assert "fp32: prompt 2/2 (b-000)" in result.stderr and "prompt 2/2" not in result.stdout
