@@ -156,7 +156,12 @@ def test_summarize_arithmetic():
     assert by_name["fixed:2"].gamma_histogram == {2: 8}
     assert by_name["fixed:3"].mismatches == 2 and by_name["fixed:3"].near_tie_mismatches == 1
     assert overall.best_fixed == "fixed:2" and overall.measured_oracle_tokens_per_s == pytest.approx(40.0)
-    assert overall.vs_best_fixed == {"oracle": {"total": pytest.approx(2.0), "paired": pytest.approx(2.0)}}
+    assert overall.vs_best_fixed == {
+        "oracle": {"paired": pytest.approx(2.0), "paired_iqr": [2.0, 2.0], "pairs": 2, "total": pytest.approx(2.0)}
+    }
+    assert by_name["fixed:2"].paired_calls == 2 and by_name["fixed:2"].paired_of_oracle == pytest.approx(0.5)
+    assert by_name["fixed:2"].repeat_speedups == [pytest.approx(2.0)]
+    assert overall.warnings == []  # every call of a method ran at one speed, and the oracle is on top
     assert [f["prompt_id"] for f in overall.failures] == ["b"]
     sampled, _ = summarize("fp32", "fp32", records, {}, do_sample=True)
     assert all(r.mismatches is None for r in sampled)

@@ -58,6 +58,8 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     assert result.exit_code == 0, result.output
     assert all(len(line) <= 80 for line in result.output.splitlines()), result.output  # fits 80 columns
     assert "best constant γ of our loop" in result.output and "oracle:" in result.output
+    assert "x the best constant γ of our loop (paired, IQR" in result.stdout  # the paired figure leads
+    assert "range" in result.stdout  # the paired speedup's range across repeats
 
     document = json.loads((out / "r.json").read_text())
     jsonschema.validate(document, bench_schema())
@@ -68,18 +70,21 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     for row in document["results"]:
         assert row["calls"] == 6 and row["tokens"] == 48  # 3 prompts x 2 repeats x 8 tokens
         assert row["mismatches"] == 0 and len(row["repeat_speedups"]) == 2
-        assert row["of_oracle"] > 0
+        assert row["of_oracle"] > 0 and row["paired_of_oracle"] > 0 and row["paired_calls"] == 6
     oracle = next(r for r in document["results"] if r["method"] == "oracle")
     assert oracle["of_oracle"] == pytest.approx(1.0) and oracle["acceptance_rate"] in (None, 1.0)
     summary = document["compressions"][0]
     assert summary["best_fixed"] in {"fixed:1", "fixed:2"} and summary["modeled_oracle_tokens_per_s"] > 0
     assert summary["failures"] == [] and set(summary["vs_best_fixed"]) == {"adaptive", "oracle"}
+    assert all(entry["pairs"] == 6 and len(entry["paired_iqr"]) == 2 for entry in summary["vs_best_fixed"].values())
+    assert isinstance(summary["warnings"], list)  # what is in it depends on the machine's load
     assert "| oracle |" in (out / "r.md").read_text()
     results, compressions = summaries_from_document(document)  # a run read back renders the same tables
     assert markdown_tables(results, compressions) == (out / "r.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "accepted_runs.png",
         "gamma_distribution.png",
+        "paired_speedup.png",
         "tokens_per_s.png",
     ]
 

@@ -22,7 +22,7 @@ from .measure import ForwardCounter
 from .oracle import OraclePolicy, acceptance_runs
 from .prompts import PromptItem
 
-__all__ = ["CallRecord", "EncodedPrompt", "encode_prompts", "run_benchmark"]
+__all__ = ["CallRecord", "EncodedPrompt", "PromptDone", "encode_prompts", "run_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,32 @@ class CallRecord:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class PromptDone:
+    """Every method has run on one prompt (what `run_benchmark` reports to `on_prompt`, e.g. for a progress line).
+
+    Attributes:
+        prompt_id: the prompt's id.
+        index: 0-based position of the prompt in its pass.
+        prompts: prompts in the pass (the warm-up prompts in the warm-up pass).
+        repeat: 0-based index of the pass, -1 for the warm-up.
+        repeats: measured passes.
+        calls: the calls on this prompt, one per method (empty in the warm-up, which is not measured).
+    """
+
+    prompt_id: str
+    index: int
+    prompts: int
+    repeat: int
+    repeats: int
+    calls: tuple[CallRecord, ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds of the measured calls on the prompt (0 in the warm-up)."""
+        return sum(c.seconds for c in self.calls)
+
+
 @dataclass
 class _Harness:
     target: torch.nn.Module
@@ -182,6 +208,7 @@ def run_benchmark(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     sampling: str = "speculative",
+    on_prompt: Callable[[PromptDone], None] | None = None,
 ) -> tuple[list[CallRecord], dict[str, list[int]]]:
     """Runs every method on every prompt, interleaved, `repeats` times.
 
@@ -202,6 +229,8 @@ def run_benchmark(
         progress: called with a method name after each measured or warm-up call (for a progress bar).
         sampling: how the SpecKV methods sample with `do_sample` (`SpecKVGenerator(sampling=...)`), unless a
             method names its own.
+        on_prompt: called with a [`PromptDone`] once every method has run on a prompt, warm-up included (for a
+            progress line per prompt where no progress bar can be drawn).
 
     Returns:
         The measured calls, and the reference (target-alone greedy) output per prompt id.
@@ -240,11 +269,14 @@ def run_benchmark(
                     harness.oracles[prompt.item.id] = acceptance_runs(
                         draft, prompt.input_ids, reference[prompt.item.id]
                     )
-        for index, prompt in enumerate(prompts[:warmup_prompts]):
+        warmup = prompts[:warmup_prompts]
+        for index, prompt in enumerate(warmup):
             for method in methods:
                 harness.call(method, prompt, index, repeat=-1)
                 if progress is not None:
                     progress(method.name)
+            if on_prompt is not None:
+                on_prompt(PromptDone(prompt.item.id, index, len(warmup), -1, repeats))
         for repeat in range(repeats):
             for index, prompt in enumerate(prompts):
                 shift = (index + repeat) % len(methods)
@@ -252,6 +284,9 @@ def run_benchmark(
                     records.append(harness.call(method, prompt, index, repeat))
                     if progress is not None:
                         progress(method.name)
+                if on_prompt is not None:
+                    calls = tuple(records[-len(methods) :])
+                    on_prompt(PromptDone(prompt.item.id, index, len(prompts), repeat, repeats, calls))
     finally:
         for counter in harness.counters:
             counter.remove()

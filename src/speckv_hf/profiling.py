@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .generator import SpecKVGenerator
-from .prompts import PromptItem, demo_prompts, read_prompts_jsonl
+from .prompts import PromptItem, demo_prompts, first_per_task, read_prompts_jsonl
 from .records import (
     RECORDS_SCHEMA_VERSION,
     STEP_SCHEMA,
@@ -173,7 +173,7 @@ def plan_profile(
     target: str | None = None,
     draft: str | None = None,
     prompts: str | Path | Sequence[PromptItem] | None = None,
-    prompts_per_task: int = 6,
+    prompts_per_task: int | None = None,
     prompts_offset: int = 3,
     compressions: Sequence[str] = ("fp32",),
     settings: Sequence[str] = DEFAULT_SETTINGS,
@@ -189,7 +189,8 @@ def plan_profile(
         target: the target's folder or Hub id; None, with `draft` None, for the embedded pair.
         draft: the draft's folder or Hub id.
         prompts: a JSON Lines prompts file, a list of `PromptItem`, or None for the embedded suite.
-        prompts_per_task: with the embedded suite, prompts per category.
+        prompts_per_task: with the embedded suite, prompts per category (6 by default); with a prompts file or
+            list, the first N prompts of each task (all by default).
         prompts_offset: with the embedded suite, the first index taken per category (the default 3 leaves out
             the prompts `speckv bench` holds out, 0-2).
         compressions: target compressions (`speckv_hf.compression.COMPRESSIONS`).
@@ -227,14 +228,17 @@ def plan_profile(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     if prompts is None:
-        items = demo_prompts(prompts_per_task, prompts_offset)
-        source = f"embedded suite, {prompts_per_task} per category from index {prompts_offset}"
+        per_task = prompts_per_task or 6
+        items = demo_prompts(per_task, prompts_offset)
+        source = f"embedded suite, {per_task} per category from index {prompts_offset}"
     elif isinstance(prompts, (str, Path)):
         items, source = read_prompts_jsonl(prompts), str(prompts)
     else:
         items, source = list(prompts), "given"
         if not items or len({p.id for p in items}) != len(items):
             raise ValueError("prompts must be a non-empty list with unique ids.")
+    if prompts is not None and prompts_per_task is not None:
+        items, source = first_per_task(items, prompts_per_task), f"{source}, first {prompts_per_task} per task"
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: pass a folder (created if missing).")

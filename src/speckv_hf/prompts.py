@@ -7,10 +7,11 @@ are skipped. `task` groups prompts in reports (the embedded suite's tasks are it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PromptItem", "PromptsFileError", "demo_prompts", "read_prompts_jsonl"]
+__all__ = ["PromptItem", "PromptsFileError", "demo_prompts", "first_per_task", "read_prompts_jsonl"]
 
 
 class PromptsFileError(ValueError):
@@ -78,6 +79,33 @@ def read_prompts_jsonl(path: str | Path) -> list[PromptItem]:
 
 
 _EXPECTED = '{"task": "...", "prompt": "..."}'
+
+
+def first_per_task(items: Sequence[PromptItem], per_task: int) -> list[PromptItem]:
+    """The first `per_task` prompts of each task, in their order (what `--prompts-per-task` takes from a file).
+
+    Every prompt has a task (a prompts file requires one), so the limit is per task; a file whose prompts share
+    one task keeps its first `per_task`.
+
+    Args:
+        items: the prompts, e.g. from [`read_prompts_jsonl`].
+        per_task: prompts kept per task.
+
+    Returns:
+        The kept prompts, in the order of `items`.
+
+    Raises:
+        ValueError: when `per_task < 1`.
+    """
+    if per_task < 1:
+        raise ValueError(f"prompts per task must be at least 1, got {per_task}.")
+    kept: dict[str, int] = {}
+    chosen = []
+    for item in items:
+        if kept.get(item.task, 0) < per_task:
+            kept[item.task] = kept.get(item.task, 0) + 1
+            chosen.append(item)
+    return chosen
 
 
 def demo_prompts(per_task: int, offset: int = 0) -> list[PromptItem]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,8 +34,11 @@ def bench(
     prompts: Path | None = typer.Option(
         None, help='JSON Lines file of {"task": ..., "prompt": ...} (default: the embedded held-out suite).'
     ),
-    prompts_per_task: int = typer.Option(
-        DEFAULT_PROMPTS_PER_TASK, min=1, help="With the embedded suite: prompts per category."
+    prompts_per_task: int | None = typer.Option(
+        None,
+        min=1,
+        help=f"Prompts per task: the first N of each task of --prompts (default: all), or of each category of the "
+        f"embedded suite (default: {DEFAULT_PROMPTS_PER_TASK}).",
     ),
     compression: str = typer.Option(
         "fp32",
@@ -62,8 +68,14 @@ def bench(
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON (schema in the docs)."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the tables as Markdown."),
     plots: Path | None = typer.Option(None, help="Write PNG plots into this folder (needs matplotlib)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress on stderr (a live bar on a terminal, else a line per prompt)."
+    ),
 ) -> None:
     """Benchmark target-only, transformers' assisted generation, SpecKV policies and the oracle, interleaved.
+
+    Speedups are paired: each call against target-only's on the same prompt, run next to it. Warnings flag a stalled
+    call (a busy machine) and an oracle below another method.
 
     Exits with status 1 when a greedy output differs from the target's own away from a near-tie.
     """
@@ -71,7 +83,7 @@ def bench(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
     from ..bench_methods import parse_methods
     from ..models import check_compressions
-    from ..prompts import PromptsFileError, demo_prompts, read_prompts_jsonl
+    from ..prompts import PromptsFileError, demo_prompts, first_per_task, read_prompts_jsonl
 
     # Every check before any model loads.
     compressions = split_list(compression)
@@ -93,7 +105,14 @@ def bench(
             fail("the oracle is defined on greedy output: drop 'oracle' from --methods with --do-sample.")
     try:
         method_list = parse_methods(method_specs)
-        items = read_prompts_jsonl(prompts) if prompts is not None else demo_prompts(prompts_per_task)
+        if prompts is None:
+            per_task = prompts_per_task or DEFAULT_PROMPTS_PER_TASK
+            items, prompts_source = demo_prompts(per_task), f"embedded suite, {per_task} per category"
+        else:
+            items, prompts_source = read_prompts_jsonl(prompts), str(prompts)
+            if prompts_per_task is not None:
+                items = first_per_task(items, prompts_per_task)
+                prompts_source += f", first {prompts_per_task} per task"
     except (ValueError, PromptsFileError) as error:
         fail(str(error))
     for path in (json_out, markdown_out):
@@ -111,18 +130,18 @@ def bench(
     for name in compressions:
         method_rows, overall = _run_compression(
             console, name, target, draft, items, method_list, max_new_tokens, do_sample, repeats, warmup_prompts,
-            device, seed, sampling,
+            device, seed, sampling, quiet,
         )  # fmt: skip
         results += method_rows
         summaries.append(overall)
         Console().print(_table(name, overall, method_rows, repeats))
-        for line in _verdict_lines(overall, method_rows):
-            Console().print(line)
+        for line in _verdict_lines(overall, repeats):
+            Console().print(line, highlight=False)
 
     settings = {
         "target": target or "embedded",
         "draft": draft or "embedded",
-        "prompts": str(prompts) if prompts is not None else f"embedded suite, {prompts_per_task} per category",
+        "prompts": prompts_source,
         "num_prompts": len(items),
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
@@ -176,6 +195,7 @@ def _run_compression(
     device: str | None,
     seed: int,
     sampling: str = "speculative",
+    quiet: bool = False,
 ) -> tuple[list, Any]:
     from .. import bench as harness
     from ..bench_report import summarize
@@ -183,49 +203,51 @@ def _run_compression(
     from ..measure import first_divergence, measure_forward_costs
     from ..models import load_pair_for, quiet_transformers
 
-    with console.status(f"loading the pair ({compression})"):
+    warmup = min(warmup_prompts, len(items))
+    total = (warmup + len(items) * repeats) * len(methods)
+    with ProgressReport(console, compression, total, quiet) as progress:
+        progress.phase("loading the pair")
         pair = load_pair_for(compression, target, draft, device)
-    model_device = next(pair.target.parameters()).device
-    encoded = harness.encode_prompts(pair.tokenizer, items, model_device)
-    warmup = min(warmup_prompts, len(encoded))
-    total = (warmup + len(encoded) * repeats) * len(methods)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress, quiet_transformers():
-        task = progress.add_task(f"{compression}: reference outputs", total=total)
-        records, reference = harness.run_benchmark(
-            pair.target,
-            pair.draft,
-            encoded,
-            methods,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            repeats=repeats,
-            warmup_prompts=warmup,
-            seed=seed,
-            sampling=sampling,
-            progress=lambda name: progress.update(task, advance=1, description=f"{compression}: {name}"),
-        )
-        progress.update(task, description=f"{compression}: checking outputs")
-        divergences = {}
-        if not do_sample:
-            by_id = {p.item.id: p for p in encoded}
-            for record in records:
-                key = (record.method, record.prompt_id)
-                if key in divergences or record.output == reference[record.prompt_id]:
-                    continue
-                ids = by_id[record.prompt_id].input_ids
-                divergence = first_divergence(pair.target, ids, reference[record.prompt_id], record.output)
-                if divergence is not None:
-                    divergences[key] = divergence
-        oracle_runs, costs = None, None
-        if any(m.kind == "oracle" for m in methods):
-            from ..oracle import acceptance_runs
+        encoded = harness.encode_prompts(pair.tokenizer, items, next(pair.target.parameters()).device)
+        with quiet_transformers():
+            progress.phase(f"reference outputs of {len(encoded)} prompts")
+            records, reference = harness.run_benchmark(
+                pair.target,
+                pair.draft,
+                encoded,
+                methods,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                repeats=repeats,
+                warmup_prompts=warmup,
+                seed=seed,
+                sampling=sampling,
+                progress=progress.call_done,
+                on_prompt=progress.prompt_done,
+            )
+            progress.phase("checking outputs")
+            divergences = {}
+            if not do_sample:
+                by_id = {p.item.id: p for p in encoded}
+                for record in records:
+                    key = (record.method, record.prompt_id)
+                    if key in divergences or record.output == reference[record.prompt_id]:
+                        continue
+                    ids = by_id[record.prompt_id].input_ids
+                    divergence = first_divergence(pair.target, ids, reference[record.prompt_id], record.output)
+                    if divergence is not None:
+                        divergences[key] = divergence
+            oracle_runs, costs = None, None
+            if any(m.kind == "oracle" for m in methods):
+                from ..oracle import acceptance_runs
 
-            progress.update(task, description=f"{compression}: bare forward times")
-            oracle_runs = {p.item.id: acceptance_runs(pair.draft, p.input_ids, reference[p.item.id]) for p in encoded}
-            typical = sorted(encoded, key=lambda p: p.input_ids.shape[1])[len(encoded) // 2]
-            longest = max(max(runs, default=0) for runs in oracle_runs.values())
-            costs = measure_forward_costs(pair.target, pair.draft, typical.input_ids, max(min(longest, 64), 1))
+                progress.phase("bare forward times")
+                oracle_runs = {
+                    p.item.id: acceptance_runs(pair.draft, p.input_ids, reference[p.item.id]) for p in encoded
+                }
+                typical = sorted(encoded, key=lambda p: p.input_ids.shape[1])[len(encoded) // 2]
+                longest = max(max(runs, default=0) for runs in oracle_runs.values())
+                costs = measure_forward_costs(pair.target, pair.draft, typical.input_ids, max(min(longest, 64), 1))
     return summarize(
         compression,
         str(detect_compression(pair.target)),
@@ -238,14 +260,80 @@ def _run_compression(
     )
 
 
+class ProgressReport:
+    """Progress of a run on `console` (stderr): a live bar on a terminal, else one plain line per prompt.
+
+    Logs, pipes and CI get the lines, so a run that takes minutes is never silent; the results on stdout and the
+    `--json`/`--markdown` files carry none of it.
+
+    Args:
+        console: where progress goes (stderr, so that stdout holds the results only).
+        label: what every line starts with (the compression, or `demo`).
+        total: the calls the run makes (for the bar).
+        quiet: show nothing.
+    """
+
+    def __init__(self, console: Console, label: str, total: int, quiet: bool = False) -> None:
+        self.console, self.label = console, label
+        self.lines = not quiet and not console.is_terminal
+        self._bar = None
+        if not quiet and console.is_terminal:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self._bar = Progress(*columns, console=console, transient=True)
+            self._task = self._bar.add_task(label, total=total)
+        self._start = time.monotonic()
+
+    def __enter__(self) -> ProgressReport:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(kind, error, traceback)
+
+    def _line(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self._start)
+        self.console.print(f"{self.label}: {text} [{elapsed // 60}:{elapsed % 60:02d}]", markup=False, highlight=False)
+
+    def phase(self, text: str) -> None:
+        """A stage of the run begins (reference outputs, checks, ...)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self.label}: {text}")
+        elif self.lines:
+            self._line(text)
+
+    def call_done(self, method: str) -> None:
+        """One `generate()` call is done (advances the bar)."""
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"{self.label}: {method}")
+
+    def prompt_done(self, done: Any) -> None:
+        """Every method has run on a prompt (a `speckv_hf.bench.PromptDone`): one line off a terminal."""
+        if not self.lines:
+            return
+        if done.repeat < 0:
+            self._line(f"warm-up prompt {done.index + 1}/{done.prompts} ({done.prompt_id}) done")
+            return
+        where = f"repeat {done.repeat + 1}/{done.repeats}, " if done.repeats > 1 else ""
+        self._line(
+            f"{where}prompt {done.index + 1}/{done.prompts} ({done.prompt_id}): {len(done.calls)} calls, "
+            f"{done.seconds:.1f} s"
+        )
+
+
 def _table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
+    # No edge and one space of padding: nine columns fit 80 characters with the longest default method name.
     table = Table(
         title=f"{compression} target (detected: {overall.detected})",
         box=box.SIMPLE_HEAD,
-        pad_edge=False,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
         title_justify="left",
     )
-    headers = ["method", "tok/s", "speedup", "paired", "oracle", "tok/fwd", "accept", "mism"]
+    headers = ["method", "paired", "IQR", "tok/s", "oracle", "tok/fwd", "acc", "mism"]
     if repeats > 1:
         headers.insert(4, "range")
     for header in headers:
@@ -253,16 +341,16 @@ def _table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
     for r in rows:
         cells = [
             r.method,
-            f"{r.tokens_per_s:.1f}",
-            f"{r.speedup:.2f}x",
             f"{r.median_speedup:.2f}x",
-            "-" if r.of_oracle is None else f"{r.of_oracle:.2f}",
+            f"{r.iqr_speedup[0]:.2f}-{r.iqr_speedup[1]:.2f}",
+            f"{r.median_tokens_per_s:.1f}",
+            "-" if r.paired_of_oracle is None else f"{r.paired_of_oracle:.2f}",
             f"{r.tokens_per_target_forward:.2f}",
             "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
             "-" if r.mismatches is None else _mismatch_cell(r),
         ]
         if repeats > 1:
-            cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}")
+            cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}" if r.repeat_speedups else "-")
         table.add_row(*cells)
     return table
 
@@ -274,18 +362,26 @@ def _mismatch_cell(row: Any) -> str:
     return f"{row.mismatches}~" if row.mismatches else "0"
 
 
-def _verdict_lines(overall: Any, rows: list) -> list[str]:
+def _verdict_lines(overall: Any, repeats: int) -> list[str]:
+    from ..bench_report import vs_best_fixed_text
+
     lines = []
+    if overall.best_fixed is not None:
+        lines.append(f"best constant γ of our loop: {overall.best_fixed} (highest paired speedup)")
     for method, ratio in overall.vs_best_fixed.items():
-        lines.append(
-            f"{method}: {ratio['total']:.2f}x (paired {ratio['paired']:.2f}x) the best constant γ of our loop "
-            f"({overall.best_fixed})"
-        )
+        lines.append(vs_best_fixed_text(method, ratio))
     if overall.measured_oracle_tokens_per_s is not None and overall.modeled_oracle_tokens_per_s is not None:
         lines.append(
             f"oracle: {overall.measured_oracle_tokens_per_s:.1f} tok/s measured, "
             f"{overall.modeled_oracle_tokens_per_s:.1f} modeled (bare forwards)"
         )
-    lines.append("paired: median over prompts of the speedup on each prompt")
+    for warning in overall.warnings:
+        lines.append(f"[bold yellow]warning:[/bold yellow] {escape(warning['message'])}")
+    lines.append(
+        "paired: median over calls of each call's speedup over target-only on the same prompt, run next to it; "
+        "IQR: their interquartile range; tok/s: the median call; oracle: paired, over the oracle; acc: acceptance"
+    )
+    if repeats > 1:
+        lines.append("range: lowest and highest paired speedup across repeats")
     lines.append("mism: outputs unlike target-only's (~ at near-ties, ! elsewhere)")
     return lines

@@ -8,6 +8,7 @@ import statistics
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 METHODS = {"target-only": "target alone", "hf-default": "transformers", "adaptive": "SpecKVGenerator()"}
@@ -17,20 +18,26 @@ def demo(
     prompts_per_category: int = typer.Option(2, min=1, max=24, help="Prompts of each category to run."),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     show_text: bool = typer.Option(True, help="Print the generated text of each prompt."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress on stderr (a live bar on a terminal, else a line per prompt)."
+    ),
 ) -> None:
     """Run SpecKVGenerator on the embedded model pair and compare it with the target alone and transformers'
     assisted generation (defaults). Offline: nothing is downloaded.
 
-    Each speedup is over the target alone on the same prompts, interleaved after a warm-up prompt; the range is the
-    lowest and highest per-prompt speedup, which says how much one figure can be trusted.
+    Each speedup is paired: the median over prompts of a call's speed over the target alone's on the same prompt,
+    run next to it after a warm-up prompt; the range is the lowest and highest of those per-prompt speedups, which
+    says how much one figure can be trusted. tok/s is the median call's. A warning flags a call the machine stalled.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     from ..bench import encode_prompts, run_benchmark
     from ..bench_methods import parse_methods
+    from ..bench_report import paired_ratios, summarize
     from ..models import load_pair_for, quiet_transformers
     from ..prompts import demo_prompts
+    from .bench import ProgressReport
 
     console = Console()
     with console.status("loading the embedded pair"):
@@ -42,9 +49,17 @@ def demo(
     )
     items = demo_prompts(prompts_per_category)
     encoded = encode_prompts(pair.tokenizer, items)
-    with console.status(f"running {len(items)} prompts x {len(METHODS)} methods"), quiet_transformers():
+    total = (1 + len(items)) * len(METHODS)
+    with ProgressReport(Console(stderr=True), "demo", total, quiet) as progress, quiet_transformers():
+        progress.phase(f"{len(items)} prompts x {len(METHODS)} methods")
         records, reference = run_benchmark(
-            pair.target, pair.draft, encoded, parse_methods(list(METHODS)[1:]), max_new_tokens=max_new_tokens
+            pair.target,
+            pair.draft,
+            encoded,
+            parse_methods(list(METHODS)[1:]),
+            max_new_tokens=max_new_tokens,
+            progress=progress.call_done,
+            on_prompt=progress.prompt_done,
         )
 
     table = Table(
@@ -58,20 +73,18 @@ def demo(
     categories = [*dict.fromkeys(item.task for item in items), "all"]
     for category in categories:
         rows = [r for r in records if category == "all" or r.task == category]
-        base = {r.prompt_id: r.tokens_per_second for r in rows if r.method == "target-only"}
-        base_rate = _rate(rows, "target-only")
+        base = [r for r in rows if r.method == "target-only"]
         for i, (method, label) in enumerate(METHODS.items()):
             mine = [r for r in rows if r.method == method]
-            rate = _rate(rows, method)
-            ratios = [r.tokens_per_second / base[r.prompt_id] for r in mine]
+            ratios = paired_ratios(mine, base)
             same = sum(r.output == reference[r.prompt_id] for r in mine)
             forwards = sum(r.target_forwards for r in mine)
             table.add_row(
                 category if i == 0 else "",
                 label,
-                f"{rate:.0f}",
-                f"{rate / base_rate:.2f}x",
-                "-" if method == "target-only" else f"{min(ratios):.2f}-{max(ratios):.2f}",
+                f"{statistics.median(r.tokens_per_second for r in mine):.0f}",
+                f"{statistics.median(ratios):.2f}x" if ratios else "-",
+                "-" if method == "target-only" or not ratios else f"{min(ratios):.2f}-{max(ratios):.2f}",
                 f"{sum(r.new_tokens for r in mine) / forwards:.2f}",
                 f"{same}/{len(mine)}",
                 end_section=i == len(METHODS) - 1,
@@ -87,13 +100,11 @@ def demo(
             text = pair.tokenizer.decode(record.output, skip_special_tokens=True)
             console.print(text, markup=False, highlight=False)
     console.print(table)
-    overall = [r.tokens_per_second for r in records if r.method == "adaptive"]
+    _, overall = summarize("fp32", "fp32", records, {}, do_sample=False)
+    for warning in overall.warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning['message'])}", highlight=False)
+    overall_rate = [r.tokens_per_second for r in records if r.method == "adaptive"]
     console.print(
-        f"median SpecKVGenerator() call: {statistics.median(overall):.0f} tok/s; the machine's noise moves single "
-        "figures by 10% or more: `speckv bench --repeats 3` measures more."
+        f"median SpecKVGenerator() call: {statistics.median(overall_rate):.0f} tok/s; the machine's noise moves "
+        "single figures by 10% or more: `speckv bench --repeats 3` measures more."
     )
-
-
-def _rate(records: list, method: str) -> float:
-    mine = [r for r in records if r.method == method]
-    return sum(r.new_tokens for r in mine) / sum(r.seconds for r in mine)

@@ -26,10 +26,11 @@ def profile(
     prompts: Path | None = typer.Option(
         None, help='JSON Lines file of {"task": ..., "prompt": ...} (default: the embedded suite).'
     ),
-    prompts_per_task: int = typer.Option(
-        DEFAULT_PROMPTS_PER_TASK,
+    prompts_per_task: int | None = typer.Option(
+        None,
         min=1,
-        help=f"With the embedded suite: prompts per category, from index {DEFAULT_PROMPTS_OFFSET} (bench holds out "
+        help=f"Prompts per task: the first N of each task of --prompts (default: all), or of each category of the "
+        f"embedded suite from index {DEFAULT_PROMPTS_OFFSET} (default: {DEFAULT_PROMPTS_PER_TASK}; bench holds out "
         f"0-{DEFAULT_PROMPTS_OFFSET - 1}).",
     ),
     compression: str = typer.Option(
@@ -71,7 +72,7 @@ def profile(
             target=target,
             draft=draft,
             prompts=prompts,
-            prompts_per_task=prompts_per_task,
+            prompts_per_task=prompts_per_task or (DEFAULT_PROMPTS_PER_TASK if prompts is None else None),
             prompts_offset=DEFAULT_PROMPTS_OFFSET,
             compressions=split_list(compression),
             settings=split_list(settings),
