@@ -137,7 +137,7 @@ def test_bench_fails_loudly_on_a_real_mismatch(pair_dirs, tmp_path, monkeypatch)
         (["--methods", "fastest"], "unknown method 'fastest'"),
         (["--target", "somewhere"], "pass both --target and --draft"),
         (["--do-sample", "--methods", "oracle"], "drop 'oracle'"),
-        (["--do-sample", "--sampling-scheme", "gumbel"], "--sampling-scheme must be speculative or coupled"),
+        (["--do-sample", "--sampling-scheme", "gumbel"], "--sampling-scheme must be auto, speculative or coupled"),
         (["--sampling-scheme", "coupled"], "add --do-sample"),
         (["--json", "/nonexistent/dir/r.json"], "does not exist"),
     ],
@@ -163,10 +163,10 @@ def test_bench_bad_prompts_file_names_the_line(tmp_path):
 def test_cli_default_methods_are_the_library_defaults():
     from speckv_hf.bench_methods import DEFAULT_METHODS
     from speckv_hf.cli import bench as bench_command
-    from speckv_hf.coupling import SAMPLING_SCHEMES
+    from speckv_hf.coupling import SAMPLING_SETTINGS
 
     assert ",".join(DEFAULT_METHODS) == bench_command.DEFAULT_METHODS
-    assert SAMPLING_SCHEMES == bench_command.SAMPLING_SCHEMES
+    assert SAMPLING_SETTINGS == bench_command.SAMPLING_SETTINGS
 
 
 def test_version_and_module_entry_point():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .bench_methods import DEFAULT_METHODS, HF_DEFAULTS, Method, parse_methods
-from .coupling import SAMPLING_SCHEMES
+from .coupling import SAMPLING_SETTINGS
 from .generator import SpecKVGenerator
 from .measure import ForwardCounter
 from .oracle import OraclePolicy, acceptance_runs
@@ -207,7 +207,7 @@ def run_benchmark(
     warmup_prompts: int = 1,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
-    sampling: str = "speculative",
+    sampling: str = "auto",
     on_prompt: Callable[[PromptDone], None] | None = None,
 ) -> tuple[list[CallRecord], dict[str, list[int]]]:
     """Runs every method on every prompt, interleaved, `repeats` times.
@@ -242,9 +242,9 @@ def run_benchmark(
     methods = list(methods) if methods is not None else parse_methods(DEFAULT_METHODS)
     if do_sample and any(m.kind == "oracle" for m in methods):
         raise ValueError("the oracle is defined on greedy output: drop 'oracle' from the methods with --do-sample.")
-    if sampling not in SAMPLING_SCHEMES or any(m.sampling not in (None, *SAMPLING_SCHEMES) for m in methods):
-        given = sorted({sampling, *(m.sampling for m in methods if m.sampling is not None)} - set(SAMPLING_SCHEMES))
-        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SCHEMES))}, got {given[0]!r}.")
+    if sampling not in SAMPLING_SETTINGS or any(m.sampling not in (None, *SAMPLING_SETTINGS) for m in methods):
+        given = sorted({sampling, *(m.sampling for m in methods if m.sampling is not None)} - set(SAMPLING_SETTINGS))
+        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SETTINGS))}, got {given[0]!r}.")
     if repeats < 1 or not prompts:
         raise ValueError("run_benchmark needs at least one prompt and repeats >= 1.")
     if len({p.item.id for p in prompts}) != len(prompts):

@@ -25,11 +25,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["SAMPLING_SCHEMES", "GumbelNoise"]
+__all__ = ["SAMPLING_SCHEMES", "SAMPLING_SETTINGS", "GumbelNoise"]
 
 #: How the library's own loop samples: `"speculative"` (speculative sampling) or `"coupled"` (the default, through
 #: `SpecKVGenerator(sampling="auto")`).
 SAMPLING_SCHEMES = ("speculative", "coupled")
+#: What `SpecKVGenerator(sampling=...)` takes: a scheme, or `"auto"` (coupled in the own loop, where a seeded call
+#: then repeats; speculative in transformers' loop).
+SAMPLING_SETTINGS = ("auto", *SAMPLING_SCHEMES)
 
 
 class GumbelNoise:

@@ -19,7 +19,7 @@ import torch
 from .assisted import AssistedCall, model_device
 from .compression import CompressionInfo, detect_compression
 from .cost import Clock, CostModel, CostSettings
-from .coupling import SAMPLING_SCHEMES
+from .coupling import SAMPLING_SCHEMES, SAMPLING_SETTINGS
 from .loop import LoopCall
 from .policies import DraftPolicy, PolicyContext
 from .registry import get_policy
@@ -45,7 +45,6 @@ class _Warm:
 
 _LOOPS = ("speckv", "transformers")
 _VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
-_SAMPLING_SETTINGS = ("auto", *SAMPLING_SCHEMES)
 
 
 class SpecKVGenerator:
@@ -135,8 +134,8 @@ class SpecKVGenerator:
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
         self.loop = loop
-        if sampling not in _SAMPLING_SETTINGS:
-            raise ValueError(f"sampling must be one of {', '.join(map(repr, _SAMPLING_SETTINGS))}, got {sampling!r}.")
+        if sampling not in SAMPLING_SETTINGS:
+            raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SETTINGS))}, got {sampling!r}.")
         if sampling == "coupled" and loop == "transformers":
             raise ValueError(
                 "sampling='coupled' runs in speckv-hf's own loop only: drop loop='transformers', or use "

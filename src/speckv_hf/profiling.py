@@ -415,7 +415,8 @@ def _process_slot(device: str | None) -> tuple[int, int, str | None]:
 
 
 def _profile_unit(pair: Any, prompt: Any, unit: Unit, plan: ProfilePlan) -> tuple[list[dict], list[dict]]:
-    generator = SpecKVGenerator(unit.setting.policy, warm_start=False)
+    # Sampled records mean speculative sampling (accept with min(1, p/q)), as the shipped predictor was trained on.
+    generator = SpecKVGenerator(unit.setting.policy, warm_start=False, sampling="speculative")
     # Sampled calls are reproducible per prompt, whatever ran before (resumed runs, other processes).
     torch.manual_seed((plan.seed * 1_000_003 + zlib.crc32(unit.prompt.id.encode("utf-8"))) % 2**32)
     with torch.no_grad():

@@ -20,9 +20,9 @@ from rich.table import Table
 from ._common import atomic_write_text, fail, split_list
 
 DEFAULT_PROMPTS_PER_TASK = 3
-# speckv_hf.coupling.SAMPLING_SCHEMES and speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that
+# speckv_hf.coupling.SAMPLING_SETTINGS and speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that
 # `speckv --help` does not import torch (tested equal).
-SAMPLING_SCHEMES = ("speculative", "coupled")
+SAMPLING_SETTINGS = ("auto", "speculative", "coupled")
 DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
 
 
@@ -55,10 +55,11 @@ def bench(
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
     sampling: str = typer.Option(
-        "speculative",
+        "auto",
         "--sampling-scheme",
-        help="With --do-sample, how the SpecKV methods sample: speculative (speculative sampling) or coupled "
-        "(coupled sampling: the same output for every SpecKV method, given the seed).",
+        help="With --do-sample, how the SpecKV methods sample: auto (what SpecKVGenerator() does: coupled in our "
+        "own loop), speculative (speculative sampling) or coupled (coupled sampling: the same output for every "
+        "SpecKV method, given the seed).",
     ),
     repeats: int = typer.Option(1, min=1, help="Passes over the prompts; the table shows the spread across them."),
     warmup_prompts: int = typer.Option(1, min=0, help="Prompts run through every method before measuring."),
@@ -91,9 +92,9 @@ def bench(
         check_compressions(compressions, device)
     except (ValueError, ImportError) as error:
         fail(str(error))
-    if sampling not in SAMPLING_SCHEMES:
-        fail(f"--sampling-scheme must be speculative or coupled, got {sampling!r}.")
-    if sampling != "speculative" and not do_sample:
+    if sampling not in SAMPLING_SETTINGS:
+        fail(f"--sampling-scheme must be auto, speculative or coupled, got {sampling!r}.")
+    if sampling != "auto" and not do_sample:
         fail("--sampling-scheme applies to sampled runs: add --do-sample.")
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
