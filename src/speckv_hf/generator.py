@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ class _Warm:
 
 _LOOPS = ("speckv", "transformers")
 _VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
+#: A call that drafted this many tokens and had none accepted warns (once per generator).
+ZERO_ACCEPTANCE_WARNING_TOKENS = 32
 
 
 class SpecKVGenerator:
@@ -148,6 +151,7 @@ class SpecKVGenerator:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warm: _Warm | None = None
+        self._warned_zero_acceptance = False
 
     def __repr__(self) -> str:
         return f"SpecKVGenerator(policy={self.policy!r})"
@@ -291,12 +295,30 @@ class SpecKVGenerator:
         if stats.cost_ratio is not None:
             stats.draft_token_seconds, stats.target_seconds = cost.draft_time, cost.verify_coefficients()[0]
         self._local.stats = stats
+        self._warn_if_nothing_accepted(stats)
         if self.warm_start:
             # Plain decoding only on the policy's evidence-based verdict (many steps, over calls), never on one call.
             paid = policy.speculation_pays() is not False
             with self._lock:
                 self._warm = _Warm(key=key, cost=cost, policy=policy, speculation_paid=paid)
         return stats
+
+    def _warn_if_nothing_accepted(self, stats: GenerationStats) -> None:
+        """Warns once per generator when a call drafted many tokens and the target accepted none: a draft that
+        never agrees is almost always one that reads other token ids than the target."""
+        if stats.drafted_tokens < ZERO_ACCEPTANCE_WARNING_TOKENS or stats.accepted_tokens > 0:
+            return
+        with self._lock:
+            if self._warned_zero_acceptance:
+                return
+            self._warned_zero_acceptance = True
+        warnings.warn(
+            f"the target accepted none of the {stats.drafted_tokens} tokens the draft proposed in this call: the "
+            "likely cause is a draft with another tokenizer (same vocabulary size, other token ids). Check that "
+            "draft and target share a tokenizer, or generate without candidate_generator=.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def wants_plain_decoding(
         self, target: torch.nn.Module, draft: torch.nn.Module, batch_size: int = 1, do_sample: bool = False
