@@ -20,7 +20,14 @@ from .compression import COMPRESSIONS, check_runs_on, quantization_config
 from .compression_names import load_dtype
 from .validation import local_or_hub_id
 
-__all__ = ["LoadedPair", "check_compressions", "default_device", "load_pair_for", "quiet_transformers"]
+__all__ = [
+    "LoadedPair",
+    "check_compressions",
+    "default_device",
+    "load_pair_for",
+    "pair_sources",
+    "quiet_transformers",
+]
 
 _BNB_NAMES = {"int8", "nf4", "fp4", "bnb-int8", "bnb-nf4", "bnb-fp4"}
 _MODEL_SOURCE = (
@@ -109,6 +116,16 @@ def check_compressions(names: list[str], device: str | None = None) -> None:
         check_runs_on(name, device)
 
 
+def pair_sources(target: str, draft: str) -> tuple[str, str]:
+    """What to load a user's pair from, checked before any work: local folders (`~` expanded) or Hub repo ids.
+
+    Raises:
+        FileNotFoundError: for a local path that does not exist ("no such folder", naming the fix).
+        NotADirectoryError: for a local path that is a file.
+    """
+    return local_or_hub_id(target, _MODEL_SOURCE), local_or_hub_id(draft, _MODEL_SOURCE)
+
+
 def load_pair_for(
     compression: str = "fp32",
     target: str | None = None,
@@ -137,7 +154,7 @@ def load_pair_for(
     if (target is None) != (draft is None):
         raise ValueError("pass both --target and --draft (or neither, for the embedded pair).")
     if target is not None and draft is not None:
-        target, draft = local_or_hub_id(target, _MODEL_SOURCE), local_or_hub_id(draft, _MODEL_SOURCE)
+        target, draft = pair_sources(target, draft)
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}: choose from {', '.join(COMPRESSIONS)}.")
     device = device or default_device()

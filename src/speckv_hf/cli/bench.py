@@ -98,6 +98,10 @@ def bench(
         fail("--sampling-scheme applies to sampled runs: add --do-sample.")
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
+    if target is not None and draft is not None:
+        from ..models import pair_sources
+
+        pair_sources(target, draft)  # a missing folder is one line, before any progress or loading
     method_specs = split_list(methods)
     if do_sample and "oracle" in method_specs:
         if methods == DEFAULT_METHODS:
