@@ -1,7 +1,7 @@
 """What `speckv bench` reports: per-method summaries, the oracle ceilings, the JSON document and its schema.
 
 The JSON document is versioned (`schema_version`) and described by the JSON Schema in
-`speckv_hf/schemas/bench.schema.json` (see [`bench_schema`]); `docs/benchmarks.md` documents every field.
+`speckv_hf/schemas/bench.schema.json` (see [`bench_schema`][]); `docs/benchmarks.md` documents every field.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def build_document(
     compressions: Sequence[CompressionSummary],
     machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of a `speckv bench` run (validates against [`bench_schema`]).
+    """The JSON document of a `speckv bench` run (validates against [`bench_schema`][]).
 
     Args:
         settings: the run's settings (models, prompts, methods, lengths, ...).
@@ -347,7 +347,7 @@ def summaries_from_document(document: dict[str, Any]) -> tuple[list[MethodSummar
     """Reads the summaries back from a JSON document (e.g. to plot an earlier run again).
 
     Args:
-        document: what [`build_document`] returned, as loaded from the `--json` file.
+        document: what [`build_document`][] returned, as loaded from the `--json` file.
 
     Returns:
         The method summaries and the compression summaries.
@@ -379,7 +379,7 @@ def summaries_from_document(document: dict[str, Any]) -> tuple[list[MethodSummar
 
 
 def bench_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the document [`build_document`] writes."""
+    """The JSON Schema (draft 2020-12) of the document [`build_document`][] writes."""
     text = resources.files("speckv_hf").joinpath("schemas/bench.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
