@@ -4,11 +4,11 @@ transformers moves its generation internals between minor releases. Everything h
 checked against, so the next release that changes one of them breaks one check (with the version in the message),
 not every test of a loop:
 
-- the supported range ([`check_transformers_version`]);
-- the name under which a model's forward takes its KV cache ([`cache_kwarg`]: `cache` from the 5.x releases that
+- the supported range ([`check_transformers_version`][]);
+- the name under which a model's forward takes its KV cache ([`cache_kwarg`][]: `cache` from the 5.x releases that
   deprecate `past_key_values`);
 - the contract of transformers' assisted loop: what `GenerationMixin._assisted_decoding` reads on the candidate
-  generator it drives ([`assisted_contract`], [`missing_from_contract`]). transformers 5.25 added
+  generator it drives ([`assisted_contract`][], [`missing_from_contract`][]). transformers 5.25 added
   `num_drafting_tokens`, read before the first step to size the target cache's rollback record.
 """
 
@@ -91,7 +91,7 @@ def assisted_contract() -> frozenset[str]:
     so a release that starts reading a new attribute shows up here before any call fails on it.
 
     Returns:
-        The attribute names, [`OPTIONAL_CONTRACT`] included.
+        The attribute names, [`OPTIONAL_CONTRACT`][] included.
     """
     from transformers.generation.utils import GenerationMixin
 

@@ -1,7 +1,7 @@
 """Cost-aware policies: draft one more token only while it is expected to raise tokens per second.
 
-[`MarginalValuePolicy`] holds the rule both cost-aware policies share; they differ in where the acceptance
-probability of a drafted token comes from: [`AdaptivePolicy`] calibrates the draft's confidence online, the
+[`MarginalValuePolicy`][] holds the rule both cost-aware policies share; they differ in where the acceptance
+probability of a drafted token comes from: [`AdaptivePolicy`][] calibrates the draft's confidence online, the
 `speckv` policy (`speckv_hf.speckv_policy`) asks a trained predictor.
 """
 
@@ -153,14 +153,14 @@ class MarginalValuePolicy(DraftPolicy):
 class AdaptivePolicy(MarginalValuePolicy):
     """The marginal-value rule with the draft's confidence calibrated online into acceptance probabilities.
 
-    `q` comes from an [`AcceptanceCalibrator`] learned online (confidence bins by draft position), scaled by a
+    `q` comes from an [`AcceptanceCalibrator`][] learned online (confidence bins by draft position), scaled by a
     recent-bias correction.
 
     Args:
         max_tokens: upper bound on γ.
-        warmup_steps: see [`MarginalValuePolicy`].
-        explore_every: see [`MarginalValuePolicy`].
-        min_gain: see [`MarginalValuePolicy`].
+        warmup_steps: see [`MarginalValuePolicy`][].
+        explore_every: see [`MarginalValuePolicy`][].
+        min_gain: see [`MarginalValuePolicy`][].
         recent_decay: per-step decay of the recent-bias correction: calibrated probabilities are scaled by
             (recent accepts + 1) / (recent predicted accepts + 1), so a passage where the draft does better or
             worse than its confidence says (code vs prose) moves the estimate within a few steps.

@@ -1,8 +1,8 @@
 """One `generate()` call of `SpecKVGenerator` inside transformers' assisted loop (`loop="transformers"`).
 
-[`AssistedCall`] is the `CandidateGenerator` transformers' `_assisted_decoding` drives: it drafts the candidates of
+[`AssistedCall`][] is the `CandidateGenerator` transformers' `_assisted_decoding` drives: it drafts the candidates of
 each step with the draft's own KV cache (cropped on rejection, caught up lazily), asks the call's policy after each
-drafted token whether to draft another, and learns from each verification. [`SpecKVGenerator.bind`] builds it for
+drafted token whether to draft another, and learns from each verification. [`SpecKVGenerator.bind`][] builds it for
 one call; the user's `SpecKVGenerator` is never mutated by a call.
 
 The draft loop applies the same logits processors and warpers transformers applies to the target, samples from the

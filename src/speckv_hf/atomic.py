@@ -51,5 +51,5 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """[`atomic_write`] for UTF-8 text."""
+    """[`atomic_write`][] for UTF-8 text."""
     atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

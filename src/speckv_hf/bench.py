@@ -3,7 +3,7 @@
 Every method runs on the same prompts, interleaved per prompt with the order rotating from prompt to prompt, after
 a warm-up prompt, so slow drifts of the machine hit all methods alike. Target and draft forwards are counted (and,
 on CPU, timed) with forward hooks, the same way for every method. One `SpecKVGenerator` per method serves every
-prompt, as users reuse one. [`run_benchmark`] returns one [`CallRecord`] per measured `generate()` call;
+prompt, as users reuse one. [`run_benchmark`][] returns one [`CallRecord`][] per measured `generate()` call;
 `speckv_hf.bench_report` aggregates them.
 """
 
@@ -49,7 +49,7 @@ def encode_prompts(tokenizer: Any, items: Sequence[PromptItem], device: str | to
         device: where the ids go (the target's device).
 
     Returns:
-        A list of [`EncodedPrompt`].
+        A list of [`EncodedPrompt`][].
 
     Raises:
         ValueError: for a prompt that tokenizes to no token.
@@ -219,7 +219,7 @@ def run_benchmark(
     Args:
         target: the target model.
         draft: the draft model.
-        prompts: the prompts (see [`encode_prompts`]).
+        prompts: the prompts (see [`encode_prompts`][]).
         methods: the methods (`parse_methods(DEFAULT_METHODS)` by default); the oracle needs greedy decoding.
         max_new_tokens: tokens to generate per call.
         do_sample: sample instead of greedy decoding (each call seeded from `seed`, the prompt and the repeat).
@@ -229,7 +229,7 @@ def run_benchmark(
         progress: called with a method name after each measured or warm-up call (for a progress bar).
         sampling: how the SpecKV methods sample with `do_sample` (`SpecKVGenerator(sampling=...)`), unless a
             method names its own.
-        on_prompt: called with a [`PromptDone`] once every method has run on a prompt, warm-up included (for a
+        on_prompt: called with a [`PromptDone`][] once every method has run on a prompt, warm-up included (for a
             progress line per prompt where no progress bar can be drawn).
 
     Returns:

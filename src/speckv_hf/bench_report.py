@@ -3,11 +3,11 @@
 Summaries lead with paired figures: each call's tokens per second over the reference method's (target-only) on the
 same prompt in the same repeat, run next to it, then the median and interquartile range of those ratios. A call
 slowed by the machine moves one ratio, not the figure, where a ratio of totals can move several-fold. Two checks
-catch what the totals still show (see [`measurement_warnings`]): a method whose total-based speed disagrees with its
+catch what the totals still show (see [`measurement_warnings`][]): a method whose total-based speed disagrees with its
 median call, and an oracle that comes out below another method.
 
 The JSON document is versioned (`schema_version`) and described by the JSON Schema in
-`speckv_hf/schemas/bench.schema.json` (see [`bench_schema`]); `docs/benchmarks.md` documents every field.
+`speckv_hf/schemas/bench.schema.json` (see [`bench_schema`][]); `docs/benchmarks.md` documents every field.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-#: The least spread [`measurement_warnings`] grants a method: calls that all ran at the same speed have no spread,
+#: The least spread [`measurement_warnings`][] grants a method: calls that all ran at the same speed have no spread,
 #: and a total that differs from their median by rounding or by a few percent is no stall worth a warning.
 STALL_MIN_SPREAD = 0.05
 
@@ -132,7 +132,7 @@ class CompressionSummary:
         loop_efficiency: measured over modeled oracle tokens per second: what the loop's own cost leaves.
         forward_ms: the bare forward times used (`draft`, `target_prefill`, `target` by drafted tokens).
         failures: greedy outputs that differ from target-only away from a near-tie (method, prompt, position, gap).
-        warnings: measurements not to trust as they stand (see [`measurement_warnings`]): each with `kind`
+        warnings: measurements not to trust as they stand (see [`measurement_warnings`][]): each with `kind`
             (`stall` or `oracle_below`), `method`, `message` (the likely cause and what to rerun), and the figures.
     """
 
@@ -213,7 +213,7 @@ def summarize(
 
     Returns:
         One `MethodSummary` per method (in first-seen order) and the `CompressionSummary`, whose `warnings` hold
-        what [`measurement_warnings`] finds.
+        what [`measurement_warnings`][] finds.
     """
     methods = list(dict.fromkeys(r.method for r in records))
     by_method = {m: [r for r in records if r.method == m] for m in methods}
@@ -475,7 +475,7 @@ def build_document(
     compressions: Sequence[CompressionSummary],
     machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of a `speckv bench` run (validates against [`bench_schema`]).
+    """The JSON document of a `speckv bench` run (validates against [`bench_schema`][]).
 
     Args:
         settings: the run's settings (models, prompts, methods, lengths, ...).
@@ -501,7 +501,7 @@ def summaries_from_document(document: dict[str, Any]) -> tuple[list[MethodSummar
     """Reads the summaries back from a JSON document (e.g. to plot an earlier run again).
 
     Args:
-        document: what [`build_document`] returned, as loaded from the `--json` file.
+        document: what [`build_document`][] returned, as loaded from the `--json` file.
 
     Returns:
         The method summaries and the compression summaries.
@@ -533,7 +533,7 @@ def summaries_from_document(document: dict[str, Any]) -> tuple[list[MethodSummar
 
 
 def bench_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the document [`build_document`] writes."""
+    """The JSON Schema (draft 2020-12) of the document [`build_document`][] writes."""
     text = resources.files("speckv_hf").joinpath("schemas/bench.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 

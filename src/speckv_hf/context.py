@@ -7,7 +7,7 @@ occurrence exists and whether it agrees with the draft predicts acceptance far b
 alone: on the embedded pair, held-out AUC 0.906 from the draft's signals, 0.946 with these two
 (`benchmarks/acceptance_simulation.py`).
 
-[`NgramIndex`] keeps, for every pair of consecutive tokens of the verified sequence, the token that followed its
+[`NgramIndex`][] keeps, for every pair of consecutive tokens of the verified sequence, the token that followed its
 most recent occurrence. Extending it costs one dictionary write per token; a lookup is one dictionary read.
 """
 

@@ -1,6 +1,6 @@
 """The cost model: how long a draft forward, a target verification and the loop around them take.
 
-All timing in the library goes through [`Clock`]; all cost estimates through [`CostModel`]. Times are seconds.
+All timing in the library goes through [`Clock`][]; all cost estimates through [`CostModel`][]. Times are seconds.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A predictor (`speckv_hf.predictor.GammaPredictor`) gives, for one drafted token, the probability that the target
 accepts it, from what is known before the target verifies the draft. The records `speckv profile` writes carry
 these features as columns of the same names, and the `speckv` policy computes them at run time with
-[`token_features`]. The portable features (`PORTABLE_FEATURES`,
+[`token_features`][]. The portable features (`PORTABLE_FEATURES`,
 one row per drafted token, in this order) are:
 
 - `confidence`: probability the draft's processed distribution gives to the drafted token.

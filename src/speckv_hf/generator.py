@@ -1,8 +1,8 @@
 """`SpecKVGenerator`: what the user constructs to choose the speculation length per step, and keeps across calls.
 
 It holds settings, the policy template and what finished calls learned (costs, policy state, `last_stats` per
-thread). Each `generate()` call gets objects of its own: a [`LoopCall`] for the library's own loop
-(`speckv_hf.loop`, the default) or an [`AssistedCall`] for transformers' assisted loop (`loop="transformers"`).
+thread). Each `generate()` call gets objects of its own: a [`LoopCall`][] for the library's own loop
+(`speckv_hf.loop`, the default) or an [`AssistedCall`][] for transformers' assisted loop (`loop="transformers"`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SpecKVGenerator:
 
     Each call runs in the library's own speculative loop (`speckv_hf.loop`) with objects of its own: the KV
     caches, one fresh copy of the policy per row and the call's statistics, so one instance serves many calls and
-    concurrent calls in different threads share no state. After the call, [`SpecKVGenerator.last_stats`] says what
+    concurrent calls in different threads share no state. After the call, [`SpecKVGenerator.last_stats`][] says what
     it did (per thread; per row too for a batch).
 
     The draft applies the same logits processors and warpers as the target, samples from the processed draft
@@ -70,7 +70,7 @@ class SpecKVGenerator:
 
     Args:
         policy: a policy name (`"adaptive"`, `"speckv"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"fixed:K"`, or
-            a name registered with `register_policy`) or a [`DraftPolicy`] instance. Defaults to the cost-aware
+            a name registered with `register_policy`) or a [`DraftPolicy`][] instance. Defaults to the cost-aware
             `"adaptive"` policy.
         cost_ratio: draft/target forward-time ratio to assume instead of measuring it.
         verify_slope: relative growth of the target's verification time per candidate token, instead of fitting it.
@@ -201,7 +201,7 @@ class SpecKVGenerator:
 
     @property
     def stats(self) -> GenerationStats | None:
-        """Alias of [`SpecKVGenerator.last_stats`]."""
+        """Alias of [`SpecKVGenerator.last_stats`][]."""
         return self.last_stats
 
     def clear_last_stats(self) -> None:
@@ -237,8 +237,8 @@ class SpecKVGenerator:
                 `generation_config.eos_token_id` when None.
 
         Returns:
-            The call's [`AssistedCall`], a transformers `CandidateGenerator`; hand it to
-            [`SpecKVGenerator.finish`] after the call.
+            The call's [`AssistedCall`][], a transformers `CandidateGenerator`; hand it to
+            [`SpecKVGenerator.finish`][] after the call.
         """
         validate_pair(target, draft, input_ids)
         cost, policy, compression, key = self._call_state(target, draft, 1)
@@ -281,7 +281,7 @@ class SpecKVGenerator:
         """Collects a call in transformers' loop: stats for `last_stats`, learned state for the next call.
 
         Args:
-            bound: what [`SpecKVGenerator.bind`] returned.
+            bound: what [`SpecKVGenerator.bind`][] returned.
 
         Returns:
             The call's statistics.
@@ -406,7 +406,7 @@ class SpecKVGenerator:
                 match.
 
         Returns:
-            The call's [`LoopCall`]; hand it to [`SpecKVGenerator.finish_loop`] after the call.
+            The call's [`LoopCall`][]; hand it to [`SpecKVGenerator.finish_loop`][] after the call.
 
         Raises:
             ValueError: for an unknown `verification`.
@@ -457,7 +457,7 @@ class SpecKVGenerator:
         """Collects a finished loop call: stats for `last_stats`, learned costs and policy state for the next call.
 
         Args:
-            call: what [`SpecKVGenerator.start_loop`] returned.
+            call: what [`SpecKVGenerator.start_loop`][] returned.
 
         Returns:
             The call's statistics.

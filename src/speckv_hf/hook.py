@@ -4,7 +4,7 @@ transformers' `generate()` has no argument for a user-made candidate generator. 
 generation API is first loaded, `from speckv_hf import SpecKVGenerator`, and by every `SpecKVGenerator()`) wraps
 two methods of `GenerationMixin`, on the class, once:
 
-- `generate` accepts `candidate_generator=` (a [`SpecKVGenerator`]); it validates the call before any work and
+- `generate` accepts `candidate_generator=` (a [`SpecKVGenerator`][]); it validates the call before any work and
   marks the call as ours in a context variable (so threads and nested calls never see each other's generator);
 - `_get_candidate_generator` returns our generator, bound to the call, when the call is marked; otherwise it
   is transformers' own.
@@ -12,7 +12,7 @@ two methods of `GenerationMixin`, on the class, once:
 Batches (and, with `SpecKVGenerator(loop="speckv")`, single prompts) run in the library's own loop
 (`speckv_hf.loop`) instead: `generate` passes transformers the public `custom_generate=` callable route, which
 prepares the logits processors, stopping criteria and generation config as for any decoding method and hands them
-to [`own_loop_decoding`]; the private special-token tensors of the generation config are read there.
+to [`own_loop_decoding`][]; the private special-token tensors of the generation config are read there.
 
 Calls without `candidate_generator` go straight to transformers. `uninstall()` restores both methods. The
 supported transformers versions, and what differs between them, live in `speckv_hf._transformers`.

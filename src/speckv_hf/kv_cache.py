@@ -3,15 +3,15 @@
 A batch keeps every row right-aligned: row `b` occupies the last columns of the `(batch, length)` tensors, with
 padding (attention mask 0) on the left. Positions come from the mask (`cumsum - 1`), so padding never shifts them.
 When rows accept different numbers of drafted tokens, the rows that accepted fewer are shifted right by the
-difference, on the sequences, the masks and the caches alike ([`shift_rows`]); the rejected slots fall off the
+difference, on the sequences, the masks and the caches alike ([`shift_rows`][]); the rejected slots fall off the
 end and the shorter rows gain left padding. So there are never holes inside a row: attention, positions and
 sliding windows (which transformers applies by cache index) see exactly what target-alone generation sees.
 
-Rows that finish are dropped from the batch ([`select_rows`]) and columns that every remaining row pads are cut
-([`drop_leading`]), so finished rows stop costing work.
+Rows that finish are dropped from the batch ([`select_rows`][]) and columns that every remaining row pads are cut
+([`drop_leading`][]), so finished rows stop costing work.
 
 The KV caches are transformers' `DynamicCache` with full-attention layers, built here: cache layers are read
-through `cache.layers[i].keys` / `.values` (transformers >= 4.56); [`check_cache`] refuses anything else with a
+through `cache.layers[i].keys` / `.values` (transformers >= 4.56); [`check_cache`][] refuses anything else with a
 clear error after the first forward (the hook refuses models transformers itself lists as needing another cache
 before any work).
 """

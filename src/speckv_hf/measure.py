@@ -95,7 +95,7 @@ def first_divergence(
         output: the method's tokens.
 
     Returns:
-        None when the outputs are identical, else the [`Divergence`].
+        None when the outputs are identical, else the [`Divergence`][].
     """
     position = next((i for i, (a, b) in enumerate(zip(reference, output, strict=False)) if a != b), None)
     if position is None:
@@ -179,7 +179,7 @@ def measure_forward_costs(
             other counts are interpolated).
 
     Returns:
-        The [`ForwardCosts`].
+        The [`ForwardCosts`][].
     """
     clock = Clock(*{p.device for p in target.parameters()})
     prefill = []

@@ -2,7 +2,7 @@
 
 With no model arguments the embedded demo pair is used, offline. Otherwise both models load with
 `AutoModelForCausalLM.from_pretrained` from a local folder or a Hub id, the target with the quantization config
-that [`quantization_config`] builds from a compression name, the draft in floating point.
+that [`quantization_config`][] builds from a compression name, the draft in floating point.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def check_compressions(names: list[str], device: str | None = None) -> None:
 
     Args:
         names: compression names (`speckv_hf.compression.COMPRESSIONS`).
-        device: the device the target will run on (default: [`default_device`]).
+        device: the device the target will run on (default: [`default_device`][]).
 
     Raises:
         ValueError: for no name, an unknown one, or one that cannot run on the device (the message says what to
@@ -139,7 +139,7 @@ def load_pair_for(
             `quanto-int4`, `torchao-int8`, ...).
         target: a local folder or Hub id; None (with `draft` None) for the embedded pair.
         draft: a local folder or Hub id for the draft.
-        device: `"cpu"` or `"cuda"` (default: [`default_device`]). Quantized targets load with `device_map`.
+        device: `"cpu"` or `"cuda"` (default: [`default_device`][]). Quantized targets load with `device_map`.
 
     Returns:
         The loaded pair.

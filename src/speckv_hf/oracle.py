@@ -3,9 +3,9 @@
 From the target's own greedy output, the draft is run teacher-forced along it, which tells at every position how
 many of the next tokens the draft would propose exactly as the target emits them. That run is what verification
 accepts: where the draft agrees with the target on the next `r` tokens, drafting autoregressively from the same
-prefix proposes the same `r` tokens. [`OraclePolicy`] drafts exactly that run at every step, and nothing where the
+prefix proposes the same `r` tokens. [`OraclePolicy`][] drafts exactly that run at every step, and nothing where the
 first drafted token would be rejected. Run through our own loop like any policy, its tokens per second is the
-measured ceiling of the loop on a pair; [`modeled_oracle_seconds`] gives the ceiling from bare forward times.
+measured ceiling of the loop on a pair; [`ForwardCosts.oracle_seconds`][] gives the ceiling from bare forward times.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def oracle_steps(runs: Sequence[int], max_new_tokens: int | None = None) -> list
     adds one token).
 
     Args:
-        runs: the output of [`acceptance_runs`].
+        runs: the output of [`acceptance_runs`][].
         max_new_tokens: the length budget (the continuation's length by default); like the generator, the oracle
             leaves room for the target's own token.
 
@@ -80,11 +80,11 @@ def oracle_steps(runs: Sequence[int], max_new_tokens: int | None = None) -> list
 class OraclePolicy(DraftPolicy):
     """Drafts, at every step, exactly the run the target will accept (known in hindsight).
 
-    One oracle serves one prompt: it is built from that prompt's [`acceptance_runs`]. Use it with
+    One oracle serves one prompt: it is built from that prompt's [`acceptance_runs`][]. Use it with
     `SpecKVGenerator(OraclePolicy(...), warm_start=False)` and greedy decoding.
 
     Args:
-        runs: the output of [`acceptance_runs`] for the prompt.
+        runs: the output of [`acceptance_runs`][] for the prompt.
         prompt_length: length of the prompt the runs were computed for (the sequence length at the first step).
 
     Raises:

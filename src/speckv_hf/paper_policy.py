@@ -173,7 +173,7 @@ def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **pol
     Args:
         predictor: a folder written by `save_pretrained`, a Hub repo id, or a `GammaPredictor`.
         revision: the Hub revision.
-        **policy_kwargs: settings of the policy ([`PaperPolicy`] or `SpeckvPolicy`).
+        **policy_kwargs: settings of the policy ([`PaperPolicy`][] or `SpeckvPolicy`).
 
     Returns:
         The policy.

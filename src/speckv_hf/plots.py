@@ -145,7 +145,7 @@ def bench_figures(results: Sequence[MethodSummary], compressions: Sequence[Compr
 def bench_plots(
     results: Sequence[MethodSummary], compressions: Sequence[CompressionSummary], out_dir: str | Path
 ) -> list[Path]:
-    """Writes the figures of a run (see [`bench_figures`]) as PNG files.
+    """Writes the figures of a run (see [`bench_figures`][]) as PNG files.
 
     Args:
         results: every method summary.

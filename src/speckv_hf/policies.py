@@ -4,7 +4,7 @@ A policy sees the signals of the tokens drafted so far in the step (and the call
 through its context) and answers one question: draft one more token? γ is thereby chosen per step, causally.
 After the target verified the step, the policy observes how many tokens were accepted.
 
-Every policy implements [`DraftPolicy`]; the cost-aware ones (`adaptive`, `speckv`) live in `speckv_hf.adaptive` and
+Every policy implements [`DraftPolicy`][]; the cost-aware ones (`adaptive`, `speckv`) live in `speckv_hf.adaptive` and
 `speckv_hf.speckv_policy`, and `speckv_hf.registry` builds any of them from a name.
 """
 
@@ -84,9 +84,9 @@ class StepOutcome:
 class DraftPolicy(ABC):
     """Interface of a draft policy.
 
-    A policy object is a template: each `generate()` call gets a deep copy, bound with [`DraftPolicy.bind`], so
-    concurrent calls never share state. Subclasses implement [`DraftPolicy.should_draft`] and may override
-    [`DraftPolicy.bind`] and [`DraftPolicy.observe`].
+    A policy object is a template: each `generate()` call gets a deep copy, bound with [`DraftPolicy.bind`][], so
+    concurrent calls never share state. Subclasses implement [`DraftPolicy.should_draft`][] and may override
+    [`DraftPolicy.bind`][] and [`DraftPolicy.observe`][].
     """
 
     name: ClassVar[str] = "policy"

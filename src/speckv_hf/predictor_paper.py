@@ -2,7 +2,7 @@
 
 The paper publishes its predictor as a scikit-learn `MLPRegressor` pickle and as an `.npz` of its weights:
 `W1` (6, 16), `b1` (16,), `W2` (16, 1), `b2` (1,), a ReLU hidden layer and a linear output, reading one row of
-`PAPER_FEATURES` per step and predicting the acceptance rate of a step of γ tokens. [`from_paper_npz`] reads the
+`PAPER_FEATURES` per step and predicting the acceptance rate of a step of γ tokens. [`from_paper_npz`][] reads the
 `.npz` (never a pickle: `allow_pickle=False`) into a `GammaPredictor` of kind `"paper"`, which `save_pretrained`
 writes as config.json + model.safetensors + card like any other. Whoever holds the scikit-learn model exports it
 with `np.savez(path, W1=m.coefs_[0], b1=m.intercepts_[0], W2=m.coefs_[1], b2=m.intercepts_[1])`.
@@ -45,7 +45,7 @@ def paper_features(
         mean_confidence: mean probability of the drafted tokens.
         max_entropy: largest entropy, in nats (converted to bits).
         min_confidence: smallest probability of a drafted token.
-        comp_enc: the target's compression, see [`paper_comp_enc`].
+        comp_enc: the target's compression, see [`paper_comp_enc`][].
         gamma: tokens drafted in the step.
 
     Returns:
@@ -158,7 +158,7 @@ def from_paper_npz(path: str | os.PathLike[str], metadata: dict[str, Any] | None
     """The paper's predictor as a `GammaPredictor` of kind `"paper"`.
 
     Args:
-        path: the `.npz` of the paper's weights (see [`load_paper_npz`]).
+        path: the `.npz` of the paper's weights (see [`load_paper_npz`][]).
         metadata: extra metadata for config.json and the card, merged over the recorded source.
 
     Returns:
@@ -166,7 +166,7 @@ def from_paper_npz(path: str | os.PathLike[str], metadata: dict[str, Any] | None
         `features @ W1 + b1`, ReLU, `@ W2 + b2` (in float32).
 
     Raises:
-        PredictorLoadError: as [`load_paper_npz`].
+        PredictorLoadError: as [`load_paper_npz`][].
     """
     from .predictor import PAPER_KIND, GammaPredictor
 

@@ -114,7 +114,7 @@ class Unit:
 
 @dataclass(frozen=True)
 class ProfilePlan:
-    """A validated profile run, before any model loads (build it with [`plan_profile`]).
+    """A validated profile run, before any model loads (build it with [`plan_profile`][]).
 
     Attributes:
         out: the records folder.
@@ -201,7 +201,7 @@ def plan_profile(
         hidden_states: also record the draft's last hidden state per drafted token.
 
     Returns:
-        The plan, for [`run_profile`].
+        The plan, for [`run_profile`][].
 
     Raises:
         ValueError: for bad inputs, with the fix (`PromptsFileError` for a bad prompts file).
@@ -322,7 +322,7 @@ def run_profile(
     `profile.json`.
 
     Args:
-        plan: from [`plan_profile`].
+        plan: from [`plan_profile`][].
         device: `cpu`, `cuda` or `cuda:N` (default: this process's accelerator, else `cuda` when visible).
         progress: show a progress bar over units (on stderr).
         console: the `rich.console.Console` for the bar (default: stderr).
@@ -388,13 +388,13 @@ def run_profile(
 
 
 def profile(out: str | Path, *, device: str | None = None, progress: bool = True, **settings: Any) -> ProfileSummary:
-    """Plans and runs a profile (see [`plan_profile`] for the settings, [`run_profile`] for the run).
+    """Plans and runs a profile (see [`plan_profile`][] for the settings, [`run_profile`][] for the run).
 
     Args:
         out: the records folder.
-        device: see [`run_profile`].
+        device: see [`run_profile`][].
         progress: show a progress bar.
-        **settings: the keyword arguments of [`plan_profile`].
+        **settings: the keyword arguments of [`plan_profile`][].
 
     Returns:
         What this process did.

@@ -88,7 +88,7 @@ def first_per_task(items: Sequence[PromptItem], per_task: int) -> list[PromptIte
     one task keeps its first `per_task`.
 
     Args:
-        items: the prompts, e.g. from [`read_prompts_jsonl`].
+        items: the prompts, e.g. from [`read_prompts_jsonl`][].
         per_task: prompts kept per task.
 
     Returns:

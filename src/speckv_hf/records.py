@@ -11,9 +11,9 @@ step was accepted, so `accepted` is the label of the conditional acceptance the 
 first rejection have `reached = False`). Step rows carry the SpecKV paper's columns (entropies in nats here; the
 paper's are in bits) plus timings.
 
-This module also turns one call's stats into rows ([`call_rows`]), writes a unit's shards atomically under names
-derived from its key ([`unit_shard_name`], [`write_shard`]), keeps resume bookkeeping ([`completed_shards`],
-[`remove_orphans`]) and reads a folder back with a version check ([`read_records`]). See `docs/profiling.md`.
+This module also turns one call's stats into rows ([`call_rows`][]), writes a unit's shards atomically under names
+derived from its key ([`unit_shard_name`][], [`write_shard`][]), keeps resume bookkeeping ([`completed_shards`][],
+[`remove_orphans`][]) and reads a folder back with a version check ([`read_records`][]). See `docs/profiling.md`.
 """
 
 from __future__ import annotations
@@ -285,13 +285,13 @@ def records_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         schema: `TOKEN_SCHEMA` or `STEP_SCHEMA`.
 
     Returns:
-        The table, its schema carrying [`schema_metadata`].
+        The table, its schema carrying [`schema_metadata`][].
     """
     return pa.Table.from_pylist(rows, schema=schema.with_metadata(schema_metadata()))
 
 
 def write_shard(table: pa.Table, path: str | Path) -> None:
-    """Writes a Parquet shard atomically (see [`atomic_write`]): readers and resumed runs see all of it or nothing.
+    """Writes a Parquet shard atomically (see [`atomic_write`][]): readers and resumed runs see all of it or nothing.
 
     Args:
         table: the rows, with the schema (and metadata) of its dataset.
@@ -333,7 +333,7 @@ def remove_orphans(root: str | Path, names: set[str]) -> int:
 
     Args:
         root: the records folder.
-        names: shard names of the units to clean (see [`unit_shard_name`]).
+        names: shard names of the units to clean (see [`unit_shard_name`][]).
 
     Returns:
         The number of files removed.

@@ -45,7 +45,7 @@ def register_policy(name: str, factory: Callable[..., DraftPolicy], *, overwrite
 
 
 def available_policies() -> list[str]:
-    """Names accepted by [`get_policy`]."""
+    """Names accepted by [`get_policy`][]."""
     return sorted(_POLICIES)
 
 

@@ -1,6 +1,6 @@
 """The `speckv` policy: the marginal-value rule with acceptance probabilities from a trained predictor.
 
-A portable [`GammaPredictor`] turns each drafted token's signals (and the call's acceptance so far, the target's
+A portable [`GammaPredictor`][] turns each drafted token's signals (and the call's acceptance so far, the target's
 compression and the measured cost ratio: `speckv_hf.features`) into the probability that the target accepts it.
 A per-pair online correction, learned while generating, rescales those probabilities by bins (`observed accepts /
 predicted accepts`, starting at 1), so a predictor trained on one pair is corrected on another.
@@ -58,9 +58,9 @@ class SpeckvPolicy(MarginalValuePolicy):
             portable feature schema); None for the predictor that ships with the package.
         revision: the Hub revision when `predictor` is a Hub id.
         max_tokens: upper bound on γ.
-        warmup_steps: see [`MarginalValuePolicy`].
-        explore_every: see [`MarginalValuePolicy`].
-        min_gain: see [`MarginalValuePolicy`].
+        warmup_steps: see [`MarginalValuePolicy`][].
+        explore_every: see [`MarginalValuePolicy`][].
+        min_gain: see [`MarginalValuePolicy`][].
         correction_strength: weight, in predicted accepts, of the prior "the predictor is right" in each bin of the
             online correction (larger: slower to correct).
         correction_decay: forgetting factor of the online correction per verified token, in (0, 1].

@@ -173,7 +173,7 @@ def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Te
 
 def validate_batched_call(arguments: dict[str, Any]) -> None:
     """The checks of a call that runs in the library's own loop (`loop="speckv"`, the default: batches and single
-    prompts), beyond [`validate_call`]'s.
+    prompts), beyond [`validate_call`][]'s.
 
     Raises:
         ValueError: naming the fix, for outputs or caches the loop does not produce or accept.
