@@ -13,10 +13,12 @@ each prompt and repeat (coupled output depends on the seed alone), and counts th
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections import defaultdict
 
 from speckv_hf.bench import encode_prompts, run_benchmark
 from speckv_hf.bench_methods import Method
+from speckv_hf.bench_report import paired_ratios
 from speckv_hf.models import load_pair_for, quiet_transformers
 from speckv_hf.prompts import demo_prompts
 
@@ -84,7 +86,30 @@ def main() -> None:
                     ratio = rate[name] / rate[best[scheme]]
                     print(f"{name}: {ratio:.3f}x the best constant of its scheme ({best[scheme]})")
         coupled_over = rate[best["coupled"]] / rate[best["speculative"]]
-        print(f"best coupled constant over best speculative constant: {coupled_over:.3f}x")
+        print(f"best coupled constant over best speculative constant (totals): {coupled_over:.3f}x")
+        # Paired: each call over its partner on the same prompt and repeat (robust to a stalled call).
+        calls = defaultdict(list)
+        for r in records:
+            calls[r.method].append(r)
+        paired = {m: statistics.median(paired_ratios(calls[m], calls["target-only"])) for m in calls}
+        print("paired speedups over target-only (median of per-call ratios):")
+        for m in paired:
+            print(f"  {m:24} {paired[m]:.3f}x")
+        best_paired = {
+            scheme: max((m for m in paired if m.startswith("fixed:") and m.endswith(f" {scheme}")), key=paired.get)
+            for scheme in SCHEMES
+        }
+        for scheme in SCHEMES:
+            name = f"adaptive {scheme}"
+            if name in paired:
+                print(f"paired: {name} over {best_paired[scheme]}: {paired[name] / paired[best_paired[scheme]]:.3f}x")
+        ratio = paired[best_paired["coupled"]] / paired[best_paired["speculative"]]
+        print(f"paired: best coupled constant over best speculative constant: {ratio:.3f}x")
+        for policy in ("adaptive", "speckv"):
+            if f"{policy} coupled" in calls:
+                head_to_head = paired_ratios(calls[f"{policy} coupled"], calls[f"{policy} speculative"])
+                q1, median, q3 = statistics.quantiles(head_to_head, n=4, method="inclusive")
+                print(f"paired: {policy} coupled over {policy} speculative: {median:.3f}x (IQR {q1:.3f}-{q3:.3f})")
         same = sum(len(outputs) == 1 for outputs in texts.values())
         print(f"coupled methods gave one text per prompt and repeat in {same} of {len(texts)} cases")
         print(f"SpecKV calls with no draft forward (as plain decoding runs): {plain}")
