@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from speckv_hf.bench import encode_prompts, run_benchmark
-from speckv_hf.bench_methods import Method
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
+from speckv_hf.bench.harness import encode_prompts, run_benchmark
+from speckv_hf.bench.methods import Method
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
 
 SCHEMES = ("speculative", "coupled")
 
