@@ -18,8 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from speckv_hf.bench import harness as bench_module
 from speckv_hf.bench.harness import CallRecord
-from speckv_hf.bench.harness import harness as bench_module
 from speckv_hf.bench.pairs import LoadedPair
 from speckv_hf.bench.report import (
     STALL_MIN_SPREAD,

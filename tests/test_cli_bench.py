@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 import speckv_hf
-from speckv_hf.bench.harness import harness as bench_module
+from speckv_hf.bench import harness as bench_module
 from speckv_hf.bench.report import SCHEMA_VERSION, bench_schema, markdown_tables, summaries_from_document
 from speckv_hf.cli import app
 from speckv_hf.demo import pair_path
