@@ -17,7 +17,8 @@ from speckv_hf.compression.detection import CompressionInfo
 from speckv_hf.core.cost import CostModel
 from speckv_hf.core.signals import TokenSignals
 from speckv_hf.policies.base import DraftState, PolicyContext, StepOutcome
-from speckv_hf.policies.paper import default_paper_predictor_path, policy_from_pretrained
+from speckv_hf.policies.paper import default_paper_predictor_path
+from speckv_hf.policies.registry import policy_from_pretrained
 from speckv_hf.policies.speckv import SpeckvPolicy
 from speckv_hf.predictor.features import PORTABLE_FEATURES
 from speckv_hf.predictor.paper import paper_comp_enc

@@ -85,7 +85,7 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
 def _predictor_method(spec: str) -> Method:
     """`speckv@PATH_OR_REPO`: the policy that runs that trained predictor (`policy_from_pretrained`), loaded once
     here so that a bad path fails before any model loads."""
-    from ..policies.paper import policy_from_pretrained
+    from ..policies.registry import policy_from_pretrained
 
     name, _, source = spec.partition("@")
     if name != "speckv" or not source:

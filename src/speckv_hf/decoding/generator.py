@@ -191,7 +191,7 @@ class SpecKVGenerator:
             PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
             PredictorSchemaError: for a predictor that reads other features.
         """
-        from ..policies.paper import policy_from_pretrained
+        from ..policies.registry import policy_from_pretrained
 
         return cls(policy_from_pretrained(predictor, revision=revision, **(policy_kwargs or {})), **kwargs)
 

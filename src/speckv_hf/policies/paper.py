@@ -13,7 +13,6 @@ buffers; the step's features are folded into the first layer once, so the rows d
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -23,12 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..core.signals import StepSignals
-from ..core.validation import local_or_hub_id
 from ..predictor.features import PAPER_FEATURES
 from ..predictor.paper import paper_comp_enc, paper_features
 from .base import DraftPolicy, DraftState, PolicyContext, StepOutcome
 
-__all__ = ["DEFAULT_PAPER_PREDICTOR", "PaperPolicy", "default_paper_predictor_path", "policy_from_pretrained"]
+__all__ = ["DEFAULT_PAPER_PREDICTOR", "PaperPolicy", "default_paper_predictor_path"]
 
 #: Where the package's paper predictor (refit on the paper's data) lives, inside the package.
 DEFAULT_PAPER_PREDICTOR = "predictors/paper"
@@ -165,50 +163,6 @@ class PaperPolicy(DraftPolicy):
             "initial_gamma": self.initial_gamma,
             "comp_enc": self.comp_enc,
         }
-
-
-def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **policy_kwargs: Any) -> DraftPolicy:
-    """The policy that runs a saved predictor: `speckv-paper` for a `"paper"` checkpoint, `speckv` otherwise.
-
-    Args:
-        predictor: a folder written by `save_pretrained`, a Hub repo id, or a `GammaPredictor`.
-        revision: the Hub revision.
-        **policy_kwargs: settings of the policy ([`PaperPolicy`] or `SpeckvPolicy`).
-
-    Returns:
-        The policy.
-
-    Raises:
-        FileNotFoundError: for a local path that does not exist (see `GammaPredictor.from_pretrained`).
-        PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
-    """
-    from ..predictor.model import PAPER_KIND, PREDICTOR_SOURCE, GammaPredictor
-    from .speckv import SpeckvPolicy
-
-    if isinstance(predictor, GammaPredictor):
-        kind = predictor.kind
-    else:
-        # A missing folder is named before the kind is looked up (which would ask the Hub for it).
-        predictor = local_or_hub_id(predictor, PREDICTOR_SOURCE)
-        kind = _checkpoint_kind(predictor, revision)
-    if kind == PAPER_KIND:
-        return PaperPolicy(predictor=predictor, revision=revision, **policy_kwargs)
-    return SpeckvPolicy(predictor=predictor, revision=revision, **policy_kwargs)
-
-
-def _checkpoint_kind(predictor: str, revision: str | None) -> str | None:
-    """The `kind` in a checkpoint's config.json; None when it cannot be read (the loader then names why)."""
-    from huggingface_hub import constants, hf_hub_download
-
-    try:
-        if os.path.isdir(predictor):
-            config_file = os.path.join(predictor, constants.CONFIG_NAME)
-        else:
-            config_file = hf_hub_download(predictor, constants.CONFIG_NAME, revision=revision)
-        kind = json.loads(Path(config_file).read_text()).get("kind", "portable")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return kind if isinstance(kind, str) else None
 
 
 def _load(predictor: Any, revision: str | None) -> tuple[Any, str]:

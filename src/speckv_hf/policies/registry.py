@@ -1,20 +1,25 @@
 """Policies by name: the built-in ones and any a third party registers.
 
 `get_policy("fixed:4")`, `get_policy("speckv", predictor="org/predictor")`; `register_policy("mine", MyPolicy)`
-makes `SpecKVGenerator("mine")` and `speckv bench --methods mine` work.
+makes `SpecKVGenerator("mine")` and `speckv bench --methods mine` work. `policy_from_pretrained` picks the policy
+that runs a saved predictor from the checkpoint's kind.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ..core.validation import local_or_hub_id
 from .base import ConfidencePolicy, DraftPolicy, FixedPolicy, HeuristicPolicy
 from .marginal import AdaptivePolicy
 from .paper import PaperPolicy
 from .speckv import SpeckvPolicy
 
-__all__ = ["available_policies", "get_policy", "register_policy"]
+__all__ = ["available_policies", "get_policy", "policy_from_pretrained", "register_policy"]
 
 _POLICIES: dict[str, Callable[..., DraftPolicy]] = {
     "adaptive": AdaptivePolicy,
@@ -86,3 +91,46 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
         returned = type(policy_object).__name__
         raise TypeError(f"the factory registered as {name!r} returned {returned}, not a DraftPolicy.")
     return policy_object
+
+
+def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **policy_kwargs: Any) -> DraftPolicy:
+    """The policy that runs a saved predictor: `speckv-paper` for a `"paper"` checkpoint, `speckv` otherwise.
+
+    Args:
+        predictor: a folder written by `save_pretrained`, a Hub repo id, or a `GammaPredictor`.
+        revision: the Hub revision.
+        **policy_kwargs: settings of the policy ([`PaperPolicy`] or `SpeckvPolicy`).
+
+    Returns:
+        The policy.
+
+    Raises:
+        FileNotFoundError: for a local path that does not exist (see `GammaPredictor.from_pretrained`).
+        PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
+    """
+    from ..predictor.model import PAPER_KIND, PREDICTOR_SOURCE, GammaPredictor
+
+    if isinstance(predictor, GammaPredictor):
+        kind = predictor.kind
+    else:
+        # A missing folder is named before the kind is looked up (which would ask the Hub for it).
+        predictor = local_or_hub_id(predictor, PREDICTOR_SOURCE)
+        kind = _checkpoint_kind(predictor, revision)
+    if kind == PAPER_KIND:
+        return PaperPolicy(predictor=predictor, revision=revision, **policy_kwargs)
+    return SpeckvPolicy(predictor=predictor, revision=revision, **policy_kwargs)
+
+
+def _checkpoint_kind(predictor: str, revision: str | None) -> str | None:
+    """The `kind` in a checkpoint's config.json; None when it cannot be read (the loader then names why)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        if os.path.isdir(predictor):
+            config_file = os.path.join(predictor, constants.CONFIG_NAME)
+        else:
+            config_file = hf_hub_download(predictor, constants.CONFIG_NAME, revision=revision)
+        kind = json.loads(Path(config_file).read_text()).get("kind", "portable")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
