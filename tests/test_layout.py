@@ -145,3 +145,46 @@ def test_the_flat_modules_moved_without_shims():
     top = sorted(path.name for path in ROOT.glob("*.py"))
     assert top == ["__about__.py", "__init__.py", "__main__.py"]
     assert not (ROOT / "demo" / "recipe.py").exists()  # the demo pair's recipe lives in scripts/, outside the wheel
+
+
+# Private names of transformers and huggingface_hub, and the only modules that may spell them: a new release that
+# renames one breaks one small function there, not every caller.
+PRIVATE_REACHES: dict[str, frozenset[str]] = {
+    "_prefix_allowed_tokens_fn": frozenset({"decoding/_transformers.py"}),
+    "_eos_token_tensor": frozenset({"decoding/_transformers.py"}),
+    "_pad_token_tensor": frozenset({"decoding/_transformers.py"}),
+    "_supports_default_dynamic_cache": frozenset({"decoding/_transformers.py"}),
+    "_assisted_decoding": frozenset({"decoding/_transformers.py"}),
+    # The documented hook replaces this method of GenerationMixin (and puts it back): that is its job.
+    "_get_candidate_generator": frozenset({"decoding/_transformers.py", "decoding/hook.py"}),
+    "_hub_mixin_config": frozenset({"predictor/_hub.py"}),
+    # Writes to a cache layer's key/value tensors (the one rollback edit).
+    ".keys =": frozenset({"decoding/_transformers.py"}),
+    ".values =": frozenset({"decoding/_transformers.py"}),
+}
+
+
+def _code_without_docs(path: Path) -> str:
+    """A module's code as ast reads it: comments and docstrings (which may name a private thing) dropped."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            body.pop(0)
+    return ast.unparse(tree)
+
+
+def test_private_names_are_reached_from_one_module():
+    sources = {path.relative_to(ROOT).as_posix(): _code_without_docs(path) for path in ROOT.rglob("*.py")}
+    strays = sorted(
+        f"{name} in {module}"
+        for name, allowed in PRIVATE_REACHES.items()
+        for module, text in sources.items()
+        if name in text and module not in allowed
+    )
+    assert not strays, f"private names outside their module (add a function there instead): {strays}"

@@ -170,7 +170,7 @@ class _Harness:
         target_counter, draft_counter = self.counters
         target_counter.reset()
         draft_counter.reset()
-        clock = target_counter._clock
+        clock = target_counter.clock
         start = clock.now()
         out = self.target.generate(prompt.input_ids, **kwargs)
         seconds = clock.now() - start

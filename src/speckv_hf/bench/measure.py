@@ -51,6 +51,11 @@ class ForwardCounter:
         if self.timed:
             self.seconds += self._clock.now() - self._start
 
+    @property
+    def clock(self) -> Clock:
+        """The clock that times the model's forwards (synchronizing its devices)."""
+        return self._clock
+
     def reset(self) -> None:
         """Sets the counters to zero."""
         self.calls, self.seconds = 0, 0.0

@@ -9,7 +9,10 @@ not every test of a loop:
   deprecate `past_key_values`);
 - the contract of transformers' assisted loop: what `GenerationMixin._assisted_decoding` reads on the candidate
   generator it drives ([`assisted_contract`], [`missing_from_contract`]). transformers 5.25 added
-  `num_drafting_tokens`, read before the first step to size the target cache's rollback record.
+  `num_drafting_tokens`, read before the first step to size the target cache's rollback record;
+- every private name of transformers the library reads or writes, each behind one small function here
+  ([`prepared_special_tokens`], [`supports_dynamic_cache`], [`bind_prefix_function_to_row`],
+  [`edit_cache_layers`], [`assisted_decoding`]), so tests/test_layout.py can check that no other module reaches them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import ast
 import functools
 import inspect
 import textwrap
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import transformers
@@ -29,9 +34,14 @@ __all__ = [
     "NEWEST_TESTED",
     "OPTIONAL_CONTRACT",
     "assisted_contract",
+    "assisted_decoding",
+    "bind_prefix_function_to_row",
     "cache_kwarg",
     "check_transformers_version",
+    "edit_cache_layers",
     "missing_from_contract",
+    "prepared_special_tokens",
+    "supports_dynamic_cache",
 ]
 
 MIN_TRANSFORMERS = Version("4.57.0")
@@ -117,3 +127,64 @@ def missing_from_contract(candidate_generator_type: type) -> list[str]:
     """
     required = assisted_contract() - OPTIONAL_CONTRACT
     return sorted(name for name in required if not hasattr(candidate_generator_type, name))
+
+
+def prepared_special_tokens(generation_config: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The EOS and pad token tensors transformers prepared for a call (`_eos_token_tensor`, `_pad_token_tensor`,
+    set by `generate` before it runs a decoding loop; 4.57 and 5.x alike).
+
+    Args:
+        generation_config: the call's prepared `GenerationConfig`.
+
+    Returns:
+        `(eos, pad)`, each a tensor or None where transformers has not prepared it.
+    """
+    return getattr(generation_config, "_eos_token_tensor", None), getattr(generation_config, "_pad_token_tensor", None)
+
+
+def supports_dynamic_cache(model: torch.nn.Module) -> bool:
+    """Whether a model can run with a `DynamicCache` (transformers' `_supports_default_dynamic_cache`, False for
+    recurrent and other custom caches; True where the release has no such check)."""
+    supports = getattr(type(model), "_supports_default_dynamic_cache", None)
+    return not (callable(supports) and not supports())
+
+
+def bind_prefix_function_to_row(processor: Any, row: int) -> None:
+    """Makes a `PrefixConstrainedLogitsProcessor` (a copy the caller owns) call the user's function with `row` as
+    the batch id, whatever batch id it is called with: transformers keeps that function in
+    `_prefix_allowed_tokens_fn` (4.57 and 5.x alike).
+
+    Args:
+        processor: the processor to edit in place.
+        row: the batch id the user's function sees.
+    """
+    allowed = processor._prefix_allowed_tokens_fn
+    processor._prefix_allowed_tokens_fn = lambda _batch_id, ids, fn=allowed, row=row: fn(row, ids)
+
+
+def edit_cache_layers(cache: Any, edit: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replaces the key and value tensors of every attention layer of a cache by `edit(tensor)`, in place
+    (`cache.layers[i].keys` / `.values`, transformers >= 4.56; layers without a 4-d key tensor are left alone).
+
+    Args:
+        cache: a `DynamicCache`.
+        edit: maps a `(batch, heads, columns, head_dim)` tensor to the tensor the layer keeps.
+    """
+    for layer in cache.layers:
+        if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.dim() == 4:
+            layer.keys = edit(layer.keys)
+            layer.values = edit(layer.values)
+
+
+def assisted_decoding(model: Any, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+    """Runs transformers' assisted loop (`GenerationMixin._assisted_decoding`) on a target model.
+
+    Args:
+        model: the target model.
+        input_ids: `(batch, prompt_length)` token ids.
+        **kwargs: what `_assisted_decoding` takes (logits processors, stopping criteria, generation config, ...).
+
+    Returns:
+        What `_assisted_decoding` returns.
+    """
+    return model._assisted_decoding(input_ids, **kwargs)

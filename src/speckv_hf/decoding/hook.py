@@ -32,7 +32,15 @@ from transformers.generation.utils import GenerationMixin
 
 from ..core.cost import Clock
 from ..core.validation import validate_batched_call, validate_call, validate_pair, validate_prepared
-from ._transformers import MAX_TRANSFORMERS, MIN_TRANSFORMERS, cache_kwarg, check_transformers_version
+from ._transformers import (
+    MAX_TRANSFORMERS,
+    MIN_TRANSFORMERS,
+    assisted_decoding,
+    cache_kwarg,
+    check_transformers_version,
+    prepared_special_tokens,
+    supports_dynamic_cache,
+)
 from .assisted import AssistedCall, model_device
 from .generator import SpecKVGenerator
 from .loop import LoopSettings, run_loop
@@ -168,8 +176,7 @@ def _check_dynamic_cache(*models: torch.nn.Module) -> None:
     """Refuses models that cannot run with a `DynamicCache` (transformers' own list: recurrent and other custom
     caches), before any work."""
     for model in models:
-        supports = getattr(type(model), "_supports_default_dynamic_cache", None)
-        if callable(supports) and not supports():
+        if not supports_dynamic_cache(model):
             raise ValueError(
                 f"{type(model).__name__} keeps a cache of its own kind, which speculative decoding cannot roll back; "
                 "SpecKVGenerator needs attention models with a DynamicCache: generate without candidate_generator=."
@@ -196,12 +203,11 @@ def _requests_sampling(model: torch.nn.Module, arguments: dict[str, Any]) -> boo
 
 
 def _special_ids(generation_config: Any) -> tuple[frozenset[int], int]:
-    """The EOS ids and the pad id transformers prepared for the call (`_eos_token_tensor`, `_pad_token_tensor`:
-    transformers sets the pad id to the EOS id when the model has none)."""
-    eos = getattr(generation_config, "_eos_token_tensor", None)
+    """The EOS ids and the pad id transformers prepared for the call (`prepared_special_tokens`: transformers sets
+    the pad id to the EOS id when the model has none)."""
+    eos, pad = prepared_special_tokens(generation_config)
     eos = eos.flatten().tolist() if isinstance(eos, torch.Tensor) else generation_config.eos_token_id
     eos_ids = frozenset([eos] if isinstance(eos, int) else list(eos or []))
-    pad = getattr(generation_config, "_pad_token_tensor", None)
     pad = int(pad.flatten()[0]) if isinstance(pad, torch.Tensor) else generation_config.pad_token_id
     if pad is None:
         pad = min(eos_ids) if eos_ids else 0
@@ -374,7 +380,8 @@ def speckv_generate(
     call = _ActiveCall(generator=generator, target=model)
     token = _ACTIVE.set(call)
     try:
-        output = model._assisted_decoding(
+        output = assisted_decoding(
+            model,
             input_ids,
             logits_processor=logits_processor,
             stopping_criteria=stopping_criteria,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ._transformers import cache_kwarg
+from ._transformers import cache_kwarg, edit_cache_layers
 
 __all__ = [
     "RowLayout",
@@ -63,29 +63,22 @@ def cache_length(cache: DynamicCache) -> int:
     return int(layers[0].keys.shape[-2])
 
 
-def _edit(cache: DynamicCache, edit) -> None:
-    for layer in cache.layers:
-        if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.dim() == 4:
-            layer.keys = edit(layer.keys)
-            layer.values = edit(layer.values)
-
-
 def crop(cache: DynamicCache, length: int) -> None:
     """Keeps the first `length` columns of every layer."""
     if cache_length(cache) > length:
-        _edit(cache, lambda t: t[:, :, :length])
+        edit_cache_layers(cache, lambda t: t[:, :, :length])
 
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
     """Keeps the rows `rows` (`torch.LongTensor` of shape `(kept,)`), in that order."""
     if cache_length(cache):
-        _edit(cache, lambda t: t.index_select(0, rows.to(t.device)))
+        edit_cache_layers(cache, lambda t: t.index_select(0, rows.to(t.device)))
 
 
 def drop_leading(cache: DynamicCache, columns: int) -> None:
     """Cuts the first `columns` columns of every layer (padding every row shares)."""
     if columns > 0 and cache_length(cache):
-        _edit(cache, lambda t: t[:, :, columns:])
+        edit_cache_layers(cache, lambda t: t[:, :, columns:])
 
 
 def shift_index(shifts: torch.Tensor, length: int) -> torch.Tensor:
@@ -128,7 +121,7 @@ def shift_rows(cache: DynamicCache, shifts: torch.Tensor, length: int) -> None:
             out[row, :, shift:] = tensor[row, :, : length - shift].clone()
         return out
 
-    _edit(cache, edit)
+    edit_cache_layers(cache, edit)
 
 
 class RowLayout:

@@ -30,6 +30,8 @@ from transformers.generation.logits_process import (
     UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
 
+from ._transformers import bind_prefix_function_to_row
+
 __all__ = ["Processing", "accept_greedy", "accept_sampled"]
 
 # Processors whose output depends on the scores alone, never on `input_ids`: safe to run over a flattened batch.
@@ -103,9 +105,7 @@ class Processing:
                     for name, value in state.items():
                         setattr(processor, name, value)
                     if isinstance(processor, PrefixConstrainedLogitsProcessor):
-                        # transformers keeps the user's function here (4.57 and 5.x alike).
-                        allowed = processor._prefix_allowed_tokens_fn
-                        processor._prefix_allowed_tokens_fn = lambda _batch_id, ids, fn=allowed, row=row: fn(row, ids)
+                        bind_prefix_function_to_row(processor, row)
                 processors.append(processor)
             self._per_row[row] = processors
         return processors

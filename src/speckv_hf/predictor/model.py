@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..core.validation import local_or_hub_id
+from ._hub import set_hub_config
 from .card import MODEL_CARD_TEMPLATE, card_context
 from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
 
@@ -117,7 +118,7 @@ class GammaPredictor(
         self.metadata = metadata
         self.init_seed = init_seed
         # The canonical config (lists, plain ints) is what config.json gets, whatever sequence types were passed.
-        self._hub_mixin_config = self.config()
+        set_hub_config(self, self.config())
         self.register_buffer("feature_mean", torch.zeros(len(features)))
         self.register_buffer("feature_std", torch.ones(len(features)))
         generator = torch.Generator().manual_seed(init_seed)
