@@ -131,7 +131,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Imports a public name (or a submodule, as `speckv_hf.decoding.hook`) on first access and keeps it.
+    """Imports a public name (or a sub-package, as `speckv_hf.decoding`) on first access and keeps it.
 
     Raises:
         AttributeError: for a name the package does not have.
