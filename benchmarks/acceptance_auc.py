@@ -4,7 +4,7 @@ Runs `fixed:8` (long drafts, so rejections are seen) in our own loop over the be
 embedded fp32 pair, once per verification scheme, and scores each drafted token up to its step's first rejection
 (accepted: 1, the first rejected: 0; the tokens after it are never judged). Prints the acceptance rate of those
 tokens and the AUC of the draft's confidence, max probability, top-1/top-2 margin and negative entropy. Under
-coupled sampling the signals are those of the draft's perturbed distribution (`speckv_hf.coupling`).
+coupled sampling the signals are those of the draft's perturbed distribution (`speckv_hf.decoding.coupling`).
 
     python benchmarks/acceptance_auc.py [--prompts-per-task 3] [--max-new-tokens 64]
 """
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.bench import encode_prompts
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
-from speckv_hf.training_metrics import auc
+from speckv_hf.bench.harness import encode_prompts
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
+from speckv_hf.training.metrics import auc
 
 SIGNALS = ("confidence", "max_prob", "margin", "-entropy")
 

@@ -4,7 +4,7 @@ For prompts of the embedded suite (indices 3-11 of each category: the ones `spec
 benchmarks' held-out 0-2), the target's greedy continuation is computed, and the draft and target are run
 teacher-forced along it. That gives, at every position, the draft's signals, whether the draft's greedy token is
 the target's (so the run the target would accept from there), the target's own confidence, and what the context
-predicts (`speckv_hf.context.NgramIndex`, the two features `ngram_found` / `ngram_agrees`).
+predicts (`speckv_hf.core.ngram.NgramIndex`, the two features `ngram_found` / `ngram_agrees`).
 
 A logistic model of conditional acceptance (a token is accepted given the tokens before it in its draft were) is
 fit on prompts 6-11 per feature set and scored on prompts 3-5 (AUC); `--scored held-out` scores on the benchmarks'
@@ -41,7 +41,7 @@ import math
 import numpy as np
 import torch
 
-from speckv_hf.context import NgramIndex
+from speckv_hf.core.ngram import NgramIndex
 from speckv_hf.demo import load_pair, load_prompts
 
 MAX_GAMMA = 12
@@ -230,8 +230,8 @@ class ProfileCost:
 
 def compression_info(name: str):
     """The `CompressionInfo` the live loop would detect on the embedded target with this compression."""
-    from speckv_hf.compression import CompressionInfo, compression_from_config
-    from speckv_hf.compression_names import quantization_config
+    from speckv_hf.compression.detection import CompressionInfo, compression_from_config
+    from speckv_hf.compression.names import quantization_config
 
     return (
         CompressionInfo("none", "fp32", 32) if name == "fp32" else compression_from_config(quantization_config(name))
@@ -243,7 +243,7 @@ def planning_policy(step_cost, **settings):
     tokens, later ones assumed as likely as the next) adds expected tokens faster than the long-run rate, priced
     with the simulator's exact step cost: the most a policy that knew the verification profile could gain over the
     fitted line, simulator-only."""
-    from speckv_hf.speckv_policy import SpeckvPolicy
+    from speckv_hf.policies.speckv import SpeckvPolicy
 
     class PlanningSpeckv(SpeckvPolicy):
         def should_draft(self, state) -> bool:
@@ -284,9 +284,9 @@ def policy_decider(policy, step_ms: float, token_ms: float, draft_ms: float, ste
     rarely verifies none) and its draft times. `decide.gammas` counts the γ it chose."""
     from collections import Counter
 
-    from speckv_hf.cost import CostModel
-    from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
-    from speckv_hf.signals import TokenSignals
+    from speckv_hf.core.cost import CostModel
+    from speckv_hf.core.signals import TokenSignals
+    from speckv_hf.policies.base import DraftState, PolicyContext, StepOutcome
 
     cost = CostModel()
     slope = token_ms - draft_ms
@@ -402,7 +402,7 @@ def main() -> None:
 
             results.append(run(test, decide, step_ms, token_ms, args.draft_ms) / constants[best])
         print(f"{name:14s} {area:6.3f} {results[0]:6.3f}x {results[1]:6.3f}x")
-    from speckv_hf.registry import get_policy
+    from speckv_hf.policies.registry import get_policy
 
     for spec in args.policies.split(","):
         settings = {"predictor": args.predictor} if args.predictor and spec in ("speckv", "speckv-plan") else {}

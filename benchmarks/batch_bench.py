@@ -34,9 +34,9 @@ import torch
 
 import speckv_hf
 from speckv_hf import SpecKVGenerator
-from speckv_hf.cost import Clock
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
+from speckv_hf.core.cost import Clock
 
 
 class ForwardTimer:

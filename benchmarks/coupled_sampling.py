@@ -16,11 +16,11 @@ import argparse
 import statistics
 from collections import defaultdict
 
-from speckv_hf.bench import encode_prompts, run_benchmark
-from speckv_hf.bench_methods import Method
-from speckv_hf.bench_report import paired_ratios
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
+from speckv_hf.bench.harness import encode_prompts, run_benchmark
+from speckv_hf.bench.methods import Method
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
+from speckv_hf.bench.report import paired_ratios
 
 SCHEMES = ("speculative", "coupled")
 

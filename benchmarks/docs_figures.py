@@ -79,7 +79,7 @@ class _LoadSampler:
 
 def bench(arguments: Sequence[str]) -> int:
     """Runs `speckv bench ARGUMENTS` and adds `calls` and `provenance` to the JSON it writes (`--json` needed)."""
-    import speckv_hf.bench as harness
+    import speckv_hf.bench.harness as harness
     from speckv_hf.cli import app
 
     if "--json" not in arguments:

@@ -16,10 +16,10 @@ import time
 import torch
 
 from speckv_hf import PORTABLE_FEATURES, AdaptivePolicy, GammaPredictor, SpeckvPolicy
-from speckv_hf.compression import CompressionInfo
-from speckv_hf.cost import CostModel, CostSettings
-from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
-from speckv_hf.signals import TokenSignals
+from speckv_hf.compression.detection import CompressionInfo
+from speckv_hf.core.cost import CostModel, CostSettings
+from speckv_hf.core.signals import TokenSignals
+from speckv_hf.policies.base import DraftState, PolicyContext, StepOutcome
 
 
 def _time_policy(policy, decisions: int) -> float:

@@ -12,11 +12,11 @@ import argparse
 import os
 
 from speckv_hf import AdaptivePolicy
-from speckv_hf.bench import encode_prompts, run_benchmark
-from speckv_hf.bench_methods import Method, parse_methods
-from speckv_hf.bench_report import summarize
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
+from speckv_hf.bench.harness import encode_prompts, run_benchmark
+from speckv_hf.bench.methods import Method, parse_methods
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
+from speckv_hf.bench.report import summarize
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ q_n's support. Stop rules are simulated with a linear step cost `step_ms + token
       (a whole-step planner; with a linear cost it decides as (b) does, since the chance that every token up to
       the i-th is accepted only falls as i grows),
   (f) (d) with the context signals added: `ngram_found` and, for each token of q_n's support, `ngram_agrees`
-      (as `speckv_hf.context.NgramIndex` gives them live).
+      (as `speckv_hf.core.ngram.NgramIndex` gives them live).
 
 (c), (d) and (f) decide on a token after drafting it; a dropped token costs `--draft-ms` (default 0). The trajectory is
 the target's sampled continuation: after a rejection the real algorithm samples from the residual max(0, p - q),
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from acceptance_simulation import auc, features, fit_logistic, positions, rows, simulate
 
-from speckv_hf.context import NgramIndex
+from speckv_hf.core.ngram import NgramIndex
 from speckv_hf.demo import CATEGORIES, load_pair, load_prompts
 
 MAX_GAMMA = 12

@@ -22,7 +22,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaForCausalLM
 
-from speckv_hf.demo import CATEGORIES, pair_path, recipe
+from speckv_hf.demo import CATEGORIES, pair_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the demo pair's recipe, outside the wheel
+import build_demo_pair as recipe
 
 
 def main(argv: list[str] | None = None) -> None:

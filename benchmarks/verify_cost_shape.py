@@ -3,7 +3,7 @@
 The cost model prices a drafted token with a line fitted to verification times (`CostModel.verify_coefficients`).
 This measures the shape that line stands for: on the embedded target, after a prefill of one of the suite's prompts,
 a forward over `k + 1` new positions (the last verified token and `k` drafted ones) is timed for every `k`, the cache
-cropped back after each (`speckv_hf.measure.measure_target_forwards`), all counts interleaved, `--repeats` times.
+cropped back after each (`speckv_hf.bench.measure.measure_target_forwards`), all counts interleaved, `--repeats` times.
 It prints, per count, the median ms and the interquartile range, the line fitted to the medians of 1-8 drafted
 tokens (as the live model sees them: a speculating policy rarely verifies none), and the profile as
 `benchmarks/acceptance_simulation.py --verify-ms` reads it. Bare forwards: the loop's own per-step work (logits
@@ -24,9 +24,9 @@ import statistics
 import numpy as np
 import torch
 
-from speckv_hf.measure import measure_target_forwards
-from speckv_hf.models import load_pair_for, quiet_transformers
-from speckv_hf.prompts import demo_prompts
+from speckv_hf.bench.measure import measure_target_forwards
+from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+from speckv_hf.bench.prompts import demo_prompts
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
 
-import speckv_hf.hook
+import speckv_hf.decoding.hook
 
-speckv_hf.hook.install()  # what `from speckv_hf import SpecKVGenerator` does; some tests call generate first
+speckv_hf.decoding.hook.install()  # what `from speckv_hf import SpecKVGenerator` does; some tests call generate first
 
 VOCAB = 96
 EOS = 1

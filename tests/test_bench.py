@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speckv_hf.bench import CallRecord, encode_prompts, run_benchmark
-from speckv_hf.bench_methods import DEFAULT_METHODS, parse_methods
-from speckv_hf.bench_report import summarize
-from speckv_hf.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
-from speckv_hf.prompts import PromptItem
+from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
+from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
+from speckv_hf.bench.methods import DEFAULT_METHODS, parse_methods
+from speckv_hf.bench.prompts import PromptItem
+from speckv_hf.bench.report import summarize
 
 from .conftest import prompt
 
@@ -41,7 +41,7 @@ def test_parse_methods_errors_name_the_fix(spec, match):
 
 def test_a_trained_predictor_runs_as_a_method(tmp_path):
     from speckv_hf import GammaPredictor, SpeckvPolicy
-    from speckv_hf.features import PORTABLE_FEATURES
+    from speckv_hf.predictor.features import PORTABLE_FEATURES
 
     GammaPredictor(list(PORTABLE_FEATURES), hidden_sizes=[4]).save_pretrained(tmp_path / "mine")
     spec = f"speckv@{tmp_path / 'mine'}"

@@ -10,11 +10,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from speckv_hf.bench import CallRecord, PromptDone
-from speckv_hf.bench_report import build_document, markdown_tables, summaries_from_document, summarize
+from speckv_hf.bench.harness import CallRecord, PromptDone
+from speckv_hf.bench.pairs import LoadedPair
+from speckv_hf.bench.report import build_document, markdown_tables, summaries_from_document, summarize
 from speckv_hf.cli import app
 from speckv_hf.cli.bench import ProgressReport
-from speckv_hf.models import LoadedPair
 
 
 def _done(repeat=0, repeats=2):
@@ -59,7 +59,7 @@ class _Tokenizer:
 def test_demo_progress_goes_to_stderr(llama_pairs, monkeypatch):
     target, draft = llama_pairs["llama-noisy"]
     pair = LoadedPair(target, draft, _Tokenizer(), "tiny", "tiny", "fp32")
-    monkeypatch.setattr("speckv_hf.models.load_pair_for", lambda *_, **__: pair)
+    monkeypatch.setattr("speckv_hf.bench.pairs.load_pair_for", lambda *_, **__: pair)
     args = ["demo", "--prompts-per-category", "1", "--max-new-tokens", "4", "--no-show-text"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80", "HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 0, result.output

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from speckv_hf.bench.pairs import LoadedPair
+from speckv_hf.bench.prompts import PromptItem, first_per_task
 from speckv_hf.cli import app
-from speckv_hf.models import LoadedPair
-from speckv_hf.prompts import PromptItem, first_per_task
 
 
 def test_first_per_task_keeps_order():
@@ -36,7 +36,7 @@ def test_profile_prompts_per_task_applies_to_a_file(tmp_path, monkeypatch):
         plans.append(plan)
         return SimpleNamespace(line=lambda: "done")
 
-    monkeypatch.setattr("speckv_hf.profiling.run_profile", run_profile)
+    monkeypatch.setattr("speckv_hf.training.profile.run_profile", run_profile)
     path = _prompts_file(tmp_path)
     for extra, ids in ((["--prompts-per-task", "2"], ["a-000", "b-000", "a-001", "b-001"]), ([], None)):
         args = ["profile", "--out", str(tmp_path / f"out{len(extra)}"), "--prompts", str(path), *extra]
@@ -57,7 +57,7 @@ class _Tokenizer:
 def test_bench_prompts_per_task_applies_to_a_file(llama_pairs, tmp_path, monkeypatch):
     target, draft = llama_pairs["llama-noisy"]
     pair = LoadedPair(target, draft, _Tokenizer(), "tiny", "tiny", "fp32")
-    monkeypatch.setattr("speckv_hf.models.load_pair_for", lambda *_: pair)
+    monkeypatch.setattr("speckv_hf.bench.pairs.load_pair_for", lambda *_: pair)
     args = ["bench", "--target", "t", "--draft", "d", "--prompts", str(_prompts_file(tmp_path))]
     args += ["--prompts-per-task", "1", "--methods", "fixed:2", "--max-new-tokens", "4", "--threads", "1"]
     args += ["--json", str(tmp_path / "r.json")]

@@ -18,9 +18,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from speckv_hf import bench as bench_module
-from speckv_hf.bench import CallRecord
-from speckv_hf.bench_report import (
+from speckv_hf.bench import harness as bench_module
+from speckv_hf.bench.harness import CallRecord
+from speckv_hf.bench.pairs import LoadedPair
+from speckv_hf.bench.report import (
     STALL_MIN_SPREAD,
     bench_schema,
     measurement_warnings,
@@ -28,7 +29,6 @@ from speckv_hf.bench_report import (
     summarize,
 )
 from speckv_hf.cli import app
-from speckv_hf.models import LoadedPair
 
 #: Each method's speed over target-only's, before a small per-prompt wobble (the oracle on top, as it should be).
 _RATIOS = {"target-only": 1.0, "fixed:2": 1.5, "fixed:4": 1.7, "adaptive": 1.8, "oracle": 2.2}
@@ -138,7 +138,7 @@ def test_a_real_stall_inside_generate_is_flagged_end_to_end(llama_pairs, tmp_pat
     not hang on timing."""
     target, draft = llama_pairs["llama-noisy"]
     pair = LoadedPair(target, draft, _Tokenizer(), "tiny", "tiny", "fp32")
-    monkeypatch.setattr("speckv_hf.models.load_pair_for", lambda *_: pair)
+    monkeypatch.setattr("speckv_hf.bench.pairs.load_pair_for", lambda *_: pair)
     real_call = bench_module._Harness.call
     slowest, slept = [0.0], []
 

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 import speckv_hf
-from speckv_hf import bench as bench_module
-from speckv_hf.bench_report import SCHEMA_VERSION, bench_schema, markdown_tables, summaries_from_document
+from speckv_hf.bench import harness as bench_module
+from speckv_hf.bench.report import SCHEMA_VERSION, bench_schema, markdown_tables, summaries_from_document
 from speckv_hf.cli import app
 from speckv_hf.demo import pair_path
 
@@ -146,7 +146,7 @@ def test_bench_bad_input_fails_before_work(extra, message, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("models were loaded despite bad input")
 
-    monkeypatch.setattr("speckv_hf.models.load_pair_for", refuse)
+    monkeypatch.setattr("speckv_hf.bench.pairs.load_pair_for", refuse)
     result = _invoke(["bench", *extra], columns=200)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -161,9 +161,9 @@ def test_bench_bad_prompts_file_names_the_line(tmp_path):
 
 
 def test_cli_default_methods_are_the_library_defaults():
-    from speckv_hf.bench_methods import DEFAULT_METHODS
+    from speckv_hf.bench.methods import DEFAULT_METHODS
     from speckv_hf.cli import bench as bench_command
-    from speckv_hf.coupling import SAMPLING_SETTINGS
+    from speckv_hf.decoding.coupling import SAMPLING_SETTINGS
 
     assert ",".join(DEFAULT_METHODS) == bench_command.DEFAULT_METHODS
     assert SAMPLING_SETTINGS == bench_command.SAMPLING_SETTINGS

@@ -7,7 +7,7 @@ import pytest
 import typer
 
 from speckv_hf.cli import app, main
-from speckv_hf.predictor import PredictorLoadError
+from speckv_hf.predictor.model import PredictorLoadError
 
 ERRORS = {
     "value": ValueError("bad value: pass a good one"),
@@ -96,7 +96,7 @@ def test_missing_model_folder_is_one_line(capsys, monkeypatch):
 def test_missing_draft_folder_is_named_before_any_model_loads(monkeypatch, tmp_path):
     import transformers
 
-    from speckv_hf.models import load_pair_for
+    from speckv_hf.bench.pairs import load_pair_for
 
     def no_load(*args, **kwargs):
         raise AssertionError("no model may load before the paths are checked")

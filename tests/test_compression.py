@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AwqConfig, BitsAndBytesConfig, GPTQConfig, LlamaForCausalLM, QuantoConfig
 
-from speckv_hf.compression import (
+from speckv_hf.bench.pairs import check_compressions
+from speckv_hf.compression.detection import (
     COMPRESSIONS,
     CompressionInfo,
     check_runs_on,
@@ -16,7 +17,6 @@ from speckv_hf.compression import (
     detect_compression,
     quantization_config,
 )
-from speckv_hf.models import check_compressions
 
 from .conftest import llama_config
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.context import NgramIndex
-from speckv_hf.cost import CostModel
+from speckv_hf.core.cost import CostModel
+from speckv_hf.core.ngram import NgramIndex
 
 
 def brute_force(sequence: list[int], verified: int | None = None) -> int | None:

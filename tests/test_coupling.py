@@ -14,10 +14,10 @@ from transformers import LlamaForCausalLM
 from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.bench import run_benchmark
-from speckv_hf.bench_methods import Method, parse_methods
-from speckv_hf.coupling import GumbelNoise
-from speckv_hf.policies import FixedPolicy
+from speckv_hf.bench.harness import run_benchmark
+from speckv_hf.bench.methods import Method, parse_methods
+from speckv_hf.decoding.coupling import GumbelNoise
+from speckv_hf.policies.base import FixedPolicy
 
 from .conftest import llama_config, prompt
 from .test_bench import _prompts

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from speckv_hf.demo import CATEGORIES, PAIR_DIR, Prompt, load_pair, load_prompts, pair_path
-from speckv_hf.demo.recipe import HELDOUT_SEED, TRAIN_SEED, is_heldout, stdlib_sources
+
+
+def _load_recipe():
+    """The demo pair's recipe is a script outside the wheel (scripts/build_demo_pair.py)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_demo_pair.py"
+    spec = importlib.util.spec_from_file_location("build_demo_pair", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+_recipe = _load_recipe()
+HELDOUT_SEED, TRAIN_SEED = _recipe.HELDOUT_SEED, _recipe.TRAIN_SEED
+is_heldout, stdlib_sources = _recipe.is_heldout, _recipe.stdlib_sources
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from transformers import GenerationMixin, StaticCache, TextStreamer
 from transformers.generation.utils import GenerationMixin as Mixin
 
 import speckv_hf
-from speckv_hf import SpecKVGenerator, hook
+from speckv_hf import SpecKVGenerator
+from speckv_hf.decoding import hook
 
 from .conftest import greedy, llama_config, prompt
 

@@ -15,7 +15,7 @@ import pytest
 import speckv_hf
 
 SRC = Path(speckv_hf.__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "pyarrow", "matplotlib", "sklearn", "speckv_hf.training")
+HEAVY = ("torch", "transformers", "pyarrow", "matplotlib", "sklearn", "speckv_hf.training.train")
 
 
 def run_python(*args: str) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def test_import_is_lazy_and_the_generation_api_installs_the_hook():
 import json, sys
 import speckv_hf
 loaded = [name for name in {HEAVY!r} if name in sys.modules]
-from speckv_hf.hook import is_installed
+from speckv_hf.decoding.hook import is_installed
 before = is_installed()
 from speckv_hf import SpecKVGenerator
 print(json.dumps({{"loaded": loaded, "before": before, "after": is_installed()}}))
@@ -49,7 +49,7 @@ def test_cli_version_and_help_do_not_import_torch(option):
         line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")
     }
     assert "typer" in imported  # the lines were read
-    assert not imported & {"torch", "transformers", "numpy", "speckv_hf.generator"}
+    assert not imported & {"torch", "transformers", "numpy", "speckv_hf.decoding.generator"}
     if option == "--version":
         assert result.stdout.strip() == f"speckv-hf {speckv_hf.__version__}"
 
@@ -70,7 +70,7 @@ def test_every_public_name_loads_from_the_module_the_type_checkers_see():
 
 
 def test_submodules_load_on_access_and_unknown_names_fail():
-    assert speckv_hf.hook.is_installed is speckv_hf.is_installed
+    assert speckv_hf.decoding.hook.is_installed is speckv_hf.is_installed
     with pytest.raises(AttributeError, match=re.escape("module 'speckv_hf' has no attribute 'nope'")):
         speckv_hf.nope  # noqa: B018 - the access is the test
     with pytest.raises(AttributeError):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
-from speckv_hf import kv_cache
+from speckv_hf.decoding import kv_cache
 
 
 def _cache(batch: int, length: int, layers: int = 2, seed: int = 0) -> tuple[DynamicCache, list[torch.Tensor]]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.oracle import ForwardCosts, OraclePolicy, acceptance_runs, oracle_steps
+from speckv_hf.policies.oracle import ForwardCosts, OraclePolicy, acceptance_runs, oracle_steps
 
 from .conftest import VOCAB, greedy, prompt
 

@@ -1,4 +1,4 @@
-"""speckv_hf.paper / paper_tables / `speckv paper`: the SpecKV paper's Table 1, reproduced and rescored."""
+"""speckv_hf.paper.data / paper_tables / `speckv paper`: the SpecKV paper's Table 1, reproduced and rescored."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytest.importorskip("sklearn", reason="the faithful reproduction needs scikit-le
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
-from speckv_hf.paper import (
+from speckv_hf.paper.data import (
     GAMMAS,
     REQUIRED_COLUMNS,
     PaperDataError,
@@ -22,7 +22,7 @@ from speckv_hf.paper import (
     load_paper_data,
     paper_split,
 )
-from speckv_hf.paper_tables import (
+from speckv_hf.paper.tables import (
     CELL_ORACLE,
     MEASURED_POLICIES,
     causal_signals,
@@ -290,7 +290,7 @@ def test_real_data_reproduces_table1_within_the_papers_cis() -> None:
 def test_missing_sklearn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from speckv_hf.paper import require_sklearn
+    from speckv_hf.paper.data import require_sklearn
 
     monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'speckv-hf\[paper\]'"):

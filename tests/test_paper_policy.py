@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from speckv_hf import PAPER_FEATURES, GammaPredictor, PaperPolicy, PredictorLoadError, SpecKVGenerator, get_policy
-from speckv_hf.compression import CompressionInfo
-from speckv_hf.cost import CostModel
-from speckv_hf.features import PORTABLE_FEATURES
-from speckv_hf.paper_policy import default_paper_predictor_path, policy_from_pretrained
-from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
-from speckv_hf.predictor_paper import paper_comp_enc
-from speckv_hf.signals import TokenSignals
-from speckv_hf.speckv_policy import SpeckvPolicy
+from speckv_hf.compression.detection import CompressionInfo
+from speckv_hf.core.cost import CostModel
+from speckv_hf.core.signals import TokenSignals
+from speckv_hf.policies.base import DraftState, PolicyContext, StepOutcome
+from speckv_hf.policies.paper import default_paper_predictor_path
+from speckv_hf.policies.registry import policy_from_pretrained
+from speckv_hf.policies.speckv import SpeckvPolicy
+from speckv_hf.predictor.features import PORTABLE_FEATURES
+from speckv_hf.predictor.paper import paper_comp_enc
 
 from .conftest import greedy, prompt
 

@@ -21,7 +21,7 @@ from speckv_hf import (
     get_policy,
     register_policy,
 )
-from speckv_hf.policies import _roc_threshold
+from speckv_hf.policies.base import _roc_threshold
 
 FP32 = CompressionInfo(method="none", dtype="fp32", bits=32)
 
@@ -197,7 +197,7 @@ def test_register_policy_third_party():
         with pytest.raises(TypeError, match="not a DraftPolicy"):
             get_policy("not-a-policy")
     finally:
-        from speckv_hf import registry
+        from speckv_hf.policies import registry
 
         registry._POLICIES.pop("greedy2", None)
         registry._POLICIES.pop("not-a-policy", None)

@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from speckv_hf.features import (
+from speckv_hf.predictor.features import (
     FEATURE_SCHEMA_VERSION,
     PORTABLE_FEATURES,
     FeatureSchema,
     PredictorSchemaError,
     token_features,
 )
-from speckv_hf.predictor import GammaPredictor, PredictorLoadError
+from speckv_hf.predictor.model import GammaPredictor, PredictorLoadError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 N = len(PORTABLE_FEATURES)

@@ -21,9 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
+from speckv_hf.core.signals import StepSignals, TokenSignals
+from speckv_hf.core.stats import GenerationStats, StepRecord
 from speckv_hf.demo import pair_path
-from speckv_hf.profiling import SETTINGS_FILE, profile, read_records
-from speckv_hf.records import (
+from speckv_hf.training.profile import SETTINGS_FILE, profile, read_records
+from speckv_hf.training.records import (
     STEP_SCHEMA,
     TOKEN_SCHEMA,
     CallContext,
@@ -32,8 +34,6 @@ from speckv_hf.records import (
     schema_metadata,
     unit_shard_name,
 )
-from speckv_hf.signals import StepSignals, TokenSignals
-from speckv_hf.stats import GenerationStats, StepRecord
 
 from .conftest import llama_config, noisy_copy
 
@@ -336,7 +336,7 @@ def test_bad_input_fails_before_loading(extra, message, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("speckv_hf.models.load_pair_for", refuse)
+    monkeypatch.setattr("speckv_hf.bench.pairs.load_pair_for", refuse)
     (tmp_path / "bad.jsonl").write_text('{"task": "x"}\n', encoding="utf-8")
     (tmp_path / "file.txt").write_text("", encoding="utf-8")
     result = _invoke(["profile", *(arg.format(tmp=tmp_path) for arg in extra)])

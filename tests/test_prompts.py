@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from speckv_hf.prompts import PromptItem, PromptsFileError, demo_prompts, read_prompts_jsonl
+from speckv_hf.bench.prompts import PromptItem, PromptsFileError, demo_prompts, read_prompts_jsonl
 
 
 def _write(tmp_path, lines):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from speckv_hf import GammaPredictor, SpecKVGenerator, SpeckvPolicy, get_policy
-from speckv_hf.compression import CompressionInfo
-from speckv_hf.cost import CostModel, CostSettings
-from speckv_hf.features import PORTABLE_FEATURES, token_features
-from speckv_hf.policies import DraftState, PolicyContext, StepOutcome
-from speckv_hf.signals import TokenSignals
+from speckv_hf.compression.detection import CompressionInfo
+from speckv_hf.core.cost import CostModel, CostSettings
+from speckv_hf.core.signals import TokenSignals
+from speckv_hf.policies.base import DraftState, PolicyContext, StepOutcome
+from speckv_hf.predictor.features import PORTABLE_FEATURES, token_features
 
 from .conftest import greedy, prompt
 
@@ -154,7 +154,7 @@ def test_policy_copies_are_independent():
 
 
 def test_shipped_default_predictor_loads_strictly():
-    from speckv_hf.speckv_policy import default_predictor_path
+    from speckv_hf.policies.speckv import default_predictor_path
 
     predictor = GammaPredictor.from_pretrained(str(default_predictor_path()), expected_features=PORTABLE_FEATURES)
     assert predictor.kind == "portable" and predictor.metadata["metrics"]

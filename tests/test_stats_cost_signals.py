@@ -74,7 +74,7 @@ def test_cost_estimates_are_robust_to_a_noisy_sample():
     ),
 )
 def test_cost_window_median_is_the_median_of_the_last_samples(size, samples):
-    from speckv_hf.cost import _Window
+    from speckv_hf.core.cost import _Window
 
     window, last = _Window(size), deque(maxlen=size)
     for value in samples:

@@ -14,12 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
-from speckv_hf.features import PORTABLE_FEATURES, token_features
-from speckv_hf.predictor import GammaPredictor
-from speckv_hf.records import TOKEN_SCHEMA, schema_metadata
-from speckv_hf.training import TrainingDataError, feature_matrix, heldout_prompts, train_predictor
-from speckv_hf.training_io import save_training
-from speckv_hf.training_metrics import auc, rule_throughput, step_throughput
+from speckv_hf.predictor.features import PORTABLE_FEATURES, token_features
+from speckv_hf.predictor.model import GammaPredictor
+from speckv_hf.training.io import save_training
+from speckv_hf.training.metrics import auc, rule_throughput, step_throughput
+from speckv_hf.training.records import TOKEN_SCHEMA, schema_metadata
+from speckv_hf.training.train import TrainingDataError, feature_matrix, heldout_prompts, train_predictor
 
 HIDDEN = 6
 
@@ -248,7 +248,7 @@ def test_save_is_complete_or_absent(tmp_path: Path, trained, monkeypatch: pytest
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("speckv_hf.training_io._plot_calibration", broken)
+    monkeypatch.setattr("speckv_hf.training.io._plot_calibration", broken)
     with pytest.raises(RuntimeError):
         save_training(predictor, report, out, "speckv train")
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -10,16 +10,17 @@ import pytest
 import transformers
 from packaging.version import Version
 
-from speckv_hf import _transformers
-from speckv_hf.assisted import AssistedCall
+from speckv_hf.decoding import _transformers
+from speckv_hf.decoding.assisted import AssistedCall
 
 
 def test_assisted_call_meets_the_installed_assisted_loop_contract():
     missing = _transformers.missing_from_contract(AssistedCall)
     assert not missing, (
         f"transformers {transformers.__version__}'s GenerationMixin._assisted_decoding reads "
-        f"candidate_generator.{', candidate_generator.'.join(missing)}, which speckv_hf.assisted.AssistedCall "
-        "lacks: add them (and note the version in speckv_hf._transformers)."
+        f"candidate_generator.{', candidate_generator.'.join(missing)}, which "
+        "speckv_hf.decoding.assisted.AssistedCall lacks: add them "
+        "(and note the version in speckv_hf.decoding._transformers)."
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.generator import ZERO_ACCEPTANCE_WARNING_TOKENS
+from speckv_hf.decoding.generator import ZERO_ACCEPTANCE_WARNING_TOKENS
 
 from .conftest import llama_config
 

@@ -3,7 +3,7 @@
 `import speckv_hf` is cheap: every public name loads on first use (PEP 562), so the `speckv` command line and
 scripts that need one helper do not import torch and transformers up front.
 
-The documented hook (see `speckv_hf.hook`) that lets
+The documented hook (see `speckv_hf.decoding.hook`) that lets
 `model.generate(assistant_model=draft, candidate_generator=SpecKVGenerator())` work is installed when the
 generation API is first loaded: the first access to `speckv_hf.SpecKVGenerator` (or `speckv_generate`, `install`,
 `uninstall`, `is_installed`) and every `SpecKVGenerator()` construction, so no such call can run without it.
@@ -18,16 +18,14 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs read; at run time `__getattr__` imports the same names
-    from .adaptive import AdaptivePolicy, MarginalValuePolicy
-    from .calibration import AcceptanceCalibrator
-    from .compression import CompressionInfo, detect_compression, quantization_config
-    from .cost import Clock, CostModel, CostSettings
-    from .features import PAPER_FEATURES, PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
-    from .generator import SpecKVGenerator
-    from .hook import install, is_installed, speckv_generate, uninstall
-    from .oracle import OraclePolicy
-    from .paper_policy import PaperPolicy
-    from .policies import (
+    from .compression.detection import CompressionInfo, detect_compression, quantization_config
+    from .core.calibration import AcceptanceCalibrator
+    from .core.cost import Clock, CostModel, CostSettings
+    from .core.signals import StepSignals, TokenSignals, token_signals
+    from .core.stats import GenerationStats, StepRecord
+    from .decoding.generator import SpecKVGenerator
+    from .decoding.hook import install, is_installed, speckv_generate, uninstall
+    from .policies.base import (
         ConfidencePolicy,
         DraftPolicy,
         DraftState,
@@ -36,53 +34,55 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time `__getattr__`
         PolicyContext,
         StepOutcome,
     )
-    from .predictor import GammaPredictor, PredictorLoadError
-    from .registry import available_policies, get_policy, register_policy
-    from .signals import StepSignals, TokenSignals, token_signals
-    from .speckv_policy import SpeckvPolicy
-    from .stats import GenerationStats, StepRecord
+    from .policies.marginal import AdaptivePolicy, MarginalValuePolicy
+    from .policies.oracle import OraclePolicy
+    from .policies.paper import PaperPolicy
+    from .policies.registry import available_policies, get_policy, register_policy
+    from .policies.speckv import SpeckvPolicy
+    from .predictor.features import PAPER_FEATURES, PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
+    from .predictor.model import GammaPredictor, PredictorLoadError
 
 # Which submodule holds each public name (the TYPE_CHECKING imports above, as data; tests/test_import.py checks
 # that the two agree).
 _SUBMODULE_OF = {
-    "AcceptanceCalibrator": "calibration",
-    "AdaptivePolicy": "adaptive",
-    "Clock": "cost",
-    "CompressionInfo": "compression",
-    "ConfidencePolicy": "policies",
-    "CostModel": "cost",
-    "CostSettings": "cost",
-    "DraftPolicy": "policies",
-    "DraftState": "policies",
-    "FeatureSchema": "features",
-    "FixedPolicy": "policies",
-    "GammaPredictor": "predictor",
-    "GenerationStats": "stats",
-    "HeuristicPolicy": "policies",
-    "MarginalValuePolicy": "adaptive",
-    "OraclePolicy": "oracle",
-    "PAPER_FEATURES": "features",
-    "PORTABLE_FEATURES": "features",
-    "PaperPolicy": "paper_policy",
-    "PolicyContext": "policies",
-    "PredictorLoadError": "predictor",
-    "PredictorSchemaError": "features",
-    "SpecKVGenerator": "generator",
-    "SpeckvPolicy": "speckv_policy",
-    "StepOutcome": "policies",
-    "StepRecord": "stats",
-    "StepSignals": "signals",
-    "TokenSignals": "signals",
-    "available_policies": "registry",
-    "detect_compression": "compression",
-    "get_policy": "registry",
-    "install": "hook",
-    "is_installed": "hook",
-    "quantization_config": "compression",
-    "register_policy": "registry",
-    "speckv_generate": "hook",
-    "token_signals": "signals",
-    "uninstall": "hook",
+    "AcceptanceCalibrator": "core.calibration",
+    "AdaptivePolicy": "policies.marginal",
+    "Clock": "core.cost",
+    "CompressionInfo": "compression.detection",
+    "ConfidencePolicy": "policies.base",
+    "CostModel": "core.cost",
+    "CostSettings": "core.cost",
+    "DraftPolicy": "policies.base",
+    "DraftState": "policies.base",
+    "FeatureSchema": "predictor.features",
+    "FixedPolicy": "policies.base",
+    "GammaPredictor": "predictor.model",
+    "GenerationStats": "core.stats",
+    "HeuristicPolicy": "policies.base",
+    "MarginalValuePolicy": "policies.marginal",
+    "OraclePolicy": "policies.oracle",
+    "PAPER_FEATURES": "predictor.features",
+    "PORTABLE_FEATURES": "predictor.features",
+    "PaperPolicy": "policies.paper",
+    "PolicyContext": "policies.base",
+    "PredictorLoadError": "predictor.model",
+    "PredictorSchemaError": "predictor.features",
+    "SpecKVGenerator": "decoding.generator",
+    "SpeckvPolicy": "policies.speckv",
+    "StepOutcome": "policies.base",
+    "StepRecord": "core.stats",
+    "StepSignals": "core.signals",
+    "TokenSignals": "core.signals",
+    "available_policies": "policies.registry",
+    "detect_compression": "compression.detection",
+    "get_policy": "policies.registry",
+    "install": "decoding.hook",
+    "is_installed": "decoding.hook",
+    "quantization_config": "compression.detection",
+    "register_policy": "policies.registry",
+    "speckv_generate": "decoding.hook",
+    "token_signals": "core.signals",
+    "uninstall": "decoding.hook",
 }
 # Loading any of these loads the generation API, which installs the hook.
 _GENERATION_API = frozenset({"SpecKVGenerator", "install", "is_installed", "speckv_generate", "uninstall"})
@@ -131,7 +131,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Imports a public name (or a submodule, as `speckv_hf.hook`) on first access and keeps it.
+    """Imports a public name (or a sub-package, as `speckv_hf.decoding`) on first access and keeps it.
 
     Raises:
         AttributeError: for a name the package does not have.
@@ -140,7 +140,7 @@ def __getattr__(name: str) -> Any:
     if submodule is not None:
         value = getattr(importlib.import_module(f".{submodule}", __name__), name)
         if name in _GENERATION_API:
-            from .hook import install
+            from .decoding.hook import install
 
             install()
     # Private and dunder names are never submodules to import: `speckv_hf.__main__` would run the command line.

@@ -29,7 +29,7 @@ def split_list(value: str) -> list[str]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a text file atomically (see `speckv_hf.atomic`)."""
-    from ..atomic import atomic_write_text as write
+    """Writes a text file atomically (see `speckv_hf.core.atomic`)."""
+    from ..core.atomic import atomic_write_text as write
 
     write(path, text)

@@ -20,7 +20,7 @@ from rich.table import Table
 from ._common import atomic_write_text, fail, split_list
 
 DEFAULT_PROMPTS_PER_TASK = 3
-# speckv_hf.coupling.SAMPLING_SETTINGS and speckv_hf.bench_methods.DEFAULT_METHODS, spelled out so that
+# speckv_hf.decoding.coupling.SAMPLING_SETTINGS and speckv_hf.bench.methods.DEFAULT_METHODS, spelled out so that
 # `speckv --help` does not import torch (tested equal).
 SAMPLING_SETTINGS = ("auto", "speculative", "coupled")
 DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
@@ -82,9 +82,9 @@ def bench(
     """
     if target is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
-    from ..bench_methods import parse_methods
-    from ..models import check_compressions
-    from ..prompts import PromptsFileError, demo_prompts, first_per_task, read_prompts_jsonl
+    from ..bench.methods import parse_methods
+    from ..bench.pairs import check_compressions
+    from ..bench.prompts import PromptsFileError, demo_prompts, first_per_task, read_prompts_jsonl
 
     # Every check before any model loads.
     compressions = split_list(compression)
@@ -99,7 +99,7 @@ def bench(
     if (target is None) != (draft is None):
         fail("pass both --target and --draft (or neither, for the embedded pair).")
     if target is not None and draft is not None:
-        from ..models import pair_sources
+        from ..bench.pairs import pair_sources
 
         pair_sources(target, draft)  # a missing folder is one line, before any progress or loading
     method_specs = split_list(methods)
@@ -128,7 +128,7 @@ def bench(
 
         torch.set_num_threads(threads)
 
-    from ..bench_report import build_document, markdown_tables
+    from ..bench.report import build_document, markdown_tables
 
     console = Console(stderr=True)
     results, summaries = [], []
@@ -164,7 +164,7 @@ def bench(
     if markdown_out is not None:
         atomic_write_text(markdown_out, markdown_tables(results, summaries))
     if plots is not None:
-        from ..plots import bench_plots
+        from ..bench.plots import bench_plots
 
         try:
             written = bench_plots(results, summaries, plots)
@@ -181,7 +181,7 @@ def bench(
 
 
 def _device_name() -> str:
-    from ..models import default_device
+    from ..bench.pairs import default_device
 
     return default_device()
 
@@ -202,11 +202,11 @@ def _run_compression(
     sampling: str = "speculative",
     quiet: bool = False,
 ) -> tuple[list, Any]:
-    from .. import bench as harness
-    from ..bench_report import summarize
-    from ..compression import detect_compression
-    from ..measure import first_divergence, measure_forward_costs
-    from ..models import load_pair_for, quiet_transformers
+    from ..bench import harness
+    from ..bench.measure import first_divergence, measure_forward_costs
+    from ..bench.pairs import load_pair_for, quiet_transformers
+    from ..bench.report import summarize
+    from ..compression.detection import detect_compression
 
     warmup = min(warmup_prompts, len(items))
     total = (warmup + len(items) * repeats) * len(methods)
@@ -244,7 +244,7 @@ def _run_compression(
                         divergences[key] = divergence
             oracle_runs, costs = None, None
             if any(m.kind == "oracle" for m in methods):
-                from ..oracle import acceptance_runs
+                from ..policies.oracle import acceptance_runs
 
                 progress.phase("bare forward times")
                 oracle_runs = {
@@ -316,7 +316,7 @@ class ProgressReport:
             self._bar.update(self._task, advance=1, description=f"{self.label}: {method}")
 
     def prompt_done(self, done: Any) -> None:
-        """Every method has run on a prompt (a `speckv_hf.bench.PromptDone`): one line off a terminal."""
+        """Every method has run on a prompt (a `speckv_hf.bench.harness.PromptDone`): one line off a terminal."""
         if not self.lines:
             return
         if done.repeat < 0:
@@ -368,7 +368,7 @@ def _mismatch_cell(row: Any) -> str:
 
 
 def _verdict_lines(overall: Any, repeats: int) -> list[str]:
-    from ..bench_report import vs_best_fixed_text
+    from ..bench.report import vs_best_fixed_text
 
     lines = []
     if overall.best_fixed is not None:

@@ -32,11 +32,11 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from ..bench import encode_prompts, run_benchmark
-    from ..bench_methods import parse_methods
-    from ..bench_report import paired_ratios, summarize
-    from ..models import load_pair_for, quiet_transformers
-    from ..prompts import demo_prompts
+    from ..bench.harness import encode_prompts, run_benchmark
+    from ..bench.methods import parse_methods
+    from ..bench.pairs import load_pair_for, quiet_transformers
+    from ..bench.prompts import demo_prompts
+    from ..bench.report import paired_ratios, summarize
     from .bench import ProgressReport
 
     console = Console()

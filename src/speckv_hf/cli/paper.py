@@ -39,7 +39,7 @@ def paper(
     for option, path in (("--json", json_out), ("--markdown", markdown_out), ("--export-npz", export_npz)):
         if path is not None and (path.is_dir() or not path.parent.is_dir()):
             fail(f"{option} {path}: pass a file path in an existing folder.")
-    from ..paper import PaperDataError, export_paper_npz, load_paper_data, require_sklearn
+    from ..paper.data import PaperDataError, export_paper_npz, load_paper_data, require_sklearn
 
     try:
         require_sklearn()
@@ -47,7 +47,7 @@ def paper(
     except (PaperDataError, ImportError) as error:
         fail(str(error))
 
-    from ..paper_tables import paper_report, to_markdown
+    from ..paper.tables import paper_report, to_markdown
 
     with Console(stderr=True).status("fitting the paper's models"):
         report = paper_report(loaded)

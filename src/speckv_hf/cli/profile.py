@@ -62,8 +62,8 @@ def profile(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
     if out is None:
         fail("pass --out DIR: the folder the records go to (created if missing; an earlier run there is resumed).")
-    from ..profiling import ProfileSettingsError, plan_profile, run_profile
-    from ..prompts import PromptsFileError
+    from ..bench.prompts import PromptsFileError
+    from ..training.profile import ProfileSettingsError, plan_profile, run_profile
 
     # Every check before any model loads.
     try:

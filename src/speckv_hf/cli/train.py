@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ._common import fail
 
-# speckv_hf.training's defaults, spelled out so that `speckv --help` does not import torch.
+# speckv_hf.training.train's defaults, spelled out so that `speckv --help` does not import torch.
 DEFAULT_EPOCHS = 40
 DEFAULT_LR = 3e-3
 KINDS = ("portable", "pair")
@@ -59,9 +59,9 @@ def train(
     if lr <= 0:
         fail(f"--lr must be > 0, e.g. {DEFAULT_LR}; got {lr}.")
 
-    from ..records import RecordsSchemaError
-    from ..training import TrainingDataError, train_predictor
-    from ..training_io import save_training
+    from ..training.io import save_training
+    from ..training.records import RecordsSchemaError
+    from ..training.train import TrainingDataError, train_predictor
 
     options = {"--kind": kind, "--hidden-sizes": hidden_sizes, "--epochs": epochs, "--lr": lr, "--seed": seed}
     options.update({"--holdout": holdout, "--slope": slope})

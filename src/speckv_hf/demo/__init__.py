@@ -2,7 +2,8 @@
 
 The pair is a ~12M-parameter Llama target and a ~1.2M-parameter Llama draft distilled from it, sharing one byte-level
 BPE tokenizer. Both were trained on CPU from text that ships with CPython plus generated arithmetic and structured
-data; see `speckv_hf.demo.recipe` and `docs/demo-pair.md`. Nothing here touches the network.
+data; see `scripts/build_demo_pair.py` (the recipe, outside the wheel) and `docs/demo-pair.md`. Nothing here touches
+the network.
 
 Example:
 
@@ -45,7 +46,7 @@ class Prompt:
         category (`str`): One of `CATEGORIES`.
         text (`str`): Prompt text; it ends mid-stream so a continuation is natural.
         source (`str`): Held-out source it was cut from, e.g. `"stdlib:json/decoder.py"` or
-            `"generated:math:98765"` (see `speckv_hf.demo.recipe.is_heldout`).
+            `"generated:math:98765"` (see `is_heldout` in `scripts/build_demo_pair.py`).
     """
 
     id: str

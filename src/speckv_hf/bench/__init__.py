@@ -1,0 +1,1 @@
+"""The benchmark harness: methods, measurement, reports, plots, model pairs and prompts."""

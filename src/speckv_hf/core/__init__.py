@@ -1,0 +1,1 @@
+"""Ground floor: signals, the n-gram index, costs, stats, calibration, validation, atomic writes."""

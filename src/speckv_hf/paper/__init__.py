@@ -1,0 +1,1 @@
+"""The SpecKV paper's data, its reproduction and its tables."""

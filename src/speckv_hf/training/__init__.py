@@ -1,0 +1,1 @@
+"""Profiling runs into step records, and training predictors from them."""
