@@ -183,9 +183,9 @@ class Run:
         return None
 
     def best_constant(self, compression: str) -> str | None:
-        """The best `fixed:K` as `speckv bench` picked it (`best_fixed`), so the pages name the constant its output
-        names; without it, the one with the highest paired median over target-only."""
-        if self.overall.get(compression, {}).get("best_fixed"):
+        """The best `fixed:K` as `speckv bench` picks it: the highest paired median over target-only, from the
+        per-call records; without them, the document's `best_fixed` (older harnesses picked it by totals)."""
+        if not self.calls and self.overall.get(compression, {}).get("best_fixed"):
             return self.overall[compression]["best_fixed"]
         fixed = [m for m in self.methods(compression) if m.startswith("fixed:")]
         scored = [(self.paired(compression, m, REFERENCE), m) for m in fixed]
