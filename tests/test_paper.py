@@ -293,5 +293,5 @@ def test_missing_sklearn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     from speckv_hf.paper.data import require_sklearn
 
     monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
-    with pytest.raises(ImportError, match=r"pip install 'speckv-hf\[paper\]'"):
+    with pytest.raises(ImportError, match=r"pip install scikit-learn \(from a clone: pip install -e '\.\[paper\]'\)"):
         require_sklearn()

@@ -20,7 +20,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'speckv-hf[plots]'.") from error
+        raise ImportError("plots need matplotlib: pip install matplotlib.") from error
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -123,8 +123,8 @@ def quantization_config(label: str) -> Any:
         found = False
     if not found:
         raise ImportError(
-            f"{label} targets need {backend.package}: pip install 'speckv-hf[{backend.extra}]' "
-            "(or 'speckv-hf[quant]' for every quantization backend)."
+            f"{label} targets need {backend.package}: pip install {backend.package} (from a clone of speckv-hf: "
+            f"pip install -e '.[{backend.extra}]', or '.[quant]' for every quantization backend)."
         )
     return build()
 

@@ -5,7 +5,7 @@ speculation steps of Llama-3.2-1B drafting for Llama-3.2-3B (fp16, int8, nf4 tar
 what `notebooks/Phase4_Final_Evaluation.ipynb` does, step for step; `speckv_hf.paper.tables` rescores it.
 
 The data is read from the folder at run time and never copied: pass the folder holding the released CSVs.
-scikit-learn is needed (`pip install 'speckv-hf[paper]'`) and imported only when a model is fitted.
+scikit-learn is needed (`pip install scikit-learn`, or the `paper` extra) and imported only when a model is fitted.
 """
 
 from __future__ import annotations
@@ -215,7 +215,10 @@ def require_sklearn() -> Any:
     try:
         import sklearn
     except ImportError as error:
-        raise ImportError("the paper reproduction needs scikit-learn: pip install 'speckv-hf[paper]'") from error
+        raise ImportError(
+            "the paper reproduction needs scikit-learn: pip install scikit-learn "
+            "(from a clone: pip install -e '.[paper]')"
+        ) from error
     return sklearn
 
 
