@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from speckv_hf.bench.harness import CallRecord
-from speckv_hf.bench.report import summarize
-
-pytest.importorskip("matplotlib", reason="plots are the 'plots' extra")
-
 from matplotlib.container import BarContainer
 
+from speckv_hf.bench.harness import CallRecord
 from speckv_hf.bench.plots import bench_figures, bench_plots
+from speckv_hf.bench.report import summarize
 
 
 def _summaries():
