@@ -95,7 +95,7 @@ class SpecKVGenerator:
             accepted when it is that token. The output is the same for every policy, γ and draft given the seed (for
             one batch layout and device; bitsandbytes targets up to near-ties), so `torch.manual_seed(0)` before a
             call gives the same text every time, whatever the timings the policy reacts to. Its acceptance is lower
-            than speculative sampling's (see the benchmarks page for what that costs), and sampled calls never fall
+            than speculative sampling's (the quickstart says what that costs), and sampled calls never fall
             back to plain decoding (which would sample without the noise). `"speculative"`: speculative sampling,
             accepting a drafted token with probability `min(1, p/q)`: each row keeps the target's distribution, but
             the text depends on every γ the policy chose, and adaptive policies choose from measured timings, so a
