@@ -7,7 +7,7 @@ import pytest
 import typer
 
 from speckv_hf.cli import app, main
-from speckv_hf.predictor.model import PredictorLoadError
+from speckv_hf.predictor.loading import PredictorLoadError
 
 ERRORS = {
     "value": ValueError("bad value: pass a good one"),

@@ -288,9 +288,9 @@ def test_model_default_cache_implementation_is_not_the_callers(llama_pairs):
     saved = target.generation_config.cache_implementation
     target.generation_config.cache_implementation = "hybrid"
     try:
-        hook._validate_call(target, SpecKVGenerator(), {"assistant_model": draft, "inputs": prompt(4), "kwargs": {}})
+        hook.check_call(target, SpecKVGenerator(), {"assistant_model": draft, "inputs": prompt(4), "kwargs": {}})
         with pytest.raises(ValueError, match="dynamic KV cache"):
-            hook._validate_call(
+            hook.check_call(
                 target,
                 SpecKVGenerator(),
                 {"assistant_model": draft, "inputs": prompt(4), "kwargs": {"cache_implementation": "static"}},

@@ -140,6 +140,53 @@ def test_no_import_cycle_between_subpackages():
     assert not cycles, f"import cycles between sub-packages: {cycles}"
 
 
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan): each holds at least one cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for following in sorted(edges.get(node, ())):
+            if following not in index:
+                visit(following)
+                low[node] = min(low[node], low[following])
+            elif following in stack:
+                low[node] = min(low[node], index[following])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(components)
+
+
+def test_no_import_cycle_between_modules_of_a_subpackage():
+    # What counts is the graph above: every import, at module level or inside a function (a function-level import
+    # hides a cycle from Python, not from a reader), except those under `if TYPE_CHECKING:`. A sub-package's
+    # `__init__` is its own node, so `from . import x` in it is an edge like any other.
+    edges = {
+        module: {target for target in targets if layer_of(target) == layer_of(module)}
+        for module, targets in GRAPH.items()
+        if layer_of(module) not in ("__init__", "__main__", "__about__")
+    }
+    cycles = _cycles(edges)
+    assert not cycles, "import cycles inside a sub-package (move what both need to a module below them): " + (
+        "; ".join(" <-> ".join(component) for component in cycles)
+    )
+
+
 def test_the_flat_modules_moved_without_shims():
     # The top of the package holds only the public API, the version and `python -m speckv_hf`.
     top = sorted(path.name for path in ROOT.glob("*.py"))

@@ -23,7 +23,8 @@ from speckv_hf.predictor.features import (
     PredictorSchemaError,
     token_features,
 )
-from speckv_hf.predictor.model import GammaPredictor, PredictorLoadError
+from speckv_hf.predictor.loading import PredictorLoadError
+from speckv_hf.predictor.model import GammaPredictor
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 N = len(PORTABLE_FEATURES)

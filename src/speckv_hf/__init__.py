@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time `__getattr__`
     from .core.cost import Clock, CostModel, CostSettings
     from .core.signals import StepSignals, TokenSignals, token_signals
     from .core.stats import GenerationStats, StepRecord
+    from .decoding.custom_generate import speckv_generate
     from .decoding.generator import SpecKVGenerator
-    from .decoding.hook import install, is_installed, speckv_generate, uninstall
+    from .decoding.hook import install, is_installed, uninstall
     from .policies.base import (
         ConfidencePolicy,
         DraftPolicy,
@@ -40,7 +41,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time `__getattr__`
     from .policies.registry import available_policies, get_policy, register_policy
     from .policies.speckv import SpeckvPolicy
     from .predictor.features import PAPER_FEATURES, PORTABLE_FEATURES, FeatureSchema, PredictorSchemaError
-    from .predictor.model import GammaPredictor, PredictorLoadError
+    from .predictor.loading import PredictorLoadError
+    from .predictor.model import GammaPredictor
 
 # Which submodule holds each public name (the TYPE_CHECKING imports above, as data; tests/test_import.py checks
 # that the two agree).
@@ -65,7 +67,7 @@ _SUBMODULE_OF = {
     "PORTABLE_FEATURES": "predictor.features",
     "PaperPolicy": "policies.paper",
     "PolicyContext": "policies.base",
-    "PredictorLoadError": "predictor.model",
+    "PredictorLoadError": "predictor.loading",
     "PredictorSchemaError": "predictor.features",
     "SpecKVGenerator": "decoding.generator",
     "SpeckvPolicy": "policies.speckv",
@@ -80,7 +82,7 @@ _SUBMODULE_OF = {
     "is_installed": "decoding.hook",
     "quantization_config": "compression.detection",
     "register_policy": "policies.registry",
-    "speckv_generate": "decoding.hook",
+    "speckv_generate": "decoding.custom_generate",
     "token_signals": "core.signals",
     "uninstall": "decoding.hook",
 }

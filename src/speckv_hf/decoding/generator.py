@@ -26,6 +26,7 @@ from ..policies.base import DraftPolicy, PolicyContext
 from ..policies.registry import get_policy
 from .assisted import AssistedCall, model_device
 from .coupling import SAMPLING_SCHEMES, SAMPLING_SETTINGS
+from .hook import install
 from .loop import LoopCall
 
 if TYPE_CHECKING:
@@ -125,9 +126,7 @@ class SpecKVGenerator:
         batch_quorum: float = 0.5,
         **policy_kwargs: Any,
     ) -> None:
-        from .hook import install  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
-
-        install()
+        install()  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
         self.policy = get_policy(policy, **policy_kwargs)
         self.cost_settings = CostSettings(cost_ratio=cost_ratio, verify_slope=verify_slope)
         self.record_steps = record_steps

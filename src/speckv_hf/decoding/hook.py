@@ -24,8 +24,9 @@ import contextvars
 import functools
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.generation.utils import GenerationMixin
@@ -35,29 +36,43 @@ from ..core.validation import validate_batched_call, validate_call, validate_pai
 from ._transformers import (
     MAX_TRANSFORMERS,
     MIN_TRANSFORMERS,
-    assisted_decoding,
     cache_kwarg,
     check_transformers_version,
     prepared_special_tokens,
     supports_dynamic_cache,
 )
 from .assisted import AssistedCall, model_device
-from .generator import SpecKVGenerator
 from .loop import LoopSettings, run_loop
 from .verification import Processing
+
+if TYPE_CHECKING:  # annotations only: the generator imports the hook (constructing one installs it), not back
+    from .generator import SpecKVGenerator
 
 __all__ = [
     "MAX_TRANSFORMERS",
     "MIN_TRANSFORMERS",
     "cache_kwarg",
+    "check_call",
     "check_transformers_version",
     "install",
     "is_installed",
     "own_loop_decoding",
-    "speckv_generate",
+    "run_assisted",
     "uninstall",
     "validate_pair",
 ]
+
+# What the hook calls on a `candidate_generator`: a `SpecKVGenerator` has them all.
+_ROUTED_METHODS = (
+    "bind",
+    "clear_last_stats",
+    "finish",
+    "finish_loop",
+    "finish_plain",
+    "start_loop",
+    "uses_own_loop",
+    "wants_plain_decoding",
+)
 
 
 @dataclass
@@ -100,9 +115,8 @@ def _install() -> None:
         if candidate_generator is None:
             return original_generate(self, *args, **kwargs)
         arguments = generate_signature.bind_partial(self, *args, **kwargs).arguments
-        input_ids = _validate_call(self, candidate_generator, arguments)
+        input_ids = check_call(self, candidate_generator, arguments)
         draft = arguments["assistant_model"]
-        _check_dynamic_cache(self, draft)
         batch_size = _batch_size(arguments, input_ids)
         own_loop = candidate_generator.uses_own_loop(batch_size)
         if own_loop:
@@ -120,15 +134,7 @@ def _install() -> None:
                 # own decoding methods': not the streamer, which travels here.
                 speckv_request=(candidate_generator, draft, arguments.get("streamer")),
             )
-        call = _ActiveCall(generator=candidate_generator, target=self)
-        token = _ACTIVE.set(call)
-        try:
-            output = original_generate(self, *args, **kwargs)
-        finally:
-            _ACTIVE.reset(token)
-        if call.bound is not None:  # only a call that finished hands on what it learned
-            candidate_generator.finish(call.bound)
-        return output
+        return run_assisted(candidate_generator, self, lambda: original_generate(self, *args, **kwargs))
 
     @functools.wraps(original_get)
     def _get_candidate_generator(
@@ -300,97 +306,52 @@ def uninstall() -> None:
         _ORIGINALS.clear()
 
 
-def _validate_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> torch.Tensor | None:
+def check_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]) -> torch.Tensor | None:
     """Checks a `generate(candidate_generator=...)` call before transformers does any work, and clears the
-    generator's `last_stats` for the calling thread. Returns the prompt's ids when given as a tensor."""
-    if not isinstance(generator, SpecKVGenerator):
+    generator's `last_stats` for the calling thread.
+
+    Args:
+        model: the target.
+        generator: the `candidate_generator` argument.
+        arguments: the call's arguments by name, as `inspect.Signature.bind_partial` gives them (`kwargs` included).
+
+    Returns:
+        The prompt's ids when given as a tensor, else None.
+
+    Raises:
+        TypeError: when `generator` is not a `SpecKVGenerator`.
+        ValueError: for a call speculative decoding cannot run (see `speckv_hf.core.validation.validate_call`), or a
+            model without a `DynamicCache`.
+    """
+    if not all(callable(getattr(generator, name, None)) for name in _ROUTED_METHODS):
         raise TypeError(
             f"candidate_generator must be a speckv_hf.SpecKVGenerator, got {type(generator).__name__}: "
             "pass candidate_generator=SpecKVGenerator()."
         )
     generator.clear_last_stats()  # a call that fails from here on leaves no stale stats behind
-    return validate_call(model, arguments)
+    input_ids = validate_call(model, arguments)
+    _check_dynamic_cache(model, arguments["assistant_model"])
+    return input_ids
 
 
-def speckv_generate(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: Any,
-    stopping_criteria: Any,
-    generation_config: Any,
-    synced_gpus: bool = False,
-    streamer: Any = None,
-    draft_model: Any = None,
-    speckv_generator: SpecKVGenerator | None = None,
-    **model_kwargs: Any,
-) -> Any:
-    """A decoding method for transformers' `custom_generate=` route (a callable, as transformers >= 4.57 accepts).
+def run_assisted(generator: SpecKVGenerator, target: torch.nn.Module, decode: Callable[[], Any]) -> Any:
+    """Runs `decode` (transformers' assisted decoding) with `generator` as the call's candidate generator.
 
-    Usage::
-
-        out = target.generate(**inputs, custom_generate=speckv_generate, draft_model=draft,
-                              speckv_generator=SpecKVGenerator(), max_new_tokens=64)
-
-    transformers passes `custom_generate` callables only the keyword arguments they declare beyond its own
-    decoding methods, so the draft travels as `draft_model=` rather than `assistant_model=`.
+    The call is marked in a context variable, so threads and nested calls never see each other's generator; a call
+    that finishes hands what it learned back to the generator (`finish`).
 
     Args:
-        model: the target (transformers passes it).
-        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the prompts.
-        logits_processor: the call's logits processors.
-        stopping_criteria: the call's stopping criteria.
-        generation_config: the call's generation config.
-        synced_gpus: transformers' multi-GPU flag.
-        streamer: an optional streamer.
-        draft_model: the draft model.
-        speckv_generator: the generator to use (a fresh default one if None); its `last_stats` is set after.
-        **model_kwargs: the prepared model kwargs (cache included).
+        generator: the call's `SpecKVGenerator`.
+        target: the target model whose `_get_candidate_generator` the call goes through.
+        decode: runs the decoding, without arguments.
 
     Returns:
-        What transformers' assisted decoding (one prompt) or the library's own loop (a batch) returns.
-
-    Raises:
-        ValueError: when `draft_model` is missing, and for the same bad inputs as `generate(candidate_generator=)`.
+        What `decode` returns.
     """
-    if draft_model is None:
-        raise ValueError("custom_generate=speckv_generate needs the draft: pass draft_model=your_draft.")
-    generator = speckv_generator if speckv_generator is not None else SpecKVGenerator()
-    arguments = {
-        "assistant_model": draft_model,
-        "inputs": input_ids,
-        "generation_config": generation_config,
-        "kwargs": {"attention_mask": model_kwargs.get("attention_mask")},
-    }
-    _validate_call(model, generator, arguments)
-    _check_dynamic_cache(model, draft_model)
-    if generator.uses_own_loop(int(input_ids.shape[0])):
-        validate_batched_call({"generation_config": generation_config, "kwargs": {}})
-        return own_loop_decoding(
-            model,
-            input_ids,
-            logits_processor,
-            stopping_criteria,
-            generation_config,
-            synced_gpus=synced_gpus,
-            streamer=streamer,
-            speckv_request=(generator, draft_model, streamer),
-            **model_kwargs,
-        )
-    install()
-    call = _ActiveCall(generator=generator, target=model)
+    call = _ActiveCall(generator=generator, target=target)
     token = _ACTIVE.set(call)
     try:
-        output = assisted_decoding(
-            model,
-            input_ids,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria,
-            generation_config=generation_config,
-            synced_gpus=synced_gpus,
-            streamer=streamer,
-            assistant_model=draft_model,
-            **model_kwargs,
-        )
+        output = decode()
     finally:
         _ACTIVE.reset(token)
     if call.bound is not None:  # only a call that finished hands on what it learned

@@ -3,10 +3,7 @@ values)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .model import GammaPredictor
+from typing import Any
 
 __all__ = ["MODEL_CARD_TEMPLATE", "card_context"]
 
@@ -75,9 +72,16 @@ outputs = target.generate(**inputs, assistant_model=draft, candidate_generator=g
 {% endif %}"""
 
 
-def card_context(predictor: GammaPredictor) -> dict[str, Any]:
-    """The values `MODEL_CARD_TEMPLATE` renders for `predictor`, from its config and metadata."""
-    metadata = predictor.metadata
+def card_context(config: dict[str, Any]) -> dict[str, Any]:
+    """The values `MODEL_CARD_TEMPLATE` renders for a predictor.
+
+    Args:
+        config: the predictor's config (`GammaPredictor.config()`, what config.json holds), metadata included.
+
+    Returns:
+        The template's values by name.
+    """
+    metadata = config["metadata"]
     pair, compressions, command = (metadata.get(key) for key in ("pair", "compressions", "command"))
     if isinstance(pair, dict):
         pair = ", ".join(f"{role} `{name}`" for role, name in pair.items())
@@ -87,11 +91,11 @@ def card_context(predictor: GammaPredictor) -> dict[str, Any]:
     metrics = metadata.get("metrics")
     return {
         "repo_id": metadata.get("repo_id", "<repo_id>"),
-        "kind": predictor.kind,
-        "schema_version": predictor.schema_version,
-        "features": list(predictor.features),
-        "hidden_sizes": list(predictor.hidden_sizes),
-        "hidden_state_dim": predictor.hidden_state_dim,
+        "kind": config["kind"],
+        "schema_version": config["schema_version"],
+        "features": list(config["features"]),
+        "hidden_sizes": list(config["hidden_sizes"]),
+        "hidden_state_dim": config["hidden_state_dim"],
         "training": [(label, value) for label, value in training if value],
         "metrics": metrics if isinstance(metrics, dict) else {},
         "other_metadata": {

@@ -5,11 +5,11 @@ It reads the features of `speckv_hf.predictor.features` (a portable predictor) a
 draft's last hidden state at that position (width `hidden_state_dim`); that one only transfers to the draft it was
 trained with. A `paper` predictor is the SpecKV paper's (arXiv 2605.02888): one row per step of the paper's
 `PAPER_FEATURES`, a linear output that predicts the step's acceptance rate; `GammaPredictor.from_paper_npz` converts
-its published weights (`speckv_hf.predictor.paper`).
+its published weights (read by `speckv_hf.predictor.paper`).
 
 A predictor is saved with `save_pretrained` (config.json, model.safetensors and a generated README.md card) and
-loaded strictly with `from_pretrained`: safetensors only, every tensor present with its shape, the feature schema
-version checked.
+loaded strictly with `from_pretrained`: safetensors only, every tensor present with its shape
+(`speckv_hf.predictor.loading`), the feature schema version checked.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from typing import Any
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
@@ -34,8 +33,10 @@ from ..core.validation import local_or_hub_id
 from ._hub import set_hub_config
 from .card import MODEL_CARD_TEMPLATE, card_context
 from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
+from .loading import DOWNLOAD_KWARGS, PREDICTOR_SOURCE, PredictorLoadError, check_state_dict, weights_file
+from .paper import PAPER_ARRAYS, load_paper_npz, paper_source
 
-__all__ = ["PAPER_KIND", "PREDICTOR_KINDS", "GammaPredictor", "PredictorLoadError"]
+__all__ = ["PAPER_KIND", "PREDICTOR_KINDS", "GammaPredictor"]
 
 #: The kinds `speckv train` fits.
 PREDICTOR_KINDS = ("portable", "pair")
@@ -46,16 +47,6 @@ _SCHEMA_VERSIONS = {
     "pair": FEATURE_SCHEMA_VERSION,
     PAPER_KIND: PAPER_SCHEMA_VERSION,
 }
-_DOWNLOAD_KWARGS = ("proxies", "resume_download")
-#: What a predictor argument can be, as error messages say it.
-PREDICTOR_SOURCE = (
-    "a predictor folder written by `speckv train` or GammaPredictor.save_pretrained (config.json and "
-    "model.safetensors), or a Hub repo id such as 'namespace/name'"
-)
-
-
-class PredictorLoadError(ValueError):
-    """A saved predictor cannot be loaded: wrong schema version, mismatched tensors or an unreadable file."""
 
 
 class GammaPredictor(
@@ -254,11 +245,33 @@ class GammaPredictor(
 
     @classmethod
     def from_paper_npz(cls, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> GammaPredictor:
-        """The SpecKV paper's predictor (`kind="paper"`) from an `.npz` of its weights; see
-        `speckv_hf.predictor.paper.from_paper_npz` for the arguments and errors."""
-        from .paper import from_paper_npz
+        """The SpecKV paper's predictor (`kind="paper"`) from an `.npz` of its weights.
 
-        return from_paper_npz(path, metadata=metadata)
+        Args:
+            path: the `.npz` of the paper's weights (see `speckv_hf.predictor.paper.load_paper_npz`).
+            metadata: extra metadata for config.json and the card, merged over the recorded source.
+
+        Returns:
+            The predictor: `predictor(features)` of shape `(batch, 6)` gives the predicted acceptance rates
+            `(batch,)`, `features @ W1 + b1`, ReLU, `@ W2 + b2` (in float32).
+
+        Raises:
+            PredictorLoadError: as `load_paper_npz`.
+        """
+        arrays = load_paper_npz(path)
+        predictor = cls(
+            list(PAPER_FEATURES),
+            hidden_sizes=[PAPER_ARRAYS["W1"][1]],
+            kind=PAPER_KIND,
+            metadata={**paper_source(path), **(metadata or {})},
+        )
+        with torch.no_grad():
+            hidden, output = predictor.mlp[0], predictor.mlp[2]
+            hidden.weight.copy_(torch.from_numpy(arrays["W1"].T.copy()))
+            hidden.bias.copy_(torch.from_numpy(arrays["b1"]))
+            output.weight.copy_(torch.from_numpy(arrays["W2"].T.copy()))
+            output.bias.copy_(torch.from_numpy(arrays["b2"]))
+        return predictor
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The README.md card: kind, feature schema, architecture, training metadata and a usage snippet.
@@ -271,7 +284,7 @@ class GammaPredictor(
         Returns:
             The generated `ModelCard`.
         """
-        return super().generate_model_card(*args, **{**card_context(self), **kwargs})
+        return super().generate_model_card(*args, **{**card_context(self.config()), **kwargs})
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
         """Pushes the predictor to the Hub (see `PyTorchModelHubMixin.push_to_hub`); the card names `repo_id`.
@@ -353,7 +366,7 @@ class GammaPredictor(
                 f"that computes version {config['schema_version']}"
             )
         # Older huggingface_hub releases (the ones transformers 4.57 pins) also pass download settings here.
-        download_kwargs = {key: model_kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in model_kwargs}
+        download_kwargs = {key: model_kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in model_kwargs}
         download_kwargs = {key: value for key, value in download_kwargs.items() if value is not None}
         download_kwargs.pop("resume_download", None)  # deprecated: downloads always resume
         try:
@@ -366,7 +379,7 @@ class GammaPredictor(
             if not isinstance(expected_features, FeatureSchema):
                 expected_features = FeatureSchema(model.schema_version, expected_features, model.hidden_state_dim)
             expected_features.check_compatible(model.schema, what=f"predictor {model_id!r}")
-        weights_file = _weights_file(
+        weights_path = weights_file(
             model_id,
             revision=revision,
             cache_dir=cache_dir,
@@ -376,18 +389,18 @@ class GammaPredictor(
             **download_kwargs,
         )
         try:
-            state_dict = safetensors.torch.load_file(weights_file, device="cpu")
+            state_dict = safetensors.torch.load_file(weights_path, device="cpu")
         except (SafetensorError, OSError) as error:
             raise PredictorLoadError(
-                f"cannot read {weights_file}: {error}. The file is corrupt or truncated: delete it and save or "
+                f"cannot read {weights_path}: {error}. The file is corrupt or truncated: delete it and save or "
                 "download the predictor again"
             ) from error
-        _check_state_dict(model.state_dict(), state_dict, weights_file)
+        check_state_dict(model.state_dict(), state_dict, weights_path)
         if model.kind == PAPER_KIND and not (
             torch.all(state_dict["feature_mean"] == 0) and torch.all(state_dict["feature_std"] == 1)
         ):
             raise PredictorLoadError(
-                f"{weights_file} gives a 'paper' predictor a feature normalization; the paper's reads raw features: "
+                f"{weights_path} gives a 'paper' predictor a feature normalization; the paper's reads raw features: "
                 "convert the weights again with GammaPredictor.from_paper_npz"
             )
         model.load_state_dict(state_dict, strict=True)
@@ -461,50 +474,3 @@ def _validate_config(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _weights_file(model_id: str, *, revision: str | None, **download_kwargs: Any) -> str:
-    """Path of model.safetensors in a local folder or the Hub repository (downloaded or from the cache)."""
-    safetensors_name, pickle_name = constants.SAFETENSORS_SINGLE_FILE, constants.PYTORCH_WEIGHTS_NAME
-    refusal = (
-        f"GammaPredictor only loads {safetensors_name} (never pickled {pickle_name}): re-save it with save_pretrained"
-    )
-    if os.path.isdir(model_id):
-        path = os.path.join(model_id, safetensors_name)
-        if os.path.isfile(path):
-            return path
-        found = f"only {pickle_name}" if os.path.exists(os.path.join(model_id, pickle_name)) else "no weights"
-        raise PredictorLoadError(f"{model_id} holds {found}. {refusal}")
-    try:
-        return hf_hub_download(repo_id=model_id, filename=safetensors_name, revision=revision, **download_kwargs)
-    except LocalEntryNotFoundError as error:
-        raise PredictorLoadError(
-            f"{safetensors_name} of {model_id!r} (revision {revision or 'main'}) is not in the local cache and "
-            "downloads are off (HF_HUB_OFFLINE or local_files_only): download it once while online"
-        ) from error
-    except EntryNotFoundError as error:
-        raise PredictorLoadError(
-            f"{model_id!r} (revision {revision or 'main'}) has no {safetensors_name}. {refusal}"
-        ) from error
-
-
-def _check_state_dict(expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], weights_file: str) -> None:
-    """Raises `PredictorLoadError` naming every missing, unexpected or wrongly shaped tensor."""
-    problems = []
-    missing = sorted(set(expected) - set(loaded))
-    unexpected = sorted(set(loaded) - set(expected))
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    for name in sorted(set(expected) & set(loaded)):
-        if loaded[name].shape != expected[name].shape:
-            problems.append(
-                f"{name} has shape {tuple(loaded[name].shape)} in the file, the config expects "
-                f"{tuple(expected[name].shape)}"
-            )
-    if problems:
-        raise PredictorLoadError(
-            f"{weights_file} does not match its config.json: {'; '.join(problems)}. The weights and the config come "
-            "from different predictors: save both together with save_pretrained"
-        )

@@ -2,10 +2,11 @@
 
 The paper publishes its predictor as a scikit-learn `MLPRegressor` pickle and as an `.npz` of its weights:
 `W1` (6, 16), `b1` (16,), `W2` (16, 1), `b2` (1,), a ReLU hidden layer and a linear output, reading one row of
-`PAPER_FEATURES` per step and predicting the acceptance rate of a step of γ tokens. [`from_paper_npz`][] reads the
-`.npz` (never a pickle: `allow_pickle=False`) into a `GammaPredictor` of kind `"paper"`, which `save_pretrained`
-writes as config.json + model.safetensors + card like any other. Whoever holds the scikit-learn model exports it
-with `np.savez(path, W1=m.coefs_[0], b1=m.intercepts_[0], W2=m.coefs_[1], b2=m.intercepts_[1])`.
+`PAPER_FEATURES` per step and predicting the acceptance rate of a step of γ tokens. [`load_paper_npz`][] reads the
+`.npz` (never a pickle: `allow_pickle=False`), and `GammaPredictor.from_paper_npz` turns it into a `GammaPredictor` of
+kind `"paper"`, which `save_pretrained` writes as config.json + model.safetensors + card like any other. Whoever
+holds the scikit-learn model exports it with
+`np.savez(path, W1=m.coefs_[0], b1=m.intercepts_[0], W2=m.coefs_[1], b2=m.intercepts_[1])`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
-from .features import PAPER_FEATURES
+from .loading import PredictorLoadError
 
-if TYPE_CHECKING:
-    from .model import GammaPredictor
-
-__all__ = ["PAPER_ARRAYS", "PAPER_ARXIV", "from_paper_npz", "load_paper_npz", "paper_comp_enc", "paper_features"]
+__all__ = ["PAPER_ARRAYS", "PAPER_ARXIV", "load_paper_npz", "paper_comp_enc", "paper_features", "paper_source"]
 
 PAPER_ARXIV = "2605.02888"
 #: The arrays of the paper's `.npz` and their shapes (scikit-learn's `coefs_[i]` is `(in, out)`).
@@ -109,8 +106,6 @@ def load_paper_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         PredictorLoadError: for a missing or unreadable file, a pickle, an object array, a missing or unexpected
             array, a wrong shape or dtype, or a non-finite value; the message names which.
     """
-    from .model import PredictorLoadError
-
     path = Path(path)
     if not path.is_file():
         raise PredictorLoadError(f"no file {path}: export the paper's scikit-learn model with {_EXPORT}")
@@ -154,40 +149,12 @@ def load_paper_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def from_paper_npz(path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> GammaPredictor:
-    """The paper's predictor as a `GammaPredictor` of kind `"paper"`.
-
-    Args:
-        path: the `.npz` of the paper's weights (see [`load_paper_npz`][]).
-        metadata: extra metadata for config.json and the card, merged over the recorded source.
-
-    Returns:
-        The predictor: `predictor(features)` of shape `(batch, 6)` gives the predicted acceptance rates `(batch,)`,
-        `features @ W1 + b1`, ReLU, `@ W2 + b2` (in float32).
-
-    Raises:
-        PredictorLoadError: as [`load_paper_npz`][].
-    """
-    from .model import PAPER_KIND, GammaPredictor
-
-    arrays = load_paper_npz(path)
+def paper_source(path: str | os.PathLike[str]) -> dict[str, str]:
+    """What a converted paper predictor records about its source: the paper, the `.npz` file and its SHA-256."""
     path = Path(path)
-    source = {
+    return {
         "source": f"SpecKV paper, arXiv {PAPER_ARXIV} (https://arxiv.org/abs/{PAPER_ARXIV})",
         "npz": path.name,
         "npz_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "output": "acceptance rate of a step of gamma tokens (linear; clip to [0, 1])",
     }
-    predictor = GammaPredictor(
-        list(PAPER_FEATURES),
-        hidden_sizes=[PAPER_ARRAYS["W1"][1]],
-        kind=PAPER_KIND,
-        metadata={**source, **(metadata or {})},
-    )
-    with torch.no_grad():
-        hidden, output = predictor.mlp[0], predictor.mlp[2]
-        hidden.weight.copy_(torch.from_numpy(arrays["W1"].T.copy()))
-        hidden.bias.copy_(torch.from_numpy(arrays["b1"]))
-        output.weight.copy_(torch.from_numpy(arrays["W2"].T.copy()))
-        output.bias.copy_(torch.from_numpy(arrays["b2"]))
-    return predictor
