@@ -12,7 +12,7 @@ from transformers.generation.utils import GenerationMixin as Mixin
 
 import speckv_hf
 from speckv_hf import SpecKVGenerator
-from speckv_hf.decoding import hook
+from speckv_hf.decoding import _transformers, hook
 
 from .conftest import greedy, llama_config, prompt
 
@@ -44,8 +44,8 @@ def test_constructing_a_generator_installs_the_hook():
 
 def test_unsupported_transformers_version_is_named():
     with pytest.raises(ImportError, match=r"transformers >=4\.57\.0,<6\.0\.0"):
-        hook.check_transformers_version("4.40.0")
-    assert hook.check_transformers_version("5.1.0").major == 5
+        _transformers.check_transformers_version("4.40.0")
+    assert _transformers.check_transformers_version("5.1.0").major == 5
 
 
 def test_plain_generate_untouched(llama_pairs):
@@ -302,4 +302,4 @@ def test_model_default_cache_implementation_is_not_the_callers(llama_pairs):
 def test_cache_kwarg_follows_the_forward_signature(llama_pairs):
     _, draft = llama_pairs["llama-noisy"]
     expected = "cache" if "cache" in inspect.signature(draft.forward).parameters else "past_key_values"
-    assert hook.cache_kwarg(draft) == expected
+    assert _transformers.cache_kwarg(draft) == expected

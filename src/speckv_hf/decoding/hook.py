@@ -32,15 +32,8 @@ import torch
 from transformers.generation.utils import GenerationMixin
 
 from ..core.cost import Clock
-from ..core.validation import validate_batched_call, validate_call, validate_pair, validate_prepared
-from ._transformers import (
-    MAX_TRANSFORMERS,
-    MIN_TRANSFORMERS,
-    cache_kwarg,
-    check_transformers_version,
-    prepared_special_tokens,
-    supports_dynamic_cache,
-)
+from ..core.validation import validate_batched_call, validate_call, validate_prepared
+from ._transformers import check_transformers_version, prepared_special_tokens, supports_dynamic_cache
 from .assisted import AssistedCall, model_device
 from .loop import LoopSettings, run_loop
 from .verification import Processing
@@ -48,19 +41,7 @@ from .verification import Processing
 if TYPE_CHECKING:  # annotations only: the generator imports the hook (constructing one installs it), not back
     from .generator import SpecKVGenerator
 
-__all__ = [
-    "MAX_TRANSFORMERS",
-    "MIN_TRANSFORMERS",
-    "cache_kwarg",
-    "check_call",
-    "check_transformers_version",
-    "install",
-    "is_installed",
-    "own_loop_decoding",
-    "run_assisted",
-    "uninstall",
-    "validate_pair",
-]
+__all__ = ["check_call", "install", "is_installed", "own_loop_decoding", "run_assisted", "uninstall"]
 
 # What the hook calls on a `candidate_generator`: a `SpecKVGenerator` has them all.
 _ROUTED_METHODS = (

@@ -41,7 +41,6 @@ __all__ = [
     "TOKEN_SCHEMA",
     "CallContext",
     "RecordsSchemaError",
-    "atomic_write",
     "call_rows",
     "call_timings",
     "completed_shards",
