@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -16,11 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from speckv_hf.core.signals import TokenSignals
 from speckv_hf.predictor.features import (
     FEATURE_SCHEMA_VERSION,
     PORTABLE_FEATURES,
+    RECORDED_FEATURES,
+    SIGNAL_FEATURES,
+    STEP_FEATURES,
     FeatureSchema,
     PredictorSchemaError,
+    feature_matrix,
+    signal_features,
+    step_features,
     token_features,
 )
 from speckv_hf.predictor.loading import PredictorLoadError
@@ -398,3 +406,18 @@ def test_token_features_follow_the_schema_order():
     assert named["confidence"] == 0.9 and named["position"] == 2.0 and named["quantized"] == 1.0
     assert named["ngram_found"] == 1.0 and named["ngram_agrees"] == 0.0 and named["do_sample"] == 1.0
     assert named["log_cost_ratio"] == pytest.approx(-1.3862943611)
+
+
+def test_the_policy_and_training_entry_points_compute_the_same_row():
+    # The speckv policy builds a row from `signal_features` and `step_features`, training from the records' columns
+    # with `feature_matrix`: both must give `token_features`' row.
+    token = TokenSignals(0.9, 0.95, 0.3, 0.8, 2, True, False)
+    step = (0.5, 0.7, True, 4, True, 0.25)
+    row = token_features(0.9, 0.95, 0.3, 0.8, True, False, 2, *step)
+    assert (*signal_features(token), 2.0, *step_features(*step)) == row
+    assert (*SIGNAL_FEATURES, "position", *STEP_FEATURES) == PORTABLE_FEATURES
+    named = dict(zip(PORTABLE_FEATURES, row, strict=True))
+    matrix = feature_matrix({name: np.array([named[name], np.nan]) for name in RECORDED_FEATURES})
+    assert matrix.shape == (2, len(PORTABLE_FEATURES)) and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix[0], np.array(row, dtype=np.float32))
+    assert np.isnan(matrix[1]).all()  # a missing value stays missing, the derived log included

@@ -14,12 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
-from speckv_hf.predictor.features import PORTABLE_FEATURES, token_features
+from speckv_hf.predictor.features import PORTABLE_FEATURES, RECORDED_FEATURES, feature_matrix, token_features
 from speckv_hf.predictor.model import GammaPredictor
 from speckv_hf.training.io import save_training
 from speckv_hf.training.metrics import auc, rule_throughput, step_throughput
 from speckv_hf.training.records import TOKEN_SCHEMA, schema_metadata
-from speckv_hf.training.train import TrainingDataError, feature_matrix, heldout_prompts, train_predictor
+from speckv_hf.training.train import TrainingDataError, heldout_prompts, train_predictor
 
 HIDDEN = 6
 
@@ -158,10 +158,10 @@ def test_rule_stops_where_marginal_value_falls_below_its_throughput() -> None:
 
 # -- records, split, features --------------------------------------------------------------------------------------
 def test_feature_matrix_matches_token_features(records: Path) -> None:
-    table = pq.read_table(next((records / "tokens").glob("*.parquet")))
-    matrix = feature_matrix(table.slice(0, 5))
-    row = table.slice(0, 5).to_pylist()[3]
-    expected = token_features(*(row[name] for name in PORTABLE_FEATURES[:-1]))
+    table = pq.read_table(next((records / "tokens").glob("*.parquet"))).slice(0, 5)
+    matrix = feature_matrix({name: table.column(name).to_numpy().astype(np.float64) for name in RECORDED_FEATURES})
+    row = table.to_pylist()[3]
+    expected = token_features(*(row[name] for name in RECORDED_FEATURES))
     np.testing.assert_allclose(matrix[3], np.array(expected, dtype=np.float32), rtol=1e-6)
 
 

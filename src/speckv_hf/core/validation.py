@@ -12,11 +12,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["local_or_hub_id", "validate_batched_call", "validate_call", "validate_pair", "validate_prepared"]
+__all__ = [
+    "is_int",
+    "local_or_hub_id",
+    "validate_batched_call",
+    "validate_call",
+    "validate_pair",
+    "validate_prepared",
+]
 
 # What a Hub repo id can be: `name` or `namespace/name`, of letters, digits, `-`, `_` and `.` (huggingface_hub's
 # rule, without its finer points on where `-` and `.` may stand).
 _HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+
+
+def is_int(value: Any) -> bool:
+    """Whether `value` is an integer setting: an `int`, and not a `bool` (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def local_or_hub_id(source: str | os.PathLike[str], fix: str) -> str:

@@ -13,18 +13,18 @@ buffers; the step's features are folded into the first layer once, so the rows d
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core.signals import StepSignals
+from ..core.validation import is_int
 from ..predictor.features import PAPER_FEATURES
 from ..predictor.paper import paper_comp_enc, paper_features
 from .base import DraftPolicy, DraftState, PolicyContext, StepOutcome
+from .predictor_runtime import load_predictor, numpy_layers, packaged_predictor_path
 
 __all__ = ["DEFAULT_PAPER_PREDICTOR", "PaperPolicy", "default_paper_predictor_path"]
 
@@ -40,14 +40,12 @@ def default_paper_predictor_path() -> Path:
     Raises:
         FileNotFoundError: when the package has none, naming how to make one.
     """
-    path = Path(str(resources.files("speckv_hf").joinpath(DEFAULT_PAPER_PREDICTOR)))
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no paper predictor at {path}: export the paper's weights with `speckv paper --export-npz weights.npz`, "
-            "convert them with `GammaPredictor.from_paper_npz('weights.npz').save_pretrained(PATH)` and pass "
-            "PaperPolicy(predictor=PATH) (or SpecKVGenerator('speckv-paper', predictor=PATH))."
-        )
-    return path
+    return packaged_predictor_path(
+        DEFAULT_PAPER_PREDICTOR,
+        "export the paper's weights with `speckv paper --export-npz weights.npz`, convert them with "
+        "`GammaPredictor.from_paper_npz('weights.npz').save_pretrained(PATH)` and pass PaperPolicy(predictor=PATH) "
+        "(or SpecKVGenerator('speckv-paper', predictor=PATH)).",
+    )
 
 
 class PaperPolicy(DraftPolicy):
@@ -81,9 +79,9 @@ class PaperPolicy(DraftPolicy):
             raise ValueError(
                 f"gammas must be a non-empty sequence of integers >= 1, e.g. (2, 4, 6, 8); got {gammas!r}"
             )
-        if not all(_is_int(g) and g >= 1 for g in gammas) or len(set(gammas)) != len(gammas):
+        if not all(is_int(g) and g >= 1 for g in gammas) or len(set(gammas)) != len(gammas):
             raise ValueError(f"gammas must be distinct integers >= 1, e.g. (2, 4, 6, 8); got {list(gammas)!r}")
-        if not _is_int(initial_gamma) or initial_gamma < 0:
+        if not is_int(initial_gamma) or initial_gamma < 0:
             raise ValueError(f"initial_gamma must be an integer >= 0; got {initial_gamma!r}")
         if comp_enc is not None and comp_enc not in (0, 1, 2):
             raise ValueError(
@@ -94,7 +92,7 @@ class PaperPolicy(DraftPolicy):
         self.revision = revision
         self.comp_enc = comp_enc
         model, self.source = _load(predictor, revision)
-        layers = _numpy_layers(model)
+        layers = numpy_layers(model)
         first_weight, first_bias = layers[0]
         step_columns = [i for i in range(len(PAPER_FEATURES)) if i != _GAMMA]
         self._w_step = np.ascontiguousarray(first_weight[:, step_columns])  # (hidden, 5)
@@ -166,42 +164,11 @@ class PaperPolicy(DraftPolicy):
 
 
 def _load(predictor: Any, revision: str | None) -> tuple[Any, str]:
-    from ..predictor.model import PAPER_KIND, GammaPredictor
-
-    if isinstance(predictor, GammaPredictor):
-        metadata = predictor.metadata
-        model, source = predictor, str(metadata.get("repo_id") or metadata.get("npz") or "in-memory")
-    elif predictor is None:
-        model, source = GammaPredictor.from_pretrained(str(default_paper_predictor_path())), "default"
-    elif isinstance(predictor, (str, os.PathLike)):
-        model, source = GammaPredictor.from_pretrained(predictor, revision=revision), str(predictor)
-    else:
-        raise ValueError(f"predictor must be a GammaPredictor, a folder or Hub id, or None; got {predictor!r}")
-    if model.kind != PAPER_KIND:
+    model, source = load_predictor(predictor, revision, default_paper_predictor_path)
+    if model.kind != "paper":
         raise ValueError(
             f"the speckv-paper policy runs the paper's predictor (kind 'paper'); {source} is a {model.kind!r} "
             "predictor: convert the paper's weights with GammaPredictor.from_paper_npz, or run this one with the "
             "'speckv' policy"
         )
     return model, source
-
-
-def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The MLP's linear layers as float64 `(weight (out, in), bias (out,))`, the input normalization folded into
-    the first (identity for the paper's predictor, folded anyway so no checkpoint runs differently here)."""
-    import torch
-
-    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
-    layers = [
-        (m.weight.detach().double().cpu().numpy().copy(), m.bias.detach().double().cpu().numpy().copy())
-        for m in linears
-    ]
-    mean = model.feature_mean.detach().double().cpu().numpy()
-    std = model.feature_std.detach().double().cpu().numpy()
-    weight, bias = layers[0]
-    layers[0] = (weight / std, bias - (weight / std) @ mean)
-    return layers
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core.signals import TokenSignals
-from ..predictor.features import PORTABLE_FEATURES
+from ..predictor.features import PORTABLE_FEATURES, SIGNAL_FEATURES, STEP_FEATURES, signal_features, step_features
 from .base import PolicyContext, StepOutcome
 from .marginal import MarginalValuePolicy
+from .predictor_runtime import load_predictor, numpy_layers, packaged_predictor_path
 
 __all__ = ["DEFAULT_PREDICTOR", "SpeckvPolicy", "default_predictor_path"]
 
 #: Where the package's default predictor (trained on the embedded pair) lives, inside the package.
 DEFAULT_PREDICTOR = "predictors/default"
 _BINS = 10
-_TOKEN_COLUMNS = ("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees")
-_POSITION_COLUMN = len(_TOKEN_COLUMNS)  # of the MLP's input rows: the token columns, the position, a constant 1
-#: The features that are constant within a step, folded into the first layer's bias once per step.
-_CALL_COLUMNS = tuple(c for c in PORTABLE_FEATURES if c not in (*_TOKEN_COLUMNS, "position"))
+# The MLP's input rows here: the token's signal features, its position, a constant 1. The step's features are
+# constant within a step, so they are folded into the first layer's bias once per step.
+_SIGNALS = len(SIGNAL_FEATURES)
+_POSITION_COLUMN = _SIGNALS
 
 
 def default_predictor_path() -> Path:
@@ -42,12 +42,9 @@ def default_predictor_path() -> Path:
     Raises:
         FileNotFoundError: when the package was installed without it.
     """
-    path = Path(str(resources.files("speckv_hf").joinpath(DEFAULT_PREDICTOR)))
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no default predictor at {path}: reinstall speckv-hf, or pass SpeckvPolicy(predictor=PATH_OR_REPO)."
-        )
-    return path
+    return packaged_predictor_path(
+        DEFAULT_PREDICTOR, "reinstall speckv-hf, or pass SpeckvPolicy(predictor=PATH_OR_REPO)."
+    )
 
 
 @dataclass(repr=False, eq=False)
@@ -82,23 +79,23 @@ class SpeckvPolicy(MarginalValuePolicy):
             raise ValueError("correction_strength must be > 0 and correction_decay in (0, 1].")
         model, self.source = self._load(self.predictor, self.revision)
         self.predictor = None  # the numpy copy below is what runs; deep copies per call stay cheap
-        layers = _numpy_layers(model)
+        layers = numpy_layers(model)
         first, first_bias = layers[0]
         index = {name: i for i, name in enumerate(PORTABLE_FEATURES)}
-        self._w_call = np.ascontiguousarray(first[:, [index[c] for c in _CALL_COLUMNS]])
+        self._w_call = np.ascontiguousarray(first[:, [index[c] for c in STEP_FEATURES]])
         self._first_bias = first_bias
-        self._call_x = np.zeros(len(_CALL_COLUMNS))
+        self._call_x = np.zeros(len(STEP_FEATURES))
         # The MLP as matrices acting on rows that end in a constant 1, so each layer is one product and one ReLU:
         # the first reads the token columns, the position and (its bias row) the step's constant contribution.
         width = first.shape[0]
-        w1 = np.zeros((len(_TOKEN_COLUMNS) + 2, width + 1))
-        w1[: len(_TOKEN_COLUMNS), :width] = first[:, [index[c] for c in _TOKEN_COLUMNS]].T
+        w1 = np.zeros((_SIGNALS + 2, width + 1))
+        w1[:_SIGNALS, :width] = first[:, [index[c] for c in SIGNAL_FEATURES]].T
         w1[_POSITION_COLUMN, :width] = first[:, index["position"]]
         w1[-1, width] = 1.0
         self._layers = [w1] + [
             _augmented(weight, bias, last=i == len(layers) - 2) for i, (weight, bias) in enumerate(layers[1:])
         ]
-        self._x = np.zeros((2, len(_TOKEN_COLUMNS) + 2))
+        self._x = np.zeros((2, _SIGNALS + 2))
         self._x[:, -1] = 1.0
         self._outputs = [np.zeros((2, w.shape[1])) for w in self._layers]
         self._observed = [self.correction_strength] * _BINS  # floats: scalar numpy arithmetic is slower
@@ -107,14 +104,7 @@ class SpeckvPolicy(MarginalValuePolicy):
 
     @staticmethod
     def _load(predictor: Any, revision: str | None) -> tuple[Any, str]:
-        from ..predictor.model import GammaPredictor
-
-        if isinstance(predictor, GammaPredictor):
-            model, source = predictor, str(predictor.metadata.get("repo_id", "in-memory"))
-        else:
-            path = default_predictor_path() if predictor is None else predictor
-            model = GammaPredictor.from_pretrained(path, revision=revision, expected_features=PORTABLE_FEATURES)
-            source = "default" if predictor is None else str(predictor)
+        model, source = load_predictor(predictor, revision, default_predictor_path, PORTABLE_FEATURES)
         if model.kind != "portable" or tuple(model.features) != PORTABLE_FEATURES:
             raise ValueError(
                 f"the speckv policy runs portable predictors reading {list(PORTABLE_FEATURES)}; got a {model.kind!r} "
@@ -137,17 +127,14 @@ class SpeckvPolicy(MarginalValuePolicy):
     def _update_call_features(self) -> None:
         """The first layer's contribution of the features that are constant within a step, plus its bias."""
         compression = self.context.compression
-        ratio = max(self.context.cost.cost_ratio or 0.1, 1e-4)
-        values = {
-            "prev_accepted_fraction": self._prev_fraction,
-            "running_acceptance": self._call_accepted / self._call_drafted if self._call_drafted else 1.0,
-            "do_sample": float(self.context.do_sample),
-            "compression_bits": compression.bits,
-            "quantized": float(compression.quantized),
-            "cost_ratio": ratio,
-            "log_cost_ratio": math.log(ratio),
-        }
-        self._call_x[:] = [values[name] for name in _CALL_COLUMNS]
+        self._call_x[:] = step_features(
+            self._prev_fraction,
+            self._call_accepted / self._call_drafted if self._call_drafted else 1.0,
+            self.context.do_sample,
+            compression.bits,
+            compression.quantized,
+            self.context.cost.cost_ratio or 0.1,  # unmeasured: a typical small draft's
+        )
         bias_row = self._layers[0][-1, :-1]
         np.dot(self._w_call, self._call_x, out=bias_row)
         bias_row += self._first_bias
@@ -155,9 +142,7 @@ class SpeckvPolicy(MarginalValuePolicy):
     def _raw(self, token: TokenSignals, position: int) -> tuple[float, float]:
         """The predictor's probabilities for `token` at `position` and for the next token at `position + 1`."""
         x = self._x
-        for row in (0, 1):
-            x[row, 0], x[row, 1], x[row, 2], x[row, 3] = token.confidence, token.max_prob, token.entropy, token.margin
-            x[row, 4], x[row, 5] = token.ngram_found, token.ngram_agrees
+        x[:, :_SIGNALS] = signal_features(token)
         x[0, _POSITION_COLUMN], x[1, _POSITION_COLUMN] = position, position + 1
         # One product per layer and a ReLU between layers (five numpy calls for the shipped (32, 32) predictor):
         # right after a model forward each call costs several microseconds (cold caches), so their number, not the
@@ -223,17 +208,3 @@ def _augmented(weight: np.ndarray, bias: np.ndarray, last: bool) -> np.ndarray:
     if not last:
         matrix[in_features, out_features] = 1.0
     return matrix
-
-
-def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The MLP's linear layers as float64 numpy `(weight, bias)` pairs, the input normalization folded into the
-    first: `W (x - mean) / std + b = (W / std) x + (b - W mean / std)`."""
-    import torch
-
-    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
-    layers = [(m.weight.detach().double().numpy().copy(), m.bias.detach().double().numpy().copy()) for m in linears]
-    mean = model.feature_mean.detach().double().numpy()
-    std = model.feature_std.detach().double().numpy()
-    weight, bias = layers[0]
-    layers[0] = (weight / std, bias - (weight / std) @ mean)
-    return layers

@@ -2,9 +2,10 @@
 
 A predictor (`speckv_hf.predictor.model.GammaPredictor`) gives, for one drafted token, the probability that the target
 accepts it, from what is known before the target verifies the draft. The records `speckv profile` writes carry
-these features as columns of the same names, and the `speckv` policy computes them at run time with
-[`token_features`][]. The portable features (`PORTABLE_FEATURES`,
-one row per drafted token, in this order) are:
+these features as columns of the same names. This module is the one place that computes them: the `speckv` policy
+at run time ([`signal_features`][] for a drafted token, [`step_features`][] for what is constant within a step),
+training from the records' columns ([`feature_matrix`][]), and [`token_features`][] for one whole row. The portable
+features (`PORTABLE_FEATURES`, one row per drafted token, in this order) are:
 
 - `confidence`: probability the draft's processed distribution gives to the drafted token.
 - `max_prob`: largest probability of that distribution.
@@ -35,15 +36,29 @@ nf4 2) and `gamma` (tokens drafted in the step). Their meaning is the paper's, v
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..core.signals import TokenSignals
 
 __all__ = [
+    "COST_RATIO_FLOOR",
     "FEATURE_SCHEMA_VERSION",
     "PAPER_FEATURES",
     "PAPER_SCHEMA_VERSION",
     "PORTABLE_FEATURES",
+    "RECORDED_FEATURES",
+    "SIGNAL_FEATURES",
+    "STEP_FEATURES",
     "FeatureSchema",
     "PredictorSchemaError",
+    "feature_matrix",
+    "signal_features",
+    "step_features",
     "token_features",
 ]
 
@@ -51,14 +66,10 @@ FEATURE_SCHEMA_VERSION = 2
 """Version of the meaning of the features; bump it when a feature's definition changes (2: `ngram_found` and
 `ngram_agrees` and `do_sample` added)."""
 
-PORTABLE_FEATURES: tuple[str, ...] = (
-    "confidence",
-    "max_prob",
-    "entropy",
-    "margin",
-    "ngram_found",
-    "ngram_agrees",
-    "position",
+SIGNAL_FEATURES: tuple[str, ...] = ("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees")
+"""The features of one drafted token's signals (`TokenSignals` fields of the same names), in schema order."""
+
+STEP_FEATURES: tuple[str, ...] = (
     "prev_accepted_fraction",
     "running_acceptance",
     "do_sample",
@@ -67,7 +78,16 @@ PORTABLE_FEATURES: tuple[str, ...] = (
     "cost_ratio",
     "log_cost_ratio",
 )
+"""The features that are the same for every token of a step (the call so far, the target, the costs)."""
+
+PORTABLE_FEATURES: tuple[str, ...] = (*SIGNAL_FEATURES, "position", *STEP_FEATURES)
 """Features known before a drafted token is verified, in the order a portable predictor reads them."""
+
+RECORDED_FEATURES: tuple[str, ...] = tuple(name for name in PORTABLE_FEATURES if name != "log_cost_ratio")
+"""The features the records carry as columns; the others are derived from them (`feature_matrix`)."""
+
+COST_RATIO_FLOOR = 1e-4
+"""Smallest `cost_ratio` a feature row holds, so its log stays finite."""
 
 PAPER_SCHEMA_VERSION = 1
 """Version of the meaning of `PAPER_FEATURES`, fixed by the paper: independent of `FEATURE_SCHEMA_VERSION`."""
@@ -81,6 +101,66 @@ PAPER_FEATURES: tuple[str, ...] = (
     "gamma",
 )
 """Step-level features of the SpecKV paper's predictor, in its input order (entropies in bits)."""
+
+
+def signal_features(token: TokenSignals) -> tuple[float, ...]:
+    """The features of one drafted token's signals, in `SIGNAL_FEATURES` order.
+
+    Args:
+        token: the token's signals (`speckv_hf.core.signals.TokenSignals`, or anything with the same fields).
+
+    Returns:
+        The six values, booleans as 1.0 / 0.0.
+    """
+    return _signal_values(
+        token.confidence, token.max_prob, token.entropy, token.margin, token.ngram_found, token.ngram_agrees
+    )
+
+
+def _signal_values(
+    confidence: float, max_prob: float, entropy: float, margin: float, ngram_found: bool, ngram_agrees: bool
+) -> tuple[float, ...]:
+    return (
+        float(confidence),
+        float(max_prob),
+        float(entropy),
+        float(margin),
+        1.0 if ngram_found else 0.0,
+        1.0 if ngram_agrees else 0.0,
+    )
+
+
+def step_features(
+    prev_accepted_fraction: float,
+    running_acceptance: float,
+    do_sample: bool,
+    compression_bits: int,
+    quantized: bool,
+    cost_ratio: float,
+) -> tuple[float, ...]:
+    """The features that are constant within a step, in `STEP_FEATURES` order.
+
+    Args:
+        prev_accepted_fraction: previous step's accepted / drafted (1.0 before any).
+        running_acceptance: the call's accepted / drafted so far (1.0 before any).
+        do_sample: whether the call samples.
+        compression_bits: bits per weight of the target.
+        quantized: whether the target is quantized.
+        cost_ratio: draft / target forward time (clamped to at least `COST_RATIO_FLOOR` for the log).
+
+    Returns:
+        The seven values, `log_cost_ratio` last.
+    """
+    ratio = max(float(cost_ratio), COST_RATIO_FLOOR)
+    return (
+        float(prev_accepted_fraction),
+        float(running_acceptance),
+        1.0 if do_sample else 0.0,
+        float(compression_bits),
+        1.0 if quantized else 0.0,
+        ratio,
+        math.log(ratio),
+    )
 
 
 def token_features(
@@ -98,7 +178,8 @@ def token_features(
     quantized: bool,
     cost_ratio: float,
 ) -> tuple[float, ...]:
-    """The portable features of one drafted token, in `PORTABLE_FEATURES` order.
+    """The portable features of one drafted token, in `PORTABLE_FEATURES` order: [`signal_features`][], the
+    position, then [`step_features`][].
 
     Args:
         confidence: see the module docstring for each argument.
@@ -113,28 +194,33 @@ def token_features(
         do_sample: whether the call samples.
         compression_bits: bits per weight of the target.
         quantized: whether the target is quantized.
-        cost_ratio: draft / target forward time (clamped to at least 1e-4 for the log).
+        cost_ratio: draft / target forward time (clamped to at least `COST_RATIO_FLOOR` for the log).
 
     Returns:
         The feature values.
     """
-    ratio = max(float(cost_ratio), 1e-4)
     return (
-        float(confidence),
-        float(max_prob),
-        float(entropy),
-        float(margin),
-        1.0 if ngram_found else 0.0,
-        1.0 if ngram_agrees else 0.0,
+        *_signal_values(confidence, max_prob, entropy, margin, ngram_found, ngram_agrees),
         float(position),
-        float(prev_accepted_fraction),
-        float(running_acceptance),
-        1.0 if do_sample else 0.0,
-        float(compression_bits),
-        1.0 if quantized else 0.0,
-        ratio,
-        math.log(ratio),
+        *step_features(prev_accepted_fraction, running_acceptance, do_sample, compression_bits, quantized, cost_ratio),
     )
+
+
+def feature_matrix(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The portable features of many tokens at once, from their recorded columns (what `token_features` computes
+    for one).
+
+    Args:
+        columns: for each name of `RECORDED_FEATURES`, an array of shape `(rows,)` (float64, booleans as 1.0 /
+            0.0, NaN where a value is missing), as the records' token shards hold them.
+
+    Returns:
+        `np.ndarray` of shape `(rows, len(PORTABLE_FEATURES))`, float32; NaN where a value is missing.
+    """
+    values = {name: np.asarray(columns[name], dtype=np.float64) for name in RECORDED_FEATURES}
+    values["cost_ratio"] = np.maximum(values["cost_ratio"], COST_RATIO_FLOOR)  # NaN (missing) stays NaN
+    values["log_cost_ratio"] = np.log(values["cost_ratio"])
+    return np.stack([values[name] for name in PORTABLE_FEATURES], axis=1).astype(np.float32)
 
 
 class PredictorSchemaError(ValueError):

@@ -29,7 +29,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
-from ..core.validation import local_or_hub_id
+from ..core.validation import is_int, local_or_hub_id
 from ._hub import set_hub_config
 from .card import MODEL_CARD_TEMPLATE, card_context
 from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
@@ -436,13 +436,13 @@ def _validate_config(
         raise ValueError(f"features must be unique; {duplicates} appear more than once")
     if isinstance(hidden_sizes, str) or not isinstance(hidden_sizes, Sequence):
         raise ValueError(f"hidden_sizes must be a list of layer widths, e.g. [32, 32]; got {hidden_sizes!r}")
-    if not all(_is_int(size) and size > 0 for size in hidden_sizes):
+    if not all(is_int(size) and size > 0 for size in hidden_sizes):
         raise ValueError(f"hidden_sizes must be positive integers, e.g. [32, 32]; got {list(hidden_sizes)!r}")
     if kind not in _SCHEMA_VERSIONS:
         raise ValueError(
             f"kind must be one of {list(PREDICTOR_KINDS)} (trained) or {PAPER_KIND!r} (from_paper_npz); got {kind!r}"
         )
-    if not _is_int(hidden_state_dim) or hidden_state_dim < 0:
+    if not is_int(hidden_state_dim) or hidden_state_dim < 0:
         raise ValueError(f"hidden_state_dim must be a non-negative integer; got {hidden_state_dim!r}")
     if kind == "pair" and hidden_state_dim == 0:
         raise ValueError("kind='pair' reads the draft's hidden state: pass hidden_state_dim=<draft hidden size>")
@@ -458,7 +458,7 @@ def _validate_config(
             f"schema_version {schema_version!r} is not the one this speckv-hf computes for kind={kind!r} "
             f"({expected_version}): leave it at its default"
         )
-    if not _is_int(init_seed):
+    if not is_int(init_seed):
         raise ValueError(f"init_seed must be an integer; got {init_seed!r}")
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict or None; got {type(metadata).__name__}")
@@ -470,7 +470,3 @@ def _validate_config(
             "str, int, float, bool, list or dict"
         ) from error
     return tuple(features), tuple(int(size) for size in hidden_sizes), schema_version, metadata
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

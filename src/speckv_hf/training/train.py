@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from ..predictor.features import PORTABLE_FEATURES
+from ..predictor.features import PORTABLE_FEATURES, RECORDED_FEATURES, feature_matrix
 from ..predictor.model import PREDICTOR_KINDS, GammaPredictor
 from .metrics import (
     Metrics,
@@ -45,7 +45,6 @@ __all__ = [
     "DEFAULT_LR",
     "TrainReport",
     "TrainingDataError",
-    "feature_matrix",
     "heldout_prompts",
     "train_predictor",
 ]
@@ -59,13 +58,12 @@ _VALIDATION_FRACTION = 0.15  # of the training prompts
 _BINS = 10
 _PRIOR_STRENGTH = 2.0  # pseudo-observations at the training base rate in each confidence bin
 _STEP_KEYS = ("prompt_id", "compression", "setting", "step")
-_DERIVED = ("log_cost_ratio",)  # computed from the other columns, as `token_features` does
 _RAW_COLUMNS = (
     *_STEP_KEYS,
     "pair",
     "accepted",
     "reached",
-    *(name for name in PORTABLE_FEATURES if name not in _DERIVED and name not in _STEP_KEYS),
+    *(name for name in RECORDED_FEATURES if name not in _STEP_KEYS),
 )
 
 
@@ -168,21 +166,6 @@ def heldout_prompts(prompt_ids: Sequence[str] | np.ndarray, holdout: float, salt
     return (draws < holdout)[inverse.ravel()]
 
 
-def feature_matrix(tokens: pa.Table) -> np.ndarray:
-    """The portable features of token rows, as `token_features` computes them at run time.
-
-    Args:
-        tokens: token rows with the columns of `TOKEN_SCHEMA` named in `PORTABLE_FEATURES` and `cost_ratio`.
-
-    Returns:
-        `np.ndarray` of shape `(rows, len(PORTABLE_FEATURES))`, float32; NaN where a value is missing.
-    """
-    columns = {name: _floats(tokens, name) for name in PORTABLE_FEATURES if name not in _DERIVED}
-    columns["cost_ratio"] = np.maximum(columns["cost_ratio"], 1e-4)  # NaN (missing) stays NaN
-    columns["log_cost_ratio"] = np.log(columns["cost_ratio"])
-    return np.stack([columns[name] for name in PORTABLE_FEATURES], axis=1).astype(np.float32)
-
-
 def _floats(table: pa.Table, name: str) -> np.ndarray:
     return pc.cast(table.column(name), pa.float64()).to_numpy()
 
@@ -214,7 +197,7 @@ def _load_tokens(records_dir: Path, kind: str) -> tuple[_Tokens, dict[str, Any]]
     table = _read_tokens(records_dir, hidden=kind == "pair")
     if table.num_rows == 0:
         raise TrainingDataError(f"the token shards of {records_dir} hold no rows: profile with more prompts")
-    features = feature_matrix(table)
+    features = feature_matrix({name: _floats(table, name) for name in RECORDED_FEATURES})
     accepted, reached = _floats(table, "accepted"), _floats(table, "reached")
     keys = pc.binary_join_element_wise(*(pc.cast(table.column(k), pa.string()) for k in _STEP_KEYS), "\x1f")
     steps = np.unique(keys.to_numpy(), return_inverse=True)[1].ravel()
