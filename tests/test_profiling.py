@@ -24,13 +24,15 @@ from speckv_hf.cli import app
 from speckv_hf.core.signals import StepSignals, TokenSignals
 from speckv_hf.core.stats import GenerationStats, StepRecord
 from speckv_hf.demo import pair_path
-from speckv_hf.training.profile import SETTINGS_FILE, profile, read_records
+from speckv_hf.training.plan import SETTINGS_FILE
+from speckv_hf.training.profile import profile
 from speckv_hf.training.records import (
     STEP_SCHEMA,
     TOKEN_SCHEMA,
     CallContext,
     RecordsSchemaError,
     call_rows,
+    read_records,
     schema_metadata,
     unit_shard_name,
 )

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from speckv_hf.cli import app
 from speckv_hf.predictor.features import PORTABLE_FEATURES, RECORDED_FEATURES, feature_matrix, token_features
 from speckv_hf.predictor.model import GammaPredictor
+from speckv_hf.training.dataset import TrainingDataError, heldout_prompts
 from speckv_hf.training.io import save_training
 from speckv_hf.training.metrics import auc, rule_throughput, step_throughput
 from speckv_hf.training.records import TOKEN_SCHEMA, schema_metadata
-from speckv_hf.training.train import TrainingDataError, heldout_prompts, train_predictor
+from speckv_hf.training.train import train_predictor
 
 HIDDEN = 6
 

@@ -63,7 +63,8 @@ def profile(
     if out is None:
         fail("pass --out DIR: the folder the records go to (created if missing; an earlier run there is resumed).")
     from ..bench.prompts import PromptsFileError
-    from ..training.profile import ProfileSettingsError, plan_profile, run_profile
+    from ..training.plan import ProfileSettingsError, plan_profile
+    from ..training.profile import run_profile
 
     # Every check before any model loads.
     try:

@@ -59,9 +59,10 @@ def train(
     if lr <= 0:
         fail(f"--lr must be > 0, e.g. {DEFAULT_LR}; got {lr}.")
 
+    from ..training.dataset import TrainingDataError
     from ..training.io import save_training
     from ..training.records import RecordsSchemaError
-    from ..training.train import TrainingDataError, train_predictor
+    from ..training.train import train_predictor
 
     options = {"--kind": kind, "--hidden-sizes": hidden_sizes, "--epochs": epochs, "--lr": lr, "--seed": seed}
     options.update({"--holdout": holdout, "--slope": slope})

@@ -108,7 +108,9 @@ def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **pol
         FileNotFoundError: for a local path that does not exist (see `GammaPredictor.from_pretrained`).
         PredictorLoadError: for a checkpoint that cannot be loaded (named in the message).
     """
-    from ..predictor.model import PAPER_KIND, PREDICTOR_SOURCE, GammaPredictor
+    from ..predictor.config import PAPER_KIND
+    from ..predictor.loading import PREDICTOR_SOURCE
+    from ..predictor.model import GammaPredictor
 
     if isinstance(predictor, GammaPredictor):
         kind = predictor.kind

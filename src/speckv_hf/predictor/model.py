@@ -9,7 +9,7 @@ its published weights (read by `speckv_hf.predictor.paper`).
 
 A predictor is saved with `save_pretrained` (config.json, model.safetensors and a generated README.md card) and
 loaded strictly with `from_pretrained`: safetensors only, every tensor present with its shape
-(`speckv_hf.predictor.loading`), the feature schema version checked.
+(`speckv_hf.predictor.loading`), the config and its feature schema version checked (`speckv_hf.predictor.config`).
 """
 
 from __future__ import annotations
@@ -29,24 +29,15 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import nn
 
-from ..core.validation import is_int, local_or_hub_id
+from ..core.validation import local_or_hub_id
 from ._hub import set_hub_config
 from .card import MODEL_CARD_TEMPLATE, card_context
-from .features import FEATURE_SCHEMA_VERSION, PAPER_FEATURES, PAPER_SCHEMA_VERSION, FeatureSchema
+from .config import PAPER_KIND, check_saved_config, validate_config
+from .features import PAPER_FEATURES, FeatureSchema
 from .loading import DOWNLOAD_KWARGS, PREDICTOR_SOURCE, PredictorLoadError, check_state_dict, weights_file
 from .paper import PAPER_ARRAYS, load_paper_npz, paper_source
 
-__all__ = ["PAPER_KIND", "PREDICTOR_KINDS", "GammaPredictor"]
-
-#: The kinds `speckv train` fits.
-PREDICTOR_KINDS = ("portable", "pair")
-#: The SpecKV paper's predictor: converted from its weights (`from_paper_npz`), never trained here.
-PAPER_KIND = "paper"
-_SCHEMA_VERSIONS = {
-    "portable": FEATURE_SCHEMA_VERSION,
-    "pair": FEATURE_SCHEMA_VERSION,
-    PAPER_KIND: PAPER_SCHEMA_VERSION,
-}
+__all__ = ["GammaPredictor"]
 
 
 class GammaPredictor(
@@ -97,7 +88,7 @@ class GammaPredictor(
         metadata: dict[str, Any] | None = None,
         init_seed: int = 0,
     ) -> None:
-        features, hidden_sizes, schema_version, metadata = _validate_config(
+        features, hidden_sizes, schema_version, metadata = validate_config(
             features, hidden_sizes, kind, hidden_state_dim, schema_version, metadata, init_seed
         )
         super().__init__()
@@ -353,18 +344,7 @@ class GammaPredictor(
             raise ValueError("GammaPredictor always loads strictly: drop strict=False")
         if config is None:
             raise PredictorLoadError(f"no config.json for {model_id!r}: save the predictor with save_pretrained")
-        missing_keys = [key for key in ("features", "schema_version") if key not in config]
-        if missing_keys:
-            raise PredictorLoadError(f"config.json of {model_id!r} lacks {missing_keys}: is it a GammaPredictor?")
-        expected_version = _SCHEMA_VERSIONS.get(config.get("kind", "portable"), FEATURE_SCHEMA_VERSION)
-        if config["schema_version"] != expected_version:
-            redo = "convert it again (from_paper_npz)" if config.get("kind") == PAPER_KIND else "retrain the predictor"
-            raise PredictorLoadError(
-                f"{model_id!r} was trained on feature schema version {config['schema_version']}, this speckv-hf "
-                f"computes version {expected_version}: {redo} with this speckv-hf "
-                f"{'' if config.get('kind') == PAPER_KIND else '(speckv train)'}, or upgrade speckv-hf to a release "
-                f"that computes version {config['schema_version']}"
-            )
+        check_saved_config(config, model_id)
         # Older huggingface_hub releases (the ones transformers 4.57 pins) also pass download settings here.
         download_kwargs = {key: model_kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in model_kwargs}
         download_kwargs = {key: value for key, value in download_kwargs.items() if value is not None}
@@ -414,59 +394,3 @@ def _linear(in_width: int, out_width: int, generator: torch.Generator) -> nn.Lin
     bound = 1.0 / math.sqrt(in_width) if in_width > 0 else 0.0
     nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
     return layer
-
-
-def _validate_config(
-    features: Sequence[str],
-    hidden_sizes: Sequence[int],
-    kind: str,
-    hidden_state_dim: int,
-    schema_version: int | None,
-    metadata: dict[str, Any] | None,
-    init_seed: int,
-) -> tuple[tuple[str, ...], tuple[int, ...], int, dict[str, Any]]:
-    """Checks the constructor arguments; returns features and hidden sizes as tuples, the schema version and a copy
-    of metadata."""
-    if isinstance(features, str) or not isinstance(features, Sequence) or len(features) == 0:
-        raise ValueError(f"features must be a non-empty list of names, e.g. list(PORTABLE_FEATURES); got {features!r}")
-    if not all(isinstance(name, str) and name for name in features):
-        raise ValueError(f"feature names must be non-empty strings; got {list(features)!r}")
-    duplicates = sorted({name for name in features if list(features).count(name) > 1})
-    if duplicates:
-        raise ValueError(f"features must be unique; {duplicates} appear more than once")
-    if isinstance(hidden_sizes, str) or not isinstance(hidden_sizes, Sequence):
-        raise ValueError(f"hidden_sizes must be a list of layer widths, e.g. [32, 32]; got {hidden_sizes!r}")
-    if not all(is_int(size) and size > 0 for size in hidden_sizes):
-        raise ValueError(f"hidden_sizes must be positive integers, e.g. [32, 32]; got {list(hidden_sizes)!r}")
-    if kind not in _SCHEMA_VERSIONS:
-        raise ValueError(
-            f"kind must be one of {list(PREDICTOR_KINDS)} (trained) or {PAPER_KIND!r} (from_paper_npz); got {kind!r}"
-        )
-    if not is_int(hidden_state_dim) or hidden_state_dim < 0:
-        raise ValueError(f"hidden_state_dim must be a non-negative integer; got {hidden_state_dim!r}")
-    if kind == "pair" and hidden_state_dim == 0:
-        raise ValueError("kind='pair' reads the draft's hidden state: pass hidden_state_dim=<draft hidden size>")
-    if kind != "pair" and hidden_state_dim != 0:
-        raise ValueError(f"kind={kind!r} reads no hidden state: drop hidden_state_dim or use kind='pair'")
-    if kind == PAPER_KIND and tuple(features) != PAPER_FEATURES:
-        raise ValueError(f"kind='paper' reads the paper's features {list(PAPER_FEATURES)}; got {list(features)!r}")
-    expected_version = _SCHEMA_VERSIONS[kind]
-    if schema_version is None:
-        schema_version = expected_version
-    if schema_version != expected_version:
-        raise ValueError(
-            f"schema_version {schema_version!r} is not the one this speckv-hf computes for kind={kind!r} "
-            f"({expected_version}): leave it at its default"
-        )
-    if not is_int(init_seed):
-        raise ValueError(f"init_seed must be an integer; got {init_seed!r}")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict or None; got {type(metadata).__name__}")
-    try:
-        metadata = json.loads(json.dumps(metadata or {}, allow_nan=False))
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"metadata goes in config.json and must be JSON-serializable ({error}): convert the values to "
-            "str, int, float, bool, list or dict"
-        ) from error
-    return tuple(features), tuple(int(size) for size in hidden_sizes), schema_version, metadata

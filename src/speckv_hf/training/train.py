@@ -2,8 +2,9 @@
 
 The predictor learns, for each drafted token the target reached (every earlier token of the step accepted), the
 probability that the target accepts it, from the features of `speckv_hf.predictor.features` (and the draft's hidden
-state for `kind="pair"`). Prompts, never rows, are split: a hash of `prompt_id` holds out about `holdout` of them,
-and a second hash keeps a validation slice of the training prompts for early stopping. The held-out report compares the
+state for `kind="pair"`). Prompts, never rows, are split (`speckv_hf.training.dataset`): a hash of `prompt_id` holds
+out about `holdout` of them, and a second hash keeps a validation slice of the training prompts for early stopping.
+The held-out report compares the
 predictor with the draft's confidence calibrated by binning, and simulates the marginal-value stop rule on the
 held-out steps against every constant γ and the oracle. See `docs/training.md`.
 """
@@ -14,21 +15,19 @@ import contextlib
 import functools
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from ..predictor.features import PORTABLE_FEATURES, RECORDED_FEATURES, feature_matrix
-from ..predictor.model import PREDICTOR_KINDS, GammaPredictor
+from ..predictor.config import PREDICTOR_KINDS
+from ..predictor.features import PORTABLE_FEATURES
+from ..predictor.model import GammaPredictor
+from .dataset import TokenRows, load_tokens, split_prompts, split_sizes
 from .metrics import (
     Metrics,
     StopRuleReport,
@@ -38,14 +37,11 @@ from .metrics import (
     rule_throughput,
     step_throughput,
 )
-from .records import RECORDS_SCHEMA_VERSION, RecordsSchemaError
 
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_LR",
     "TrainReport",
-    "TrainingDataError",
-    "heldout_prompts",
     "train_predictor",
 ]
 
@@ -54,21 +50,8 @@ DEFAULT_LR = 3e-3
 _BATCHES_PER_EPOCH = 16  # minibatches of len(rows) / 16, clamped to [_MIN_BATCH, _MAX_BATCH] rows
 _MIN_BATCH, _MAX_BATCH = 32, 4096
 _PATIENCE = 6  # epochs without a better validation loss before stopping
-_VALIDATION_FRACTION = 0.15  # of the training prompts
 _BINS = 10
 _PRIOR_STRENGTH = 2.0  # pseudo-observations at the training base rate in each confidence bin
-_STEP_KEYS = ("prompt_id", "compression", "setting", "step")
-_RAW_COLUMNS = (
-    *_STEP_KEYS,
-    "pair",
-    "accepted",
-    "reached",
-    *(name for name in RECORDED_FEATURES if name not in _STEP_KEYS),
-)
-
-
-class TrainingDataError(ValueError):
-    """The records cannot train a predictor as asked; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -132,155 +115,10 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-# -- records -> arrays ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Tokens:
-    """Token rows as arrays, sorted by step then position; every step complete."""
-
-    features: np.ndarray  # (n, F) float32, PORTABLE_FEATURES order
-    hidden: np.ndarray | None  # (n, H) float32
-    accepted: np.ndarray  # (n,) bool
-    reached: np.ndarray  # (n,) bool
-    prompts: np.ndarray  # (n,) str
-    steps: np.ndarray  # (n,) int64 step index
-    position: np.ndarray  # (n,) int64
-    cost_ratio: np.ndarray  # (n,) float64, clamped like the features
-
-    def take(self, mask: np.ndarray) -> _Tokens:
-        return _Tokens(**{name: None if v is None else v[mask] for name, v in self.__dict__.items()})
-
-
-def heldout_prompts(prompt_ids: Sequence[str] | np.ndarray, holdout: float, salt: str = "") -> np.ndarray:
-    """Which rows belong to held-out prompts: `crc32(salt + prompt_id) / 2**32 < holdout` (no seed, no state).
-
-    Args:
-        prompt_ids (shape `(n,)`): the prompt of each row.
-        holdout: share of prompts to hold out, in (0, 1).
-        salt: a prefix for another, independent split (the validation slice uses `"validation:"`).
-
-    Returns:
-        `np.ndarray` of shape `(n,)`: True for rows of held-out prompts.
-    """
-    unique, inverse = np.unique(np.asarray(prompt_ids, dtype=object), return_inverse=True)
-    draws = np.array([zlib.crc32(f"{salt}{pid}".encode()) / 2**32 for pid in unique], dtype=np.float64)
-    return (draws < holdout)[inverse.ravel()]
-
-
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    return pc.cast(table.column(name), pa.float64()).to_numpy()
-
-
-def _read_tokens(records_dir: Path, hidden: bool) -> pa.Table:
-    folder = Path(records_dir) / "tokens"
-    shards = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
-    if not shards:
-        raise TrainingDataError(
-            f"{records_dir} holds no tokens/*.parquet shards: pass the --out folder of speckv profile"
-        )
-    columns = [*_RAW_COLUMNS, "hidden_state"] if hidden else list(_RAW_COLUMNS)
-    tables = []
-    for path in shards:
-        schema = pq.read_schema(path)
-        version = (schema.metadata or {}).get(b"speckv_records_schema_version", b"none").decode()
-        missing = [name for name in columns if name not in schema.names]
-        if version != str(RECORDS_SCHEMA_VERSION) or missing:
-            raise RecordsSchemaError(
-                f"{path} holds records schema version {version} (missing columns {missing}), this speckv-hf reads "
-                f"version {RECORDS_SCHEMA_VERSION}: profile again with this speckv-hf into a new --out folder"
-            )
-        tables.append(pq.read_table(path, columns=columns).replace_schema_metadata(None))
-    return pa.concat_tables(tables)
-
-
-def _load_tokens(records_dir: Path, kind: str) -> tuple[_Tokens, dict[str, Any]]:
-    """Reads the token rows, drops steps with a missing value, sorts by step and position."""
-    table = _read_tokens(records_dir, hidden=kind == "pair")
-    if table.num_rows == 0:
-        raise TrainingDataError(f"the token shards of {records_dir} hold no rows: profile with more prompts")
-    features = feature_matrix({name: _floats(table, name) for name in RECORDED_FEATURES})
-    accepted, reached = _floats(table, "accepted"), _floats(table, "reached")
-    keys = pc.binary_join_element_wise(*(pc.cast(table.column(k), pa.string()) for k in _STEP_KEYS), "\x1f")
-    steps = np.unique(keys.to_numpy(), return_inverse=True)[1].ravel()
-    invalid = ~np.isfinite(features).all(axis=1) | np.isnan(accepted) | np.isnan(reached)
-    keep = np.bincount(steps, weights=invalid)[steps] == 0  # whole steps, so the stop rule sees complete ones
-    if not keep.any():
-        raise TrainingDataError(f"every step of {records_dir} lacks a feature value: check the profiling run")
-    hidden = _hidden_states(table, records_dir) if kind == "pair" else None
-    position = table.column("position").to_numpy().astype(np.int64)
-    order = np.lexsort((position, steps))
-    order = order[keep[order]]
-    tokens = _Tokens(
-        features=features[order],
-        hidden=None if hidden is None else hidden[order],
-        accepted=accepted[order] == 1,
-        reached=reached[order] == 1,
-        prompts=table.column("prompt_id").to_numpy()[order],
-        steps=np.unique(steps[order], return_inverse=True)[1].ravel(),
-        position=position[order],
-        cost_ratio=features[order, PORTABLE_FEATURES.index("cost_ratio")].astype(np.float64),
-    )
-    drafted = np.bincount(tokens.steps)
-    if (tokens.position != np.arange(len(order)) - np.repeat(np.cumsum(drafted) - drafted, drafted)).any():
-        raise TrainingDataError(
-            f"some steps of {records_dir} do not hold positions 0..G-1 once each (a unit written twice?): "
-            "profile again into a new --out folder"
-        )
-    info = {
-        "pairs": _distinct(table, "pair"),
-        "compressions": _distinct(table, "compression"),
-        "settings": _distinct(table, "setting"),
-        "rows_read": table.num_rows,
-        "rows_dropped": int((~keep).sum()),
-    }
-    return tokens, info
-
-
-def _hidden_states(table: pa.Table, records_dir: Path) -> np.ndarray:
-    """The `hidden_state` column as a `(rows, width)` float32 matrix; every row must have one, of one width."""
-    column = table.column("hidden_state").combine_chunks()
-    widths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
-    if (widths == 0).any() or len(set(widths.tolist())) != 1:
-        raise TrainingDataError(
-            f"{int((widths == 0).sum())} of {len(widths)} token rows in {records_dir} have no hidden_state "
-            f"(widths found: {sorted(set(widths.tolist()))}): profile with `speckv profile --hidden-states` "
-            "to train kind='pair', or train kind='portable'"
-        )
-    return column.flatten().to_numpy().astype(np.float32).reshape(len(widths), int(widths[0]))
-
-
-def _distinct(table: pa.Table, name: str) -> list[Any]:
-    return sorted(value for value in pc.unique(table.column(name)).to_pylist() if value is not None)
-
-
-def _split(tokens: _Tokens, holdout: float) -> tuple[_Tokens, np.ndarray, _Tokens]:
-    """`(reached rows of the training prompts, which of them are validation prompts, every held-out row)`."""
-    held = heldout_prompts(tokens.prompts, holdout)
-    if held.all() or not held.any():
-        raise TrainingDataError(
-            f"holdout {holdout} of {len(np.unique(tokens.prompts))} prompts leaves no "
-            f"{'training' if held.all() else 'held-out'} prompt: profile more prompts (speckv profile "
-            "--prompts-per-task or a longer --prompts file), or change --holdout"
-        )
-    train, test = tokens.take(~held), tokens.take(held)
-    train_rows = train.take(train.reached)
-    in_validation = heldout_prompts(train_rows.prompts, _VALIDATION_FRACTION, salt="validation:")
-    if in_validation.all():  # too few prompts for a slice: no early stopping
-        in_validation[:] = False
-    return train_rows, in_validation, test
-
-
-def _sizes(tokens: _Tokens) -> dict[str, int]:
-    return {
-        "rows": len(tokens.accepted),
-        "prompts": len(np.unique(tokens.prompts)),
-        "steps": len(np.unique(tokens.steps)),
-    }
-
-
 class _Binning:
     """Confidence calibrated by equal-width bins fitted on training rows, each shrunk towards the base rate."""
 
-    def __init__(self, rows: _Tokens) -> None:
+    def __init__(self, rows: TokenRows) -> None:
         index = self._bin(rows.features)
         accepted = np.bincount(index, weights=rows.accepted.astype(np.float64), minlength=_BINS)
         totals = np.bincount(index, minlength=_BINS).astype(np.float64)
@@ -297,7 +135,7 @@ class _Binning:
 
 # -- training ------------------------------------------------------------------------------------------------------
 def _fit(
-    model: GammaPredictor, fit: _Tokens, validation: _Tokens, epochs: int, lr: float, seed: int
+    model: GammaPredictor, fit: TokenRows, validation: TokenRows, epochs: int, lr: float, seed: int
 ) -> tuple[int, int]:
     """Adam on BCE-with-logits over the reached rows of `fit`, keeping the epoch of least validation loss."""
     x, h, y = _tensors(fit)
@@ -329,7 +167,7 @@ def _fit(
     return epoch, best_epoch
 
 
-def _tensors(tokens: _Tokens) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _tensors(tokens: TokenRows) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`(features (n, F), hidden states (n, H) or None, labels (n,) as 0.0 / 1.0)`."""
     hidden = None if tokens.hidden is None else torch.from_numpy(tokens.hidden)
     return torch.from_numpy(tokens.features), hidden, torch.from_numpy(tokens.accepted.astype(np.float32))
@@ -409,8 +247,8 @@ def _train(
     holdout: float,
     slope: float,
 ) -> tuple[GammaPredictor, TrainReport]:
-    tokens, info = _load_tokens(records_dir, kind)
-    train_rows, in_validation, test = _split(tokens, holdout)
+    tokens, info = load_tokens(records_dir, kind)
+    train_rows, in_validation, test = split_prompts(tokens, holdout)
     fit, validation = train_rows.take(~in_validation), train_rows.take(in_validation)
     model = GammaPredictor(
         list(PORTABLE_FEATURES),
@@ -444,7 +282,7 @@ def _train(
         holdout=holdout,
         train_seconds=train_seconds,
         records=info,
-        splits={"train": _sizes(fit), "validation": _sizes(validation), "held_out": _sizes(rows)},
+        splits={"train": split_sizes(fit), "validation": split_sizes(validation), "held_out": split_sizes(rows)},
         predictor=Metrics.of(probabilities["predictor"], rows.accepted),
         calibrated_confidence=Metrics.of(probabilities["calibrated_confidence"], rows.accepted),
         by_mode=metrics_by_mode(
@@ -458,7 +296,7 @@ def _train(
 
 
 def _permutation_importance(
-    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray], rows: _Tokens, baseline: np.ndarray, seed: int
+    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray], rows: TokenRows, baseline: np.ndarray, seed: int
 ) -> dict[str, float]:
     """Held-out AUC drop when one feature column (or the whole hidden-state block) is shuffled across rows."""
     rng = np.random.default_rng(seed)
@@ -475,7 +313,7 @@ def _permutation_importance(
 
 
 def _stop_rule_report(
-    test: _Tokens,
+    test: TokenRows,
     predictors: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]],
     first_token_rate: float,
     slope: float,
