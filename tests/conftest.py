@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
@@ -119,3 +121,19 @@ def prompt(length: int = 8, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
 
 def greedy(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
     return model.generate(input_ids, do_sample=False, **kwargs)
+
+
+def paper_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights of the SpecKV paper's predictor's shape (6-16-1), as its `.npz` holds them."""
+    rng = np.random.default_rng(seed)
+    return {
+        "W1": rng.normal(size=(6, 16)),
+        "b1": rng.normal(size=16),
+        "W2": rng.normal(size=(16, 1)) * 0.3,
+        "b2": np.array([0.4]),
+    }
+
+
+def write_npz(path: Path, weights: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **weights)
+    return path

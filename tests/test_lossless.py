@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speckv_hf import SpecKVGenerator
+from speckv_hf import GammaPredictor, SpecKVGenerator
 
-from .conftest import EOS, VOCAB, greedy, mistral_config, prompt
+from .conftest import EOS, VOCAB, greedy, mistral_config, paper_weights, prompt, write_npz
 
 POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidence"]
+# The policies that need a checkpoint too: the paper's rule runs one converted from weights of the paper's shape.
+CHECKPOINT_POLICIES = ["speckv-paper"]
 PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
+
+
+@pytest.fixture(scope="module")
+def paper_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("paper")
+    GammaPredictor.from_paper_npz(write_npz(folder / "w.npz", paper_weights(28))).save_pretrained(folder / "ckpt")
+    return folder / "ckpt"
 
 
 @pytest.mark.parametrize("loop", ["speckv", "transformers"])
 @pytest.mark.parametrize("pair_name", PAIRS)
-@pytest.mark.parametrize("policy", POLICIES)
-def test_greedy_matches_target_alone(all_pairs, pair_name, policy, loop):
+@pytest.mark.parametrize("policy", [*POLICIES, *CHECKPOINT_POLICIES])
+def test_greedy_matches_target_alone(all_pairs, paper_checkpoint, pair_name, policy, loop):
     target, draft = all_pairs[pair_name]
+    settings = {"predictor": str(paper_checkpoint)} if policy == "speckv-paper" else {}
     for seed in range(2):
         input_ids = prompt(8, seed=seed)
         expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
-        generator = SpecKVGenerator(policy, loop=loop)
+        generator = SpecKVGenerator(policy, loop=loop, **settings)
         out = greedy(
             target,
             input_ids,
@@ -36,6 +48,7 @@ def test_greedy_matches_target_alone(all_pairs, pair_name, policy, loop):
         stats = generator.last_stats
         assert stats.tokens_emitted == 30 and stats.loop == loop
         assert stats.accepted_tokens <= stats.drafted_tokens
+        assert stats.policy["name"] == generator.policy.name
 
 
 def test_agreeing_draft_gets_long_accepted_runs(llama_target):

@@ -1,4 +1,5 @@
-"""The SpecKV paper's predictor: strict npz conversion, the paper's γ rule run causally, lossless in generate()."""
+"""The SpecKV paper's predictor: strict npz conversion, the paper's γ rule run causally inside generate() (its
+lossless check is test_lossless.py's, parametrized over every policy)."""
 
 from __future__ import annotations
 
@@ -23,21 +24,11 @@ from speckv_hf.policies.speckv import SpeckvPolicy
 from speckv_hf.predictor.features import PORTABLE_FEATURES
 from speckv_hf.predictor.paper import paper_comp_enc
 
-from .conftest import greedy, prompt
+from .conftest import greedy, paper_weights, prompt, write_npz
 
 FP16 = CompressionInfo(method="none", dtype="fp16", bits=16)
 INT8 = CompressionInfo(method="bnb-int8", dtype="fp16", bits=8)
 NF4 = CompressionInfo(method="bnb-nf4", dtype="fp16", bits=4)
-
-
-def paper_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "W1": rng.normal(size=(6, 16)),
-        "b1": rng.normal(size=16),
-        "W2": rng.normal(size=(16, 1)) * 0.3,
-        "b2": np.array([0.4]),
-    }
 
 
 def reference_rate(weights: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
@@ -56,11 +47,6 @@ def reference_gamma(weights: dict[str, np.ndarray], signals: tuple[float, float,
         if value > best_value:
             best, best_value = gamma, value
     return best
-
-
-def write_npz(path: Path, weights: dict[str, np.ndarray]) -> Path:
-    np.savez(path, **weights)
-    return path
 
 
 def gamma_only(rate_by_gamma: dict[int, float]) -> GammaPredictor:
@@ -375,32 +361,6 @@ def test_policy_from_pretrained_dispatches_on_the_checkpoint_kind(tmp_path: Path
 
 
 # -- inside generate() --------------------------------------------------------------------------------------------
-PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
-
-
-@pytest.mark.parametrize("pair_name", PAIRS)
-def test_greedy_matches_target_alone(all_pairs, tmp_path: Path, pair_name: str) -> None:
-    target, draft = all_pairs[pair_name]
-    npz = write_npz(tmp_path / "w.npz", paper_weights(28))
-    GammaPredictor.from_paper_npz(npz).save_pretrained(tmp_path / "ckpt")
-    for seed in range(2):
-        input_ids = prompt(8, seed=seed)
-        expected = greedy(target, input_ids, max_new_tokens=30, eos_token_id=None)
-        generator = SpecKVGenerator("speckv-paper", predictor=str(tmp_path / "ckpt"), record_steps=True)
-        out = greedy(
-            target,
-            input_ids,
-            assistant_model=draft,
-            candidate_generator=generator,
-            max_new_tokens=30,
-            eos_token_id=None,
-        )
-        assert torch.equal(out, expected), f"{pair_name}/speckv-paper diverged from target-alone greedy"
-        stats = generator.last_stats
-        assert stats.tokens_emitted == 30 and stats.accepted_tokens <= stats.drafted_tokens
-        assert stats.policy["name"] == "speckv-paper"
-
-
 def test_generate_drafts_exactly_the_chosen_gamma(llama_pairs, tmp_path: Path) -> None:
     """Step 0 drafts initial_gamma; every later step the γ the paper's rule picks from the step before it."""
     target, draft = llama_pairs["llama-noisy"]
