@@ -7,7 +7,7 @@ import torch
 
 from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
 from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
-from speckv_hf.bench.methods import DEFAULT_METHODS, parse_methods
+from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods
 from speckv_hf.bench.prompts import PromptItem
 from speckv_hf.bench.report import summarize
 
@@ -30,9 +30,25 @@ def test_parse_methods_defaults_and_ranges():
     assert parse_methods("hf-fixed-3")[1].hf_settings["num_assistant_tokens"] == 3
 
 
+def test_parse_prompt_lookup_methods():
+    methods = parse_methods("hf-prompt-lookup,hf-prompt-lookup-4")
+    assert [(m.name, m.kind, m.prompt_lookup_num_tokens) for m in methods[1:]] == [
+        ("hf-prompt-lookup", "hf", HF_PROMPT_LOOKUP_TOKENS),
+        ("hf-prompt-lookup-4", "hf", 4),
+    ]
+    assert HF_PROMPT_LOOKUP_TOKENS == 10 and all(not m.hf_settings for m in methods[1:])
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
-    [("nope", "unknown method 'nope'"), ("fixed:5-2", "bad method range"), ("hf-fixed-0", "hf-fixed-K")],
+    [
+        ("nope", "unknown method 'nope'"),
+        ("fixed:5-2", "bad method range"),
+        ("hf-fixed-0", "hf-fixed-K"),
+        ("hf-prompt-lookup-0", "hf-prompt-lookup-N with N >= 1"),
+        ("hf-prompt-lookup-x", "hf-prompt-lookup-N with N >= 1"),
+        ("hf-nope", "hf-prompt-lookup"),
+    ],
 )
 def test_parse_methods_errors_name_the_fix(spec, match):
     with pytest.raises(ValueError, match=match):
@@ -117,6 +133,21 @@ def test_run_benchmark_refuses_bad_settings(llama_pairs):
         run_benchmark(target, draft, _prompts(1), parse_methods("oracle"), do_sample=True)
     with pytest.raises(ValueError, match="repeats >= 1"):
         run_benchmark(target, draft, _prompts(1), parse_methods("fixed:1"), repeats=0)
+
+
+def test_prompt_lookup_runs_without_the_draft_and_keeps_greedy_output(llama_pairs):
+    target, draft = llama_pairs["llama-noisy"]
+    items = [PromptItem("rep", "task", "abcabcabcabcabc"), PromptItem("plain", "task", "qwertyuiop")]
+    records, reference = run_benchmark(
+        target, draft, encode_prompts(_Tokenizer(), items), parse_methods("hf-prompt-lookup-3"), max_new_tokens=12
+    )
+    lookup = [r for r in records if r.method == "hf-prompt-lookup-3"]
+    assert len(lookup) == 2 and all(r.draft_forwards == 0 and r.drafted is None for r in lookup)
+    assert all(r.output == reference[r.prompt_id] and r.new_tokens == 12 for r in lookup)
+    sampled, _ = run_benchmark(
+        target, draft, _prompts(1), parse_methods("hf-prompt-lookup"), max_new_tokens=8, do_sample=True
+    )
+    assert all(r.new_tokens == 8 and r.draft_forwards == 0 for r in sampled)
 
 
 def test_sampled_benchmark_is_seeded(llama_pairs):

@@ -1,5 +1,8 @@
 """The benchmark harness behind `speckv bench`: every method on the same prompts, interleaved, with the oracle.
 
+Calls are batch 1, one prompt each: transformers' assisted generation and prompt lookup (the `hf-*` methods)
+accept no larger batch.
+
 Every method runs on the same prompts, interleaved per prompt with the order rotating from prompt to prompt, after
 a warm-up prompt, so slow drifts of the machine hit all methods alike. Target and draft forwards are counted (and,
 on CPU, timed) with forward hooks, the same way for every method. One `SpecKVGenerator` per method serves every
@@ -151,7 +154,9 @@ class _Harness:
             "do_sample": self.do_sample,
         }
         generator = None
-        if method.kind == "hf":
+        if method.kind == "hf" and method.prompt_lookup_num_tokens is not None:
+            kwargs["prompt_lookup_num_tokens"] = method.prompt_lookup_num_tokens  # no draft model at all
+        elif method.kind == "hf":
             for key, value in {**HF_DEFAULTS, **method.hf_settings}.items():
                 setattr(self.draft.generation_config, key, value)
             kwargs["assistant_model"] = self.draft

@@ -1,5 +1,5 @@
-"""The methods `speckv bench` compares, by name: target alone, transformers' assisted generation, SpecKV
-policies and the oracle."""
+"""The methods `speckv bench` compares, by name: target alone, transformers' assisted generation and prompt lookup,
+SpecKV policies and the oracle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 
-__all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "Method", "parse_methods"]
+__all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "HF_PROMPT_LOOKUP_TOKENS", "Method", "parse_methods"]
 
 #: What `speckv bench` runs when `--methods` is not given (`fixed:1-8` stands for `fixed:1` ... `fixed:8`).
 DEFAULT_METHODS: tuple[str, ...] = ("target-only", "hf-default", "hf-heuristic", "adaptive", "fixed:1-8", "oracle")
@@ -22,16 +22,21 @@ HF_DEFAULTS = {
     "assistant_confidence_threshold": 0.4,
 }
 
+#: What `hf-prompt-lookup` passes as `prompt_lookup_num_tokens`: the value of transformers' documentation and
+#: examples (generate() itself has no default: prompt lookup is off unless the argument is given).
+HF_PROMPT_LOOKUP_TOKENS = 10
+
 
 @dataclass(frozen=True)
 class Method:
     """One method of the benchmark.
 
     Attributes:
-        name: the name in tables and JSON (`target-only`, `hf-default`, `hf-heuristic`, `hf-fixed-K`, a SpecKV
-            policy spec such as `adaptive` or `fixed:K`, or `oracle`).
-        kind: `"target"`, `"hf"` (transformers' assisted generation), `"speckv"` or `"oracle"`.
-        hf_settings: for `"hf"`, the assistant's generation-config settings.
+        name: the name in tables and JSON (`target-only`, `hf-default`, `hf-heuristic`, `hf-fixed-K`,
+            `hf-prompt-lookup`, `hf-prompt-lookup-N`, a SpecKV policy spec such as `adaptive` or `fixed:K`, or
+            `oracle`).
+        kind: `"target"`, `"hf"` (transformers' assisted generation or prompt lookup), `"speckv"` or `"oracle"`.
+        hf_settings: for `"hf"` with a draft model, the assistant's generation-config settings.
         policy: for `"speckv"`, the policy given to `SpecKVGenerator`.
         sampling: for `"speckv"`, `SpecKVGenerator(sampling=...)` in sampled runs; None for the run's own (so one
             run can interleave speculative and coupled sampling).
@@ -42,9 +47,12 @@ class Method:
     hf_settings: dict[str, Any] = field(default_factory=dict)
     policy: str | DraftPolicy | None = None
     sampling: str | None = None
+    prompt_lookup_num_tokens: int | None = None
 
 
 def _hf_method(name: str) -> Method:
+    if name == "hf-prompt-lookup" or name.startswith("hf-prompt-lookup-"):
+        return _prompt_lookup_method(name)
     if name == "hf-default":
         return Method(name, "hf", {})
     if name == "hf-heuristic":
@@ -52,9 +60,24 @@ def _hf_method(name: str) -> Method:
         return Method(name, "hf", {**settings, "assistant_confidence_threshold": 0.0})
     gamma = name.removeprefix("hf-fixed-")
     if not gamma.isdigit() or int(gamma) < 1:
-        raise ValueError(f"bad method {name!r}: transformers' constant γ is written hf-fixed-K with K >= 1.")
+        raise ValueError(
+            f"bad method {name!r}: transformers' methods are hf-default, hf-heuristic, hf-fixed-K (constant γ, "
+            "K >= 1), hf-prompt-lookup and hf-prompt-lookup-N."
+        )
     settings = {"num_assistant_tokens": int(gamma), "num_assistant_tokens_schedule": "constant"}
     return Method(name, "hf", {**settings, "assistant_confidence_threshold": 0.0})
+
+
+def _prompt_lookup_method(name: str) -> Method:
+    """`hf-prompt-lookup[-N]`: transformers' prompt lookup decoding, `generate(prompt_lookup_num_tokens=N)` with no
+    draft model (candidates are copied from earlier text; batch 1 only in transformers, as the harness runs)."""
+    length = name.removeprefix("hf-prompt-lookup").removeprefix("-") or str(HF_PROMPT_LOOKUP_TOKENS)
+    if not length.isdigit() or int(length) < 1:
+        raise ValueError(
+            f"bad method {name!r}: transformers' prompt lookup is written hf-prompt-lookup (N = "
+            f"{HF_PROMPT_LOOKUP_TOKENS}) or hf-prompt-lookup-N with N >= 1 tokens."
+        )
+    return Method(name, "hf", prompt_lookup_num_tokens=int(length))
 
 
 def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
@@ -62,9 +85,10 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
 
     Args:
         specs: names, or one comma-separated string. `fixed:A-B` expands to `fixed:A` ... `fixed:B`, and
-            `hf-fixed-A-B` likewise. `speckv@PATH_OR_REPO` runs a trained predictor (a folder written by `speckv
-            train` or a Hub id), so a new predictor and the shipped one can run interleaved. `Method` objects pass
-            through (e.g. a SpecKV method with a policy object).
+            `hf-fixed-A-B` likewise. `hf-prompt-lookup` is transformers' prompt lookup (no draft model) with
+            `HF_PROMPT_LOOKUP_TOKENS` tokens, `hf-prompt-lookup-N` with N. `speckv@PATH_OR_REPO` runs a trained
+            predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
+            run interleaved. `Method` objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
         The methods, without duplicates, in the given order after `target-only`.
@@ -118,7 +142,8 @@ def _expand(spec: str) -> list[Method]:
         raise ValueError(f"method {spec!r} cannot be built: {error}") from None
     except ValueError:
         raise ValueError(
-            f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, or a SpecKV "
+            f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, hf-prompt-lookup, "
+            "hf-prompt-lookup-N, oracle, or a SpecKV "
             "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; speckv@PATH for a trained "
             "predictor)."
         ) from None

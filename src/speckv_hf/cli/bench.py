@@ -48,9 +48,10 @@ def bench(
     ),
     methods: str = typer.Option(
         DEFAULT_METHODS,
-        help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K, oracle, and SpecKV "
-        "policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; speckv@PATH for the "
-        "predictor in folder or Hub repo PATH).",
+        help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K (transformers' assisted "
+        "generation), hf-prompt-lookup, hf-prompt-lookup-N (transformers' prompt lookup, no draft model: 10 or N "
+        "tokens), oracle, and SpecKV policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; "
+        "speckv@PATH for the predictor in folder or Hub repo PATH).",
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
@@ -73,7 +74,7 @@ def bench(
         False, "--quiet", "-q", help="No progress on stderr (a live bar on a terminal, else a line per prompt)."
     ),
 ) -> None:
-    """Benchmark target-only, transformers' assisted generation, SpecKV policies and the oracle, interleaved.
+    """Benchmark target-only, transformers' assisted generation and prompt lookup, SpecKV policies and the oracle.
 
     Speedups are paired: each call against target-only's on the same prompt, run next to it. Warnings flag a stalled
     call (a busy machine) and an oracle below another method.
