@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaForCausalLM
 
-from speckv_hf.demo import CATEGORIES, pair_path
+from speckv_hf.demo import pair_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the demo pair's recipe, outside the wheel
 import build_demo_pair as recipe
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     draft = GPTNeoXForCausalLM(config)
     train_docs, heldout_docs = recipe.build_corpus(heldout=False), recipe.build_corpus(heldout=True)
-    streams = {c: recipe.encode_category(tokenizer, train_docs[c]) for c in CATEGORIES}
-    heldout = {c: recipe.encode_category(tokenizer, heldout_docs[c]) for c in CATEGORIES}
+    # The pair's training categories (the prompt suite's `grounded` category has no training text).
+    streams = {c: recipe.encode_category(tokenizer, train_docs[c]) for c in recipe.CATEGORIES}
+    heldout = {c: recipe.encode_category(tokenizer, heldout_docs[c]) for c in recipe.CATEGORIES}
     training = argparse.Namespace(
         steps=args.steps, batch_size=16, bf16=False, temperature=1.0, kd_weight=0.8, log_every=50, eval_every_s=1e9
     )

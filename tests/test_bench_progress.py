@@ -63,7 +63,7 @@ def test_demo_progress_goes_to_stderr(llama_pairs, monkeypatch):
     args = ["demo", "--prompts-per-category", "1", "--max-new-tokens", "4", "--no-show-text"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80", "HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 0, result.output
-    assert "demo: prompt 4/4" in result.stderr and "demo: prompt" not in result.stdout
+    assert "demo: prompt 5/5" in result.stderr and "demo: prompt" not in result.stdout
     assert "SpecKVGenerator()" in result.stdout and "speedup" in result.stdout
     quiet = CliRunner().invoke(app, [*args, "--quiet"], env={"COLUMNS": "80", "HF_HUB_OFFLINE": "1"})
     assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from speckv_hf.bench.pairs import LoadedPair
 from speckv_hf.bench.prompts import PromptItem, first_per_task
 from speckv_hf.cli import app
+from speckv_hf.demo import CATEGORIES
 
 
 def test_first_per_task_keeps_order():
@@ -46,7 +47,7 @@ def test_profile_prompts_per_task_applies_to_a_file(tmp_path, monkeypatch):
     assert len(plans[-1].prompts) == 5  # without the option, every prompt of the file
     assert plans[0].prompts_source.endswith("first 2 per task")
     result = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "embedded")], env={"HF_HUB_OFFLINE": "1"})
-    assert result.exit_code == 0 and len(plans[-1].prompts) == 6 * 4  # the embedded suite: 6 per category
+    assert result.exit_code == 0 and len(plans[-1].prompts) == 6 * len(CATEGORIES)  # embedded suite: 6 per category
 
 
 class _Tokenizer:

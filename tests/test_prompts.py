@@ -55,8 +55,8 @@ def test_missing_file(tmp_path):
 
 def test_demo_prompts_interleave_categories_and_hold_out_by_offset():
     items = demo_prompts(2)
-    assert [i.task for i in items] == ["code", "prose", "math", "structured"] * 2
-    assert len({i.id for i in items}) == 8
+    assert [i.task for i in items] == ["code", "prose", "math", "structured", "grounded"] * 2
+    assert len({i.id for i in items}) == 10
     later = demo_prompts(2, offset=2)
     assert not {i.id for i in items} & {i.id for i in later}
     with pytest.raises(ValueError, match="prompts per category"):

@@ -2,8 +2,9 @@
 
 The pair is a ~12M-parameter Llama target and a ~1.2M-parameter Llama draft distilled from it, sharing one byte-level
 BPE tokenizer. Both were trained on CPU from text that ships with CPython plus generated arithmetic and structured
-data; see `scripts/build_demo_pair.py` (the recipe, outside the wheel) and `docs/demo-pair.md`. Nothing here touches
-the network.
+data; see `scripts/build_demo_pair.py` (the recipe, outside the wheel) and `docs/demo-pair.md`. The prompt suite's
+first four categories are cut from held-out text of the pair's four training categories; `grounded` holds prompts
+whose continuation repeats the prompt (`scripts/build_grounded_prompts.py`). Nothing here touches the network.
 
 Example:
 
@@ -32,7 +33,7 @@ __all__ = ["CATEGORIES", "PAIR_DIR", "PROMPTS_FILE", "Prompt", "load_pair", "loa
 
 PAIR_DIR: Path = Path(__file__).resolve().parent / "pair"
 PROMPTS_FILE: Path = Path(__file__).resolve().parent / "prompts.json"
-CATEGORIES: tuple[str, ...] = ("code", "prose", "math", "structured")
+CATEGORIES: tuple[str, ...] = ("code", "prose", "math", "structured", "grounded")
 MODELS: tuple[str, ...] = ("target", "draft")
 PROMPTS_VERSION = 1
 
@@ -121,8 +122,8 @@ def load_prompts(category: str | None = None) -> list[Prompt]:
     """Returns the held-out demo prompts, optionally for one category.
 
     Args:
-        category (`str`, *optional*): One of `CATEGORIES` (`"code"`, `"prose"`, `"math"`, `"structured"`);
-            `None` returns every prompt.
+        category (`str`, *optional*): One of `CATEGORIES` (`"code"`, `"prose"`, `"math"`, `"structured"`,
+            `"grounded"`); `None` returns every prompt.
 
     Returns:
         `list[Prompt]`: Prompts in a stable order.
