@@ -18,9 +18,9 @@ from collections import defaultdict
 
 from speckv_hf.bench.harness import encode_prompts, run_benchmark
 from speckv_hf.bench.methods import Method
+from speckv_hf.bench.paired import paired_ratios
 from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
 from speckv_hf.bench.prompts import demo_prompts
-from speckv_hf.bench.report import paired_ratios
 
 SCHEMES = ("speculative", "coupled")
 

@@ -16,7 +16,7 @@ from speckv_hf.bench.harness import encode_prompts, run_benchmark
 from speckv_hf.bench.methods import Method, parse_methods
 from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
 from speckv_hf.bench.prompts import demo_prompts
-from speckv_hf.bench.report import summarize
+from speckv_hf.bench.summary import summarize
 
 
 def main(argv: list[str] | None = None) -> None:

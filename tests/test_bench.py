@@ -9,7 +9,7 @@ from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
 from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
 from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods
 from speckv_hf.bench.prompts import PromptItem
-from speckv_hf.bench.report import summarize
+from speckv_hf.bench.summary import summarize
 
 from .conftest import prompt
 

@@ -7,7 +7,7 @@ from matplotlib.container import BarContainer
 
 from speckv_hf.bench.harness import CallRecord
 from speckv_hf.bench.plots import bench_figures, bench_plots
-from speckv_hf.bench.report import summarize
+from speckv_hf.bench.summary import summarize
 
 
 def _summaries():

@@ -10,9 +10,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from speckv_hf.bench.document import build_document, summaries_from_document
 from speckv_hf.bench.harness import CallRecord, PromptDone
+from speckv_hf.bench.markdown import markdown_tables
 from speckv_hf.bench.pairs import LoadedPair
-from speckv_hf.bench.report import build_document, markdown_tables, summaries_from_document, summarize
+from speckv_hf.bench.summary import summarize
 from speckv_hf.cli import app
 from speckv_hf.cli.bench import ProgressReport
 

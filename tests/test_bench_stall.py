@@ -19,15 +19,12 @@ import torch
 from typer.testing import CliRunner
 
 from speckv_hf.bench import harness as bench_module
+from speckv_hf.bench.checks import STALL_MIN_SPREAD, measurement_warnings
+from speckv_hf.bench.document import bench_schema
 from speckv_hf.bench.harness import CallRecord
+from speckv_hf.bench.paired import paired_ratios
 from speckv_hf.bench.pairs import LoadedPair
-from speckv_hf.bench.report import (
-    STALL_MIN_SPREAD,
-    bench_schema,
-    measurement_warnings,
-    paired_ratios,
-    summarize,
-)
+from speckv_hf.bench.summary import summarize
 from speckv_hf.cli import app
 
 #: Each method's speed over target-only's, before a small per-prompt wobble (the oracle on top, as it should be).

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import speckv_hf
 from speckv_hf.bench import harness as bench_module
-from speckv_hf.bench.report import SCHEMA_VERSION, bench_schema, markdown_tables, summaries_from_document
+from speckv_hf.bench.document import SCHEMA_VERSION, bench_schema, summaries_from_document
+from speckv_hf.bench.markdown import markdown_tables
 from speckv_hf.cli import app
 from speckv_hf.demo import pair_path
 

@@ -7,7 +7,7 @@ Every method runs on the same prompts, interleaved per prompt with the order rot
 a warm-up prompt, so slow drifts of the machine hit all methods alike. Target and draft forwards are counted (and,
 on CPU, timed) with forward hooks, the same way for every method. One `SpecKVGenerator` per method serves every
 prompt, as users reuse one. [`run_benchmark`][] returns one [`CallRecord`][] per measured `generate()` call;
-`speckv_hf.bench.report` aggregates them.
+`speckv_hf.bench.summary` aggregates them.
 """
 
 from __future__ import annotations

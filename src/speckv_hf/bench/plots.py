@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import CompressionSummary, MethodSummary
+from .summary import CompressionSummary, MethodSummary
 
 __all__ = ["bench_figures", "bench_plots"]
 

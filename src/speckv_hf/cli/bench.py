@@ -129,7 +129,8 @@ def bench(
 
         torch.set_num_threads(threads)
 
-    from ..bench.report import build_document, markdown_tables
+    from ..bench.document import build_document
+    from ..bench.markdown import markdown_tables
 
     console = Console(stderr=True)
     results, summaries = [], []
@@ -206,7 +207,7 @@ def _run_compression(
     from ..bench import harness
     from ..bench.measure import first_divergence, measure_forward_costs
     from ..bench.pairs import load_pair_for, quiet_transformers
-    from ..bench.report import summarize
+    from ..bench.summary import summarize
     from ..compression.detection import detect_compression
 
     warmup = min(warmup_prompts, len(items))
@@ -369,7 +370,7 @@ def _mismatch_cell(row: Any) -> str:
 
 
 def _verdict_lines(overall: Any, repeats: int) -> list[str]:
-    from ..bench.report import vs_best_fixed_text
+    from ..bench.markdown import vs_best_fixed_text
 
     lines = []
     if overall.best_fixed is not None:

@@ -34,9 +34,10 @@ def demo(
 
     from ..bench.harness import encode_prompts, run_benchmark
     from ..bench.methods import parse_methods
+    from ..bench.paired import paired_ratios
     from ..bench.pairs import load_pair_for, quiet_transformers
     from ..bench.prompts import demo_prompts
-    from ..bench.report import paired_ratios, summarize
+    from ..bench.summary import summarize
     from .bench import ProgressReport
 
     console = Console()
