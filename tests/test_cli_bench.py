@@ -79,7 +79,11 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     assert summary["failures"] == [] and set(summary["vs_best_fixed"]) == {"adaptive", "oracle"}
     assert all(entry["pairs"] == 6 and len(entry["paired_iqr"]) == 2 for entry in summary["vs_best_fixed"].values())
     assert isinstance(summary["warnings"], list)  # what is in it depends on the machine's load
-    assert "| oracle |" in (out / "r.md").read_text()
+    repeats = summary["repeat_rates"]  # from target-only's 6 calls: 3 prompts x 2 repeats
+    assert list(repeats["tasks"]) == ["code", "prose"] and repeats["ngram"] == 4
+    assert repeats["all"]["calls"] == 6 and repeats["all"]["tokens"] == 48 and repeats["tasks"]["prose"]["calls"] == 4
+    assert "repeats in target-only's output" in result.stdout and "in prompt" in result.stdout
+    assert "| oracle |" in (out / "r.md").read_text() and "| task | calls |" in (out / "r.md").read_text()
     results, compressions = summaries_from_document(document)  # a run read back renders the same tables
     assert markdown_tables(results, compressions) == (out / "r.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir()) == [

@@ -8,7 +8,7 @@ from typing import Any
 
 from .summary import CompressionSummary, MethodSummary
 
-__all__ = ["markdown_tables", "vs_best_fixed_text"]
+__all__ = ["markdown_tables", "repeat_rate_table", "vs_best_fixed_text"]
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -16,7 +16,7 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def markdown_tables(results: Sequence[MethodSummary], compressions: Sequence[CompressionSummary]) -> str:
-    """Markdown tables of a run, one per compression, with the ceilings and the warnings under each.
+    """Markdown tables of a run, one per compression, with the ceilings, the warnings and the repeat rates under each.
 
     The paired speedup over target-only leads each row; tokens per second are the median call's, with the
     interquartile range over calls, next to the totals.
@@ -54,7 +54,34 @@ def markdown_tables(results: Sequence[MethodSummary], compressions: Sequence[Com
         lines += _ceiling_lines(overall)
         lines += [f"- **warning** ({w['kind']}): {w['message']}" for w in overall.warnings]
         lines.append("")
+        if overall.repeat_rates is not None:
+            lines += repeat_rate_table(overall.repeat_rates)
+            lines.append("")
     return "\n".join(lines)
+
+
+def repeat_rate_table(rates: Mapping[str, Any]) -> list[str]:
+    """A Markdown table of the repeat rates in target-only's output, one row per task and one for all.
+
+    Args:
+        rates: a `CompressionSummary.repeat_rates` (see `speckv_hf.bench.repeats.repeat_rates_by_task`).
+
+    Returns:
+        The table's lines, after a line saying what it counts.
+    """
+    lines = [
+        f"Repeats in target-only's output: new tokens whose {rates['ngram']}-gram occurred before, in the prompt or "
+        "only in earlier output.",
+        "",
+        "| task | calls | new tokens | repeated | in the prompt | only in earlier output |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for task, row in [*rates["tasks"].items(), ("all", rates["all"])]:
+        lines.append(
+            f"| {task} | {row['calls']} | {row['tokens']} | {row['rate']:.0%} | {row['prompt_rate']:.0%} "
+            f"| {row['output_rate']:.0%} |"
+        )
+    return lines
 
 
 def vs_best_fixed_text(method: str, ratio: Mapping[str, Any]) -> str:

@@ -20,6 +20,7 @@ from .checks import measurement_warnings
 from .harness import CallRecord
 from .measure import Divergence
 from .paired import paired_ratios, quartiles
+from .repeats import repeat_rates_by_task
 
 __all__ = ["CompressionSummary", "MethodSummary", "summarize"]
 
@@ -107,8 +108,12 @@ class CompressionSummary:
         loop_efficiency: measured over modeled oracle tokens per second: what the loop's own cost leaves.
         forward_ms: the bare forward times used (`draft`, `target_prefill`, `target` by drafted tokens).
         failures: greedy outputs that differ from target-only away from a near-tie (method, prompt, position, gap).
-        warnings: measurements not to trust as they stand (see [`measurement_warnings`][]): each with `kind`
-            (`stall` or `oracle_below`), `method`, `message` (the likely cause and what to rerun), and the figures.
+        warnings: measurements not to trust as they stand (see
+            [`measurement_warnings`][speckv_hf.bench.checks.measurement_warnings]): each with `kind` (`stall` or
+            `oracle_below`), `method`, `message` (the likely cause and what to rerun), and the figures.
+        repeat_rates: how much of the target alone's output repeats earlier text, per task and over all (see
+            [`repeat_rates_by_task`][speckv_hf.bench.repeats.repeat_rates_by_task]): tells a gain on text grounded
+            in the prompt from one on a model looping on itself. None when the prompts' tokens were not given.
     """
 
     compression: str
@@ -123,6 +128,7 @@ class CompressionSummary:
     forward_ms: dict[str, Any] | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    repeat_rates: dict[str, Any] | None = None
 
 
 def _merge(histograms: Sequence[dict[int, int] | None]) -> dict[int, int] | None:
@@ -149,6 +155,7 @@ def summarize(
     oracle_runs: Mapping[str, Sequence[int]] | None = None,
     forward_costs: ForwardCosts | None = None,
     max_new_tokens: int | None = None,
+    prompt_tokens: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[list[MethodSummary], CompressionSummary]:
     """Aggregates one compression's calls.
 
@@ -161,10 +168,11 @@ def summarize(
         oracle_runs: `prompt_id -> acceptance runs`, for the modeled ceiling.
         forward_costs: bare forward times, for the modeled ceiling.
         max_new_tokens: the length budget of the calls.
+        prompt_tokens: `prompt_id -> the prompt's token ids`, for the repeat rates of target-only's output.
 
     Returns:
         One `MethodSummary` per method (in first-seen order) and the `CompressionSummary`, whose `warnings` hold
-        what [`measurement_warnings`][] finds.
+        what [`measurement_warnings`][speckv_hf.bench.checks.measurement_warnings] finds.
     """
     methods = list(dict.fromkeys(r.method for r in records))
     by_method = {m: [r for r in records if r.method == m] for m in methods}
@@ -201,6 +209,10 @@ def summarize(
         if not divergence.near_tie:
             overall.failures.append({"method": method, "prompt_id": prompt_id, **asdict(divergence)})
     overall.warnings = measurement_warnings(summaries, records)
+    if prompt_tokens is not None and base:
+        overall.repeat_rates = repeat_rates_by_task(
+            [(c.task, prompt_tokens[c.prompt_id], c.output) for c in base if c.prompt_id in prompt_tokens]
+        )
     return summaries, overall
 
 

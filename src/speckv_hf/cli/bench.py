@@ -142,6 +142,8 @@ def bench(
         results += method_rows
         summaries.append(overall)
         Console().print(_table(name, overall, method_rows, repeats))
+        if overall.repeat_rates is not None:
+            Console().print(_repeat_table(overall.repeat_rates))
         for line in _verdict_lines(overall, repeats):
             Console().print(line, highlight=False)
 
@@ -264,6 +266,7 @@ def _run_compression(
         oracle_runs,
         costs,
         max_new_tokens,
+        prompt_tokens={p.item.id: p.input_ids[0].tolist() for p in encoded},
     )
 
 
@@ -359,6 +362,22 @@ def _table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
         if repeats > 1:
             cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}" if r.repeat_speedups else "-")
         table.add_row(*cells)
+    return table
+
+
+def _repeat_table(rates: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"repeats in target-only's output ({rates['ngram']}-grams seen before)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        title_justify="left",
+    )
+    for header in ("task", "calls", "new tok", "repeated", "in prompt", "own output"):
+        table.add_column(header, justify="left" if header == "task" else "right", no_wrap=True)
+    for task, row in [*rates["tasks"].items(), ("all", rates["all"])]:
+        cells = [f"{row['rate']:.0%}", f"{row['prompt_rate']:.0%}", f"{row['output_rate']:.0%}"]
+        table.add_row(task, str(row["calls"]), str(row["tokens"]), *cells)
     return table
 
 
