@@ -11,6 +11,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
 
 import speckv_hf.decoding.hook
+from speckv_hf.policies.base import NO_CONTEXT, ContextPlan
+from speckv_hf.policies.context import ContextPolicy
 
 speckv_hf.decoding.hook.install()  # what `from speckv_hf import SpecKVGenerator` does; some tests call generate first
 
@@ -137,3 +139,16 @@ def paper_weights(seed: int = 0) -> dict[str, np.ndarray]:
 def write_npz(path: Path, weights: dict[str, np.ndarray]) -> Path:
     np.savez(path, **weights)
     return path
+
+
+class AlwaysContext(ContextPolicy):
+    """Takes up to `take` tokens of every context proposal, whatever they are likely to be worth: the tests of the
+    loop's mixing (context candidates, then drafted ones, in one step) must not depend on the machine's timings."""
+
+    def __init__(self, draft_policy=None, take: int = 3) -> None:
+        super().__init__(draft_policy=draft_policy)
+        self.take = take
+
+    def plan_context(self, proposal, state):
+        count = min(len(proposal), state.max_tokens, self.take)
+        return ContextPlan(count, 0.5) if count else NO_CONTEXT

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from transformers import LlamaForCausalLM, MistralForCausalLM, TextStreamer
 
 from speckv_hf import SpecKVGenerator
+from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import EOS, VOCAB, greedy, llama_config, mistral_config, noisy_copy, prompt
+from .conftest import EOS, VOCAB, AlwaysContext, greedy, llama_config, mistral_config, noisy_copy, prompt
 
 
 def left_padded(lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +47,19 @@ def pairs(llama_pairs, gpt2_pair, mistral_pair):
     }
 
 
-POLICIES = ["fixed:1", "fixed:3", "fixed:6", "heuristic", "confidence", "adaptive"]
+POLICIES = [
+    "fixed:1",
+    "fixed:3",
+    "fixed:6",
+    "heuristic",
+    "confidence",
+    "adaptive",
+    "context",
+    "context+fixed:2",
+    "context+adaptive",
+    AlwaysContext(FixedPolicy(2)),  # context then drafted tokens in one step, every step a proposal exists
+    AlwaysContext(None, take=4),
+]
 
 
 @pytest.mark.parametrize("pair", ["llama-noisy", "llama-random", "gpt2-noisy", "mistral-sliding"])

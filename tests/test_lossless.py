@@ -10,13 +10,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from speckv_hf import GammaPredictor, SpecKVGenerator
+from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import EOS, VOCAB, greedy, mistral_config, paper_weights, prompt, write_npz
+from .conftest import EOS, VOCAB, AlwaysContext, greedy, mistral_config, paper_weights, prompt, write_npz
 
 POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidence"]
 # The policies that need a checkpoint too: the paper's rule runs one converted from weights of the paper's shape.
 CHECKPOINT_POLICIES = ["speckv-paper"]
+#: Context candidates run in the library's own loop only.
+CONTEXT_POLICIES = ["context", "context+adaptive", "context+fixed:3"]
+MIXING = [AlwaysContext(FixedPolicy(3)), AlwaysContext(None)]  # every proposal taken: mixing whatever the timings
 PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
+LOOPS = [(policy, loop) for policy in [*POLICIES, *CHECKPOINT_POLICIES] for loop in ("speckv", "transformers")] + [
+    (policy, "speckv") for policy in [*CONTEXT_POLICIES, *MIXING]
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +33,8 @@ def paper_checkpoint(tmp_path_factory) -> Path:
     return folder / "ckpt"
 
 
-@pytest.mark.parametrize("loop", ["speckv", "transformers"])
 @pytest.mark.parametrize("pair_name", PAIRS)
-@pytest.mark.parametrize("policy", [*POLICIES, *CHECKPOINT_POLICIES])
+@pytest.mark.parametrize(("policy", "loop"), LOOPS)
 def test_greedy_matches_target_alone(all_pairs, paper_checkpoint, pair_name, policy, loop):
     target, draft = all_pairs[pair_name]
     settings = {"predictor": str(paper_checkpoint)} if policy == "speckv-paper" else {}
@@ -48,7 +54,47 @@ def test_greedy_matches_target_alone(all_pairs, paper_checkpoint, pair_name, pol
         stats = generator.last_stats
         assert stats.tokens_emitted == 30 and stats.loop == loop
         assert stats.accepted_tokens <= stats.drafted_tokens
-        assert stats.policy["name"] == generator.policy.name
+        assert stats.policy["name"] == generator.policy.config()["name"]
+        assert stats.context_accepted <= stats.context_tokens <= stats.drafted_tokens
+        if policy == "context":
+            assert stats.draft_forwards == 0 and stats.context_tokens == stats.drafted_tokens
+        if isinstance(policy, AlwaysContext):
+            assert stats.context_tokens > 0
+            assert (stats.draft_forwards > 0) == policy.uses_draft
+
+
+@pytest.fixture(scope="module")
+def demo_pair():
+    from speckv_hf.demo import load_pair
+
+    return load_pair()
+
+
+@pytest.mark.parametrize("policy", CONTEXT_POLICIES)
+def test_context_candidates_on_text_that_repeats_are_lossless_and_used(demo_pair, policy):
+    """The embedded pair on prose (where its text repeats phrases): the context proposes continuations, the target
+    accepts some, and the output is still target-alone greedy; the context alone runs with or without a draft."""
+    from speckv_hf.demo import load_prompts
+
+    target, draft, tokenizer = demo_pair
+    input_ids = tokenizer(load_prompts("prose")[0].text, return_tensors="pt").input_ids
+    expected = greedy(target, input_ids, max_new_tokens=64, eos_token_id=None)
+    generator = SpecKVGenerator(policy, plain_fallback=False)
+    for assistant in [None, draft] if policy == "context" else [draft]:
+        kwargs = {} if assistant is None else {"assistant_model": assistant}
+        out = greedy(target, input_ids, candidate_generator=generator, max_new_tokens=64, eos_token_id=None, **kwargs)
+        assert torch.equal(out, expected)
+        stats = generator.last_stats
+        assert stats.context_tokens > 0 and stats.context_accepted > 0
+        assert (stats.draft_forwards == 0) == (policy == "context")
+
+
+def test_no_draft_model_needs_a_context_policy(llama_pairs):
+    target, _ = llama_pairs["llama-noisy"]
+    with pytest.raises(ValueError, match="SpecKVGenerator\\('context'\\)"):
+        greedy(target, prompt(8), candidate_generator=SpecKVGenerator("adaptive"), max_new_tokens=4)
+    with pytest.raises(ValueError, match="own loop only"):
+        SpecKVGenerator("context+adaptive", loop="transformers")
 
 
 def test_agreeing_draft_gets_long_accepted_runs(llama_target):

@@ -169,7 +169,9 @@ class _Harness:
             runs = self.oracles[prompt.item.id]
             generator = SpecKVGenerator(OraclePolicy(runs, prompt.input_ids.shape[1]), warm_start=False)
         if generator is not None:
-            kwargs.update(assistant_model=self.draft, candidate_generator=generator)
+            kwargs["candidate_generator"] = generator
+            if generator.policy.uses_draft:  # `context` runs on context candidates alone, without the draft
+                kwargs["assistant_model"] = self.draft
         if self.do_sample:
             torch.manual_seed(self.seed + 1000 * repeat + index)
         target_counter, draft_counter = self.counters

@@ -122,11 +122,13 @@ def _predictor_method(spec: str) -> Method:
 
 
 def _expand(spec: str) -> list[Method]:
-    for head in ("fixed:", "hf-fixed-"):
+    for head in ("fixed:", "hf-fixed-", "context+fixed:"):
         low, dash, high = spec.removeprefix(head).partition("-")
         if spec.startswith(head) and dash:
             if not (low.isdigit() and high.isdigit() and int(low) <= int(high)):
-                raise ValueError(f"bad method range {spec!r}: write e.g. fixed:1-8 or hf-fixed-2-6.")
+                raise ValueError(
+                    f"bad method range {spec!r}: write e.g. fixed:1-8, hf-fixed-2-6 or context+fixed:1-8."
+                )
             return [method for k in range(int(low), int(high) + 1) for method in _expand(f"{head}{k}")]
     if spec == "target-only":
         return [Method(spec, "target")]
@@ -144,7 +146,7 @@ def _expand(spec: str) -> list[Method]:
         raise ValueError(
             f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, hf-prompt-lookup, "
             "hf-prompt-lookup-N, oracle, or a SpecKV "
-            "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; speckv@PATH for a trained "
-            "predictor)."
+            "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; context for context candidates "
+            "alone, context+POLICY for context candidates then POLICY's drafts; speckv@PATH for a trained predictor)."
         ) from None
     return [Method(spec, "speckv", policy=spec)]

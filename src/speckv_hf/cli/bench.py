@@ -51,7 +51,8 @@ def bench(
         help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K (transformers' assisted "
         "generation), hf-prompt-lookup, hf-prompt-lookup-N (transformers' prompt lookup, no draft model: 10 or N "
         "tokens), oracle, and SpecKV policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; "
-        "speckv@PATH for the predictor in folder or Hub repo PATH).",
+        "context: context candidates alone, no draft model; context+POLICY: context candidates, then POLICY's "
+        "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH).",
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),

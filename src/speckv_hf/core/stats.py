@@ -30,7 +30,10 @@ class StepRecord:
         draft_seconds: time drafting (draft forwards, signals, policy).
         verify_seconds: time from candidates returned to verification done (target forward and acceptance).
         overhead_seconds: time in the loop between the previous verification and this draft.
-        drafted_ids: the drafted token ids, in order (`len == gamma`).
+        drafted_ids: the candidate token ids, in order (`len == gamma`).
+        context_tokens: how many of the step's candidates came from the context (the first ones; see
+            `speckv_hf.core.context_source`), free of draft forwards; `gamma` counts them, `tokens` holds the signals
+            of the drafted tokens only.
     """
 
     step: int
@@ -43,6 +46,7 @@ class StepRecord:
     verify_seconds: float
     overhead_seconds: float
     drafted_ids: tuple[int, ...] = ()
+    context_tokens: int = 0
 
     @property
     def acceptance_rate(self) -> float:
@@ -91,9 +95,12 @@ class GenerationStats:
         tokens_emitted: new tokens appended to the sequence.
         target_forwards: target forward passes (one per step, the prefill included).
         draft_forwards: draft forward passes (catch-up forwards included).
-        drafted_tokens: tokens proposed by the draft.
+        drafted_tokens: candidate tokens proposed (by the draft and, with a context policy, by the context).
         accepted_tokens: proposed tokens the target accepted.
-        gamma_histogram: γ per step -> number of steps.
+        context_tokens: the part of `drafted_tokens` the context proposed (no draft forward; see the `context`
+            policies).
+        context_accepted: the part of `accepted_tokens` that came from the context.
+        gamma_histogram: candidates per step -> number of steps.
         accepted_histogram: accepted tokens per step -> number of steps.
         draft_seconds: time in the draft loop (forwards, signals, policy).
         policy_seconds: the part of `draft_seconds` spent in the policy.
@@ -128,6 +135,8 @@ class GenerationStats:
     draft_forwards: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    context_tokens: int = 0
+    context_accepted: int = 0
     gamma_histogram: Counter[int] = field(default_factory=Counter)
     accepted_histogram: Counter[int] = field(default_factory=Counter)
     draft_seconds: float = 0.0
@@ -156,6 +165,8 @@ class GenerationStats:
         record: StepRecord | None = None,
         drafted: int | None = None,
         accepted_tokens: int | None = None,
+        context: int = 0,
+        context_accepted: int = 0,
     ) -> None:
         """Adds one verified step (one target forward) to the counts.
 
@@ -169,7 +180,11 @@ class GenerationStats:
             record: the step's record, kept in `steps` when given.
             drafted: drafted tokens to count, when they differ from `gamma` (a batch step: the sum over rows).
             accepted_tokens: accepted tokens to count, when they differ from `accepted` (a batch step).
+            context: how many of the candidates came from the context.
+            context_accepted: how many of those the target accepted.
         """
+        self.context_tokens += context
+        self.context_accepted += context_accepted
         self.target_forwards += 1
         self.tokens_emitted += tokens
         self.drafted_tokens += gamma if drafted is None else drafted
@@ -226,6 +241,7 @@ class GenerationStats:
         total = self.total_seconds or 1.0
         gammas = " ".join(f"{k}:{v}" for k, v in sorted(self.gamma_histogram.items()))
         ratio = f"{self.cost_ratio:.2f}" if self.cost_ratio is not None else "n/a"
+        context = f"context={self.context_accepted}/{self.context_tokens} accepted, " if self.context_tokens else ""
         if self.plain_decoding:
             return (
                 f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "
@@ -236,7 +252,7 @@ class GenerationStats:
             f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "
             f"tokens={self.tokens_emitted}, target_forwards={self.target_forwards}, "
             f"verification={self.verification}, tokens/forward={self.tokens_per_target_forward:.2f}, "
-            f"acceptance={self.acceptance_rate:.1%}, "
+            f"acceptance={self.acceptance_rate:.1%}, {context}"
             f"mean_gamma={self.mean_gamma:.2f}, gamma_hist={{{gammas}}}, c={ratio}, "
             f"time: draft {self.draft_seconds / total:.0%} (policy {self.policy_seconds / total:.0%}), "
             f"verify {self.verify_seconds / total:.0%}, loop {self.overhead_seconds / total:.0%} "

@@ -106,13 +106,16 @@ def validate_pair(target: torch.nn.Module, draft: torch.nn.Module, input_ids: to
         )
 
 
-def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Tensor | None:
+def validate_call(
+    model: torch.nn.Module, arguments: dict[str, Any], draft_optional: bool = False
+) -> torch.Tensor | None:
     """Checks a `generate(candidate_generator=...)` call before transformers does any work.
 
     Args:
         model: the target.
         arguments: `generate()`'s bound arguments (`inputs`, `generation_config`, `assistant_model`, and the
             remaining keyword arguments under `kwargs`).
+        draft_optional: whether the generator runs without a draft model (a context policy).
 
     Returns:
         The prompt's `input_ids` when the call passes them as a tensor (None otherwise).
@@ -122,9 +125,10 @@ def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Te
     """
     kwargs = arguments.get("kwargs", {})
     draft = arguments.get("assistant_model")
-    if draft is None:
+    if draft is None and not draft_optional:
         raise ValueError(
-            "candidate_generator=SpecKVGenerator() needs a draft model: pass assistant_model=draft_model too."
+            "candidate_generator=SpecKVGenerator() needs a draft model: pass assistant_model=draft_model too, or "
+            "use SpecKVGenerator('context'), which drafts from the context alone."
         )
     if kwargs.get("assistant_tokenizer") is not None:
         raise ValueError(
@@ -134,7 +138,8 @@ def validate_call(model: torch.nn.Module, arguments: dict[str, Any]) -> torch.Te
     inputs = arguments.get("inputs")
     if inputs is None:
         inputs = kwargs.get("input_ids")
-    validate_pair(model, draft, inputs if isinstance(inputs, torch.Tensor) else None)
+    if draft is not None:
+        validate_pair(model, draft, inputs if isinstance(inputs, torch.Tensor) else None)
 
     if kwargs.get("inputs_embeds") is not None:
         raise ValueError("SpecKVGenerator needs input_ids: pass the prompt as token ids, not inputs_embeds=.")

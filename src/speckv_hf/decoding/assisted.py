@@ -22,10 +22,11 @@ from transformers.generation.candidate_generator import CandidateGenerator
 from ..compression.detection import CompressionInfo
 from ..core.cost import Clock, CostModel
 from ..core.ngram import NgramIndex
-from ..core.signals import StepSignals, TokenSignals, token_signals
-from ..core.stats import GenerationStats, StepRecord
+from ..core.signals import TokenSignals, token_signals
+from ..core.stats import GenerationStats
 from ..policies.base import DraftPolicy, DraftState, PolicyContext, StepOutcome
 from ._transformers import cache_kwarg
+from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
@@ -124,9 +125,7 @@ class AssistedCall(CandidateGenerator):
         self._returned_at: float | None = None
         self._verified_at: float | None = None
         self._overhead_seconds = 0.0
-        # Decayed sums of tokens and seconds over steps after the prefill, for the achieved throughput.
-        self._recent_tokens = 0.0
-        self._recent_seconds = 0.0
+        self._recent = RecentRate()
 
     # -- CandidateGenerator API -----------------------------------------------------------------------------------
     @property
@@ -180,37 +179,35 @@ class AssistedCall(CandidateGenerator):
         gamma = len(self._drafted)
         tokens = self._signals  # every drafted token: those after the first rejection too
 
-        cost = self._cost
-        if self._step > 0:  # step 0 carries both prefills: not representative of a step's cost
-            cost.observe_verify(gamma, verify_seconds)
-            if gamma:
-                # The first token of a step pays the catch-up forward; each further token only its own forward:
-                # the policy's marginal cost of one more token is the second kind.
-                cost.observe_first_draft(self._first_token_at - self._step_started_at)
-                if gamma > 1:
-                    cost.observe_draft((self._returned_at - self._first_token_at) / (gamma - 1))
-            if self._step > 1:
-                cost.observe_overhead(self._overhead_seconds)
-            step_seconds = self._draft_seconds + verify_seconds + self._overhead_seconds
-            self._recent_tokens = 0.95 * self._recent_tokens + len(appended)
-            self._recent_seconds = 0.95 * self._recent_seconds + step_seconds
-            cost.observe_step(len(appended), step_seconds)
+        times = StepTimes(
+            overhead=self._overhead_seconds,
+            draft=self._draft_seconds,
+            verify=verify_seconds,
+            first_draft=self._first_token_at - self._step_started_at if gamma else 0.0,
+            later_draft=self._returned_at - self._first_token_at if gamma > 1 else 0.0,
+            later_tokens=max(gamma - 1, 0),
+        )
+        observe_step(
+            self._cost,
+            self._recent,
+            self._step,
+            candidates=gamma,
+            drafted=gamma > 0,
+            times=times,
+            tokens_per_row=len(appended),
+        )
         self._context.extend(appended)
         self.policy.observe(StepOutcome(step=self._step, tokens=tokens, num_accepted=accepted))
-
         record = None
         if self.record_steps:
-            record = StepRecord(
-                step=self._step,
-                gamma=gamma,
+            record = step_record(
+                self._step,
+                candidates=gamma,
                 accepted=accepted,
-                tokens_produced=len(appended),
-                signals=StepSignals.from_tokens(self._signals),
-                tokens=tuple(self._signals),
-                draft_seconds=self._draft_seconds,
-                verify_seconds=verify_seconds,
-                overhead_seconds=self._overhead_seconds,
-                drafted_ids=tuple(self._drafted),
+                produced=len(appended),
+                signals=self._signals,
+                times=times,
+                candidate_ids=self._drafted,
             )
         self.stats_.record_step(
             gamma=gamma,
@@ -225,33 +222,15 @@ class AssistedCall(CandidateGenerator):
         self._verified_at = self._clock.now()
 
     # -- the draft loop -------------------------------------------------------------------------------------------
-    def _throughput(self) -> float | None:
-        """Tokens per second achieved on this pair: over the last few hundred steps of this and the warm-started
-        earlier calls once there are enough, else this call's recent steps, else the target-alone rate.
-
-        The long-run rate is the bar a drafted token must beat. The call's own recent rate would be a perverse
-        one: high in an easy passage, where drafting long pays most, it would cut drafts short there."""
-        long_run = self._cost.throughput
-        if long_run is not None:
-            return long_run
-        if self._recent_seconds > 0 and self._step >= 3:
-            return self._recent_tokens / self._recent_seconds
-        if self._cost.ready:
-            return 1.0 / max(self._cost.step_time(0), 1e-9)
-        return None
-
     def _ask_policy(self, max_tokens: int) -> bool:
         state = DraftState(
             step=self._step,
             tokens=self._signals,
             max_tokens=max_tokens,
-            throughput=self._throughput(),
+            throughput=throughput_bar(self._cost, self._recent),
             sequence_length=self._step_start_len,
         )
-        start = self._clock.now()
-        decision = self.policy.should_draft(state)
-        self.stats_.policy_seconds += self._clock.now() - start
-        return decision
+        return ask_policy(self.policy, state, self.stats_, self._clock)
 
     def _draft_step(self, input_ids: torch.LongTensor, budget: int) -> tuple[torch.LongTensor, torch.Tensor | None]:
         self._drafted, self._signals = [], []

@@ -48,7 +48,7 @@ def speckv_generate(
         generation_config: the call's generation config.
         synced_gpus: transformers' multi-GPU flag.
         streamer: an optional streamer.
-        draft_model: the draft model.
+        draft_model: the draft model (None with a context policy, which drafts from the context alone).
         speckv_generator: the generator to use (a fresh default one if None); its `last_stats` is set after.
         **model_kwargs: the prepared model kwargs (cache included).
 
@@ -56,11 +56,15 @@ def speckv_generate(
         What transformers' assisted decoding (one prompt) or the library's own loop (a batch) returns.
 
     Raises:
-        ValueError: when `draft_model` is missing, and for the same bad inputs as `generate(candidate_generator=)`.
+        ValueError: when `draft_model` is missing for a policy that drafts, and for the same bad inputs as
+            `generate(candidate_generator=)`.
     """
-    if draft_model is None:
-        raise ValueError("custom_generate=speckv_generate needs the draft: pass draft_model=your_draft.")
     generator = speckv_generator if speckv_generator is not None else SpecKVGenerator()
+    if draft_model is None and not generator.runs_without_draft:
+        raise ValueError(
+            "custom_generate=speckv_generate needs the draft: pass draft_model=your_draft, or "
+            "speckv_generator=SpecKVGenerator('context') to draft from the context alone."
+        )
     arguments = {
         "assistant_model": draft_model,
         "inputs": input_ids,

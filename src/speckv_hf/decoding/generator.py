@@ -146,6 +146,11 @@ class SpecKVGenerator:
                 "sampling='speculative'."
             )
         self.sampling = sampling
+        if loop == "transformers" and self.policy.uses_context:
+            raise ValueError(
+                f"policy {self.policy.config()['name']!r} proposes context candidates, which run in speckv-hf's own "
+                "loop only: drop loop='transformers', or use a policy without 'context'."
+            )
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
@@ -156,6 +161,12 @@ class SpecKVGenerator:
 
     def __repr__(self) -> str:
         return f"SpecKVGenerator(policy={self.policy!r})"
+
+    @property
+    def runs_without_draft(self) -> bool:
+        """Whether calls may omit the draft model: the policy proposes context candidates, which are then the only
+        ones (`SpecKVGenerator("context")`, or any `"context+..."` policy without `assistant_model=`)."""
+        return bool(self.policy.uses_context)
 
     @property
     def sampling_scheme(self) -> str:
@@ -259,7 +270,7 @@ class SpecKVGenerator:
         )
 
     def _call_state(
-        self, target: PreTrainedModel, draft: PreTrainedModel, batch_size: int
+        self, target: PreTrainedModel, draft: PreTrainedModel | None, batch_size: int
     ) -> tuple[CostModel, DraftPolicy, CompressionInfo, tuple[int, int, int]]:
         """What a new call starts from: the warm-started (or fresh) costs and policy, the compression, the key."""
         key = (id(target), id(draft), batch_size)
@@ -387,7 +398,7 @@ class SpecKVGenerator:
     def start_loop(
         self,
         target: PreTrainedModel,
-        draft: PreTrainedModel,
+        draft: PreTrainedModel | None,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
         verification: str = "greedy",
@@ -449,7 +460,7 @@ class SpecKVGenerator:
             cost=cost,
             policies=policies,
             stats=stats,
-            clock=Clock(model_device(draft), model_device(target)),
+            clock=Clock(*([model_device(draft)] if draft is not None else []), model_device(target)),
             record_steps=self.record_steps,
             key=key,
         )

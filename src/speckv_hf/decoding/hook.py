@@ -97,7 +97,7 @@ def _install() -> None:
             return original_generate(self, *args, **kwargs)
         arguments = generate_signature.bind_partial(self, *args, **kwargs).arguments
         input_ids = check_call(self, candidate_generator, arguments)
-        draft = arguments["assistant_model"]
+        draft = arguments.get("assistant_model")
         batch_size = _batch_size(arguments, input_ids)
         own_loop = candidate_generator.uses_own_loop(batch_size)
         if own_loop:
@@ -163,7 +163,7 @@ def _check_dynamic_cache(*models: torch.nn.Module) -> None:
     """Refuses models that cannot run with a `DynamicCache` (transformers' own list: recurrent and other custom
     caches), before any work."""
     for model in models:
-        if not supports_dynamic_cache(model):
+        if model is not None and not supports_dynamic_cache(model):
             raise ValueError(
                 f"{type(model).__name__} keeps a cache of its own kind, which speculative decoding cannot roll back; "
                 "SpecKVGenerator needs attention models with a DynamicCache: generate without candidate_generator=."
@@ -310,8 +310,8 @@ def check_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]
             "pass candidate_generator=SpecKVGenerator()."
         )
     generator.clear_last_stats()  # a call that fails from here on leaves no stale stats behind
-    input_ids = validate_call(model, arguments)
-    _check_dynamic_cache(model, arguments["assistant_model"])
+    input_ids = validate_call(model, arguments, draft_optional=bool(getattr(generator, "runs_without_draft", False)))
+    _check_dynamic_cache(model, arguments.get("assistant_model"))
     return input_ids
 
 

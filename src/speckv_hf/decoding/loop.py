@@ -18,18 +18,20 @@ the pad token after its end.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.context_source import ContextSource
 from ..core.cost import Clock, CostModel
 from ..core.ngram import NgramIndex
-from ..core.signals import StepSignals, TokenSignals, batch_token_signals
-from ..core.stats import GenerationStats, StepRecord
+from ..core.signals import TokenSignals, batch_token_signals
+from ..core.stats import GenerationStats
 from ..policies.base import DraftPolicy, DraftState, StepOutcome
 from . import kv_cache
 from .coupling import GumbelNoise
+from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
 from .verification import Processing, accept_greedy, accept_sampled
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def run_loop(
     call: LoopCall,
     settings: LoopSettings,
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | None,
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor | None,
 ) -> torch.LongTensor:
@@ -101,7 +103,7 @@ def run_loop(
         call: costs, policies and statistics of the call.
         settings: length, special tokens, sampling, processors, stopping criteria and streamer of the call.
         target: the model generating.
-        draft: the draft model.
+        draft: the draft model, or None for a policy that takes context candidates alone.
         input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): the prompts, left-padded.
         attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): 0 on padding.
 
@@ -114,46 +116,45 @@ def run_loop(
 
 @dataclass
 class _Drafts:
-    """What one step drafted, and how long the drafting took.
+    """A step's candidates (context tokens first, then drafted ones, per row), and how long drafting took.
 
     Attributes:
-        tokens (`torch.LongTensor` of shape `(rows, k)`): the drafted tokens (pad where `valid` is False).
-        valid (`torch.BoolTensor` of shape `(rows, k)`): which tokens are candidates (a prefix per row).
-        signals: per row, the signals of its candidate tokens.
-        probs (`torch.FloatTensor` of shape `(rows, k, vocab)`, *optional*): the processed draft distributions
-            (speculative sampling only).
-        first_seconds: seconds to the first drafted token (the catch-up forward included).
-        later_seconds: seconds of the later tokens, `later_tokens` of them.
+        tokens (`torch.LongTensor` of shape `(rows, k)`): the candidates (pad where `valid` is False).
+        valid (`torch.BoolTensor` of shape `(rows, k)`): which columns are candidates (a prefix per row).
+        signals: per row, the signals of its drafted tokens (context tokens have none).
+        context: per row, how many of its candidates came from the context (its first ones).
+        matches: per row, the tail length its context candidates were matched on.
+        probs: per column, the processed draft distributions `(rows, vocab)` where a draft forward produced that
+            column, else None (speculative sampling only; context candidates are one-hot proposals).
+        forwards: draft forwards of the step.
+        times: the step's drafting times (first and later drafted tokens).
     """
 
     tokens: torch.Tensor
     valid: torch.Tensor
     signals: list[list[TokenSignals]]
-    probs: torch.Tensor | None = None
-    first_seconds: float = 0.0
-    later_seconds: float = 0.0
-    later_tokens: int = 0
-
-
-@dataclass
-class _Times:
-    """Clock readings of one step: its start, the loop's time since the previous verification, the verification."""
-
-    started: float
-    overhead: float
-    verify_start: float = 0.0
-    verified: float = 0.0
+    context: list[int]
+    matches: list[int]
+    probs: list[torch.Tensor | None] = field(default_factory=list)
+    forwards: int = 0
+    times: StepTimes = field(default_factory=StepTimes)
 
 
 class _Loop:
     def __init__(self, call: LoopCall, settings: LoopSettings, target: Any, draft: Any) -> None:
         self.call, self.settings = call, settings
         self.target, self.draft = target, draft
-        self.target_kwarg, self.draft_kwarg = kv_cache.cache_kwarg(target), kv_cache.cache_kwarg(draft)
-        self.draft_device = next(draft.parameters()).device
+        self.target_kwarg = kv_cache.cache_kwarg(target)
         self.target_keeps_logits = "logits_to_keep" in inspect.signature(target.forward).parameters
-        self.draft_keeps_logits = "logits_to_keep" in inspect.signature(draft.forward).parameters
+        if draft is not None:
+            self.draft_kwarg = kv_cache.cache_kwarg(draft)
+            self.draft_device = next(draft.parameters()).device
+            self.draft_keeps_logits = "logits_to_keep" in inspect.signature(draft.forward).parameters
         self.clock = call.clock
+        self.recent = RecentRate()
+        policy = call.policies[0]
+        self.uses_context = bool(getattr(policy, "uses_context", False))
+        self.uses_draft = draft is not None and bool(getattr(policy, "uses_draft", True))
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
@@ -164,117 +165,179 @@ class _Loop:
         batch = kv_cache.RowLayout(input_ids, mask)
         self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
         self.generated: list[list[int]] = [[] for _ in range(size)]
-        self.contexts = [NgramIndex(ids[len(ids) - int(m.sum()) :]) for ids, m in zip(self.prompts, mask, strict=True)]
+        unpadded = [ids[len(ids) - int(m.sum()) :] for ids, m in zip(self.prompts, mask, strict=True)]
+        self.contexts = [NgramIndex(ids) for ids in unpadded]
+        self.sources = [ContextSource(ids) for ids in unpadded] if self.uses_context else []
         self.streamed = 0
         self.noise: GumbelNoise | None = None
         step = 0
         last_verified: float | None = None
         while batch.size:
             started = self.clock.now()
-            times = _Times(started, started - last_verified if last_verified is not None else 0.0)
             drafts = self._draft(batch, step)
-            times.verify_start = self.clock.now()
+            verify_start = self.clock.now()
             num_accepted, next_tokens = self._verify(batch, drafts)
-            times.verified = self.clock.now()
+            verified = self.clock.now()
+            times = drafts.times
+            times.overhead = started - last_verified if last_verified is not None else 0.0
+            times.draft, times.verify = verify_start - started, verified - verify_start
             if step == 0:  # both caches are filled now: check they are the key/value layers this loop edits
                 kv_cache.check_cache(batch.target_cache)
                 if batch.draft_len:
                     kv_cache.check_cache(batch.draft_cache)
             appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
-            self._record(batch, step, drafts, times, num_accepted, appended)
+            self._record(batch, step, drafts, num_accepted, appended)
             self._stream(batch, finished)
             batch.advance(appended, num_accepted, finished, self.settings.pad_token_id)
             step += 1
-            last_verified = times.verified
+            last_verified = verified
         if settings.streamer is not None:
             settings.streamer.end()
         return self._output(input_ids, prompt_length)
 
-    # -- drafting -------------------------------------------------------------------------------------------------
+    # -- candidates -----------------------------------------------------------------------------------------------
+    def _plan_context(self, b: int, rows: list[int], step: int, cap: int, bar: float | None, length: int):
+        """The row's context candidates: what its context source proposes, as much of it as its policy takes
+        (cut after an EOS)."""
+        proposal = self.sources[rows[b]].propose(cap)
+        if not proposal.tokens:
+            return (), 0, 1.0
+        state = DraftState(step=step, tokens=[], max_tokens=cap, throughput=bar, sequence_length=length)
+        start = self.clock.now()
+        plan = self.call.policies[rows[b]].plan_context(proposal, state)
+        self.call.stats.policy_seconds += self.clock.now() - start
+        tokens = proposal.tokens[: max(0, min(plan.count, cap))]
+        for i, token in enumerate(tokens):
+            if token in self.settings.eos_token_ids:
+                tokens = tokens[: i + 1]
+                break
+        return tokens, proposal.match_length, plan.acceptance
+
     def _draft(self, batch: kv_cache.RowLayout, step: int) -> _Drafts:
+        """The step's candidates, column by column: each row's context run, then drafted tokens.
+
+        A column needs a draft forward only where a row drafts in it; the columns before it that the draft has not
+        seen (the verified tokens it lacks, context candidates) are fed in that one forward. A row whose policy
+        stopped rides along while others draft: its tokens cost no extra forward, draft or target."""
         settings, call = self.settings, self.call
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
         caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
-        # The bar a row's next token must beat: the long-run tokens per second per row, or, before enough steps, one
-        # token per plain step (which gives every row one).
-        row_throughput = call.cost.throughput
-        if row_throughput is not None:
-            pass
-        elif call.cost.ready:
-            row_throughput = 1.0 / max(call.cost.step_time(0), 1e-9)
-        else:
-            row_throughput = None
-        signals: list[list[TokenSignals]] = [[] for _ in range(n)]
-        drafting = [
-            caps[b] > 0 and self._ask(b, rows, step, signals[b], caps[b], row_throughput, length) for b in range(n)
-        ]
-        # Rows whose tokens are still candidates: every row with room, until its EOS or its cap. A row whose policy
-        # stopped rides along while others draft: its tokens cost no extra forward, draft or target.
-        open_rows = [cap > 0 for cap in caps]
-        tokens: list[torch.Tensor] = []
-        valid_columns: list[torch.Tensor] = []
-        probs_list: list[torch.Tensor] = []
-        empty = batch.ids.new_zeros((n, 0))
-        drafts = _Drafts(empty, empty.bool(), signals)
-        if not self._continue(drafting, open_rows):
-            return drafts
-        start = self.clock.now()
-        logits = self._draft_forward(batch, batch.ids[:, batch.draft_len :], batch.mask, batch.draft_len, batch.padded)
-        batch.draft_len = length
-        lasts = [self.contexts[r].tail for r in rows]
-        mask = batch.mask
-        speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
-        while True:
-            views = self._views(rows)
-            if views and tokens:
-                views = [v + t for v, t in zip(views, torch.stack(tokens, 1).tolist(), strict=True)]
-            processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
-            position = len(tokens)
-            if settings.coupled:
-                # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
-                at = [len(self.generated[r]) + position for r in rows]
-                processed = processed + self._noise(processed).at(rows, at)
-            probs = torch.softmax(processed, dim=-1)
-            token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
-            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
-            row_signals = batch_token_signals(probs, token, position, predictions)
-            token_ids = token.tolist()
-            if all(open_rows):
-                column = torch.ones_like(token, dtype=torch.bool)
-                tokens.append(token)
-            else:
-                column = torch.tensor(open_rows, device=token.device)
-                tokens.append(torch.where(column, token, settings.pad_token_id))
-            valid_columns.append(column)
-            if speculative:
-                probs_list.append(probs)
+        bar = throughput_bar(call.cost, self.recent)
+        runs: list[tuple[int, ...]] = [()] * n
+        matches, prefix = [0] * n, [1.0] * n
+        if self.uses_context:
             for b in range(n):
-                lasts[b] = (lasts[b][1], token_ids[b])
+                if caps[b] > 0:
+                    runs[b], matches[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
+        context = [len(run) for run in runs]
+        signals: list[list[TokenSignals]] = [[] for _ in range(n)]
+
+        def ask(b: int) -> bool:
+            state = DraftState(
+                step=step,
+                tokens=signals[b],
+                max_tokens=caps[b] - context[b],
+                throughput=bar,
+                sequence_length=length,
+                prefix_tokens=context[b],
+                prefix_acceptance=prefix[b],
+            )
+            return ask_policy(call.policies[rows[b]], state, call.stats, self.clock)
+
+        drafting = [self.uses_draft and caps[b] > context[b] and ask(b) for b in range(n)]
+        open_rows = [cap > 0 for cap in caps]  # rows whose next column is still a candidate
+        drafts = _Drafts(
+            batch.ids.new_zeros((n, 0)), batch.ids.new_zeros((n, 0), dtype=torch.bool), signals, context, matches
+        )
+        columns: list[list[int]] = []
+        valid_columns: list[list[bool]] = []
+        lasts = [self.contexts[r].tail for r in rows]
+        speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
+        pad = settings.pad_token_id
+        fed = 0  # this step's columns the draft has seen
+        start = self.clock.now()
+        while True:
+            j = len(columns)
+            in_context = [open_rows[b] and j < context[b] for b in range(n)]
+            if not any(open_rows):
+                break
+            draft_rows = [open_rows[b] and not in_context[b] for b in range(n)]
+            wanting = [d and w for d, w in zip(draft_rows, drafting, strict=True)]
+            if any(draft_rows) and not self._continue(wanting, draft_rows):
+                # No draft forward for this column: the rows past their context run stop here.
+                open_rows = in_context
+                draft_rows = [False] * n
+                if not any(open_rows):
+                    break
+            probs = token = None
+            if any(draft_rows):
+                logits = self._feed(batch, columns, valid_columns, fed)
+                fed = j
+                drafts.forwards += 1
+                views = self._views(rows)
+                if views and columns:
+                    views = [v + [c[b] for c in columns] for b, v in enumerate(views)]
+                processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
+                if settings.coupled:
+                    # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
+                    at = [len(self.generated[r]) + j for r in rows]
+                    processed = processed + self._noise(processed).at(rows, at)
+                probs = torch.softmax(processed, dim=-1)
+                token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
+                predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
+                row_signals = batch_token_signals(probs, token, j, predictions)
+                token_ids = token.tolist()
+            column = [pad] * n
+            for b in range(n):
+                if in_context[b]:
+                    column[b] = runs[b][j]
+                elif draft_rows[b]:
+                    column[b] = token_ids[b]
+                    position = j - context[b]
+                    signal = row_signals[b]
+                    signals[b].append(signal if position == j else replace(signal, position=position))
+            columns.append(column)
+            valid_columns.append(list(open_rows))
+            if speculative:
+                drafts.probs.append(probs)
+            for b in range(n):
+                lasts[b] = (lasts[b][1], column[b])
                 if not open_rows[b]:
                     continue
-                signals[b].append(row_signals[b])
-                if token_ids[b] in settings.eos_token_ids or len(signals[b]) >= caps[b]:
+                if column[b] in settings.eos_token_ids or j + 1 >= caps[b]:
                     open_rows[b] = drafting[b] = False
-                elif drafting[b]:
-                    drafting[b] = self._ask(b, rows, step, signals[b], caps[b], row_throughput, length)
-            now = self.clock.now()
-            if position == 0:
-                drafts.first_seconds = now - start
-            else:
-                drafts.later_seconds += now - start
-                drafts.later_tokens += 1
-            if not self._continue(drafting, open_rows):
-                break
-            start = now
-            feed = tokens[-1][:, None]
-            mask = torch.cat((mask, torch.tensor(open_rows, device=mask.device, dtype=mask.dtype)[:, None]), 1)
-            logits = self._draft_forward(batch, feed, mask, batch.draft_len, batch.padded or not all(open_rows))
-            batch.draft_len += 1
-        drafts.tokens = torch.stack(tokens, 1)
-        drafts.valid = torch.stack(valid_columns, 1)
-        drafts.probs = torch.stack(probs_list, 1) if probs_list else None
+                elif draft_rows[b] and drafting[b]:
+                    drafting[b] = ask(b)
+            if any(draft_rows):
+                now = self.clock.now()
+                if drafts.forwards == 1:
+                    drafts.times.first_draft = now - start
+                else:
+                    drafts.times.later_draft += now - start
+                    drafts.times.later_tokens += 1
+                start = now
+        if columns:
+            drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
+            drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
         return drafts
+
+    def _feed(self, batch: kv_cache.RowLayout, columns: list[list[int]], valid: list[list[bool]], fed: int):
+        """Runs the draft over what it has not seen (the verified tokens its cache lacks on the step's first
+        forward, then this step's columns from `fed` on) and returns its logits for the next column."""
+        device = batch.ids.device
+        start = batch.draft_len
+        parts = [batch.ids[:, start:]] if start < batch.ids.shape[1] else []
+        if fed < len(columns):
+            parts.append(torch.tensor(columns[fed:], dtype=batch.ids.dtype, device=device).T)
+        feed = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        mask = batch.mask
+        if valid:
+            mask = torch.cat((mask, torch.tensor(valid, dtype=mask.dtype, device=device).T), 1)
+        padded = batch.padded or not all(all(column) for column in valid)
+        logits = self._draft_forward(batch, feed, mask, start, padded)
+        batch.draft_len = start + feed.shape[1]
+        return logits
 
     def _noise(self, logits: torch.Tensor) -> GumbelNoise:
         """The call's Gumbel noise, drawn for the logits' vocabulary on their device when first needed."""
@@ -299,13 +362,6 @@ class _Loop:
         if not wanting:
             return False
         return wanting >= self.settings.quorum * max(sum(open_rows), 1)
-
-    def _ask(self, b, rows, step, tokens, cap, throughput, length) -> bool:
-        state = DraftState(step=step, tokens=tokens, max_tokens=cap, throughput=throughput, sequence_length=length)
-        start = self.clock.now()
-        decision = self.call.policies[rows[b]].should_draft(state)
-        self.call.stats.policy_seconds += self.clock.now() - start
-        return bool(decision)
 
     def _views(self, rows: list[int]) -> list[list[int]]:
         if self.settings.processing.scores_only:
@@ -355,8 +411,31 @@ class _Loop:
             noise = self._noise(processed).span(rows, [len(self.generated[r]) for r in rows], k + 1)
             return accept_greedy(processed + noise, drafted, valid)
         if self.settings.do_sample:
-            return accept_sampled(processed, drafted, valid, drafts.probs)
+            return accept_sampled(processed, drafted, valid, self._proposals(drafts, processed.shape[-1]))
         return accept_greedy(processed, drafted, valid)
+
+    @staticmethod
+    def _proposals(drafts: _Drafts, vocab_size: int) -> torch.Tensor | None:
+        """The distributions the candidates were proposed from, `(rows, k, vocab)`: the draft's where it drafted,
+        one-hot at a context candidate (a deterministic proposal: speculative sampling accepts it with probability
+        `p(x)` and, on rejection, samples from `p` without `x`, renormalised)."""
+        tokens = drafts.tokens
+        rows, k = tokens.shape
+        if k == 0:
+            return None
+        columns = [
+            probs if probs is not None else tokens.new_zeros((rows, vocab_size), dtype=torch.float)
+            for probs in drafts.probs
+        ]
+        q = torch.stack(columns, 1)
+        if any(drafts.context):
+            is_context = (
+                torch.arange(k, device=tokens.device)[None, :]
+                < torch.tensor(drafts.context, device=tokens.device)[:, None]
+            )
+            one_hot = torch.zeros_like(q).scatter_(-1, tokens[..., None], 1.0)
+            q = torch.where(is_context[..., None], one_hot, q)
+        return q
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def _append(
@@ -379,6 +458,8 @@ class _Loop:
                 new, done = self._stop_checks(r, new)
             self.generated[r].extend(new)
             self.contexts[r].extend(new)
+            if self.sources:
+                self.sources[r].extend(new)
             if self.noise is not None:
                 self.noise.release(r, None if done else len(self.generated[r]))
             appended.append(new)
@@ -400,60 +481,59 @@ class _Loop:
         batch: kv_cache.RowLayout,
         step: int,
         drafts: _Drafts,
-        times: _Times,
         num_accepted: torch.Tensor,
         appended: list[list[int]],
     ) -> None:
-        call = self.call
-        cost = call.cost
-        signals, overhead = drafts.signals, times.overhead
-        k = int(drafts.valid.shape[1])
-        draft_seconds = times.verify_start - times.started
-        verify_seconds = times.verified - times.verify_start
+        call, times = self.call, drafts.times
+        signals, context = drafts.signals, drafts.context
         emitted = sum(len(a) for a in appended)
-        rows = batch.size
-        if step > 0:  # step 0 carries both prefills
-            # A forward's time depends on the rows in it: the costs are those of the whole batch, measured while every
-            # row is in it (the last rows alone are cheaper, so the estimates stay on the safe side there).
-            if rows == self.batch_size:
-                cost.observe_verify(k, verify_seconds)
-                if k:
-                    cost.observe_first_draft(drafts.first_seconds)
-                    if drafts.later_tokens:
-                        cost.observe_draft(drafts.later_seconds / drafts.later_tokens)
-                if step > 1:
-                    cost.observe_overhead(overhead)
-            # Tokens per row: the bar one row's next token must beat, whatever the rows left.
-            cost.observe_step(emitted / rows, draft_seconds + verify_seconds + overhead)
+        observe_step(
+            call.cost,
+            self.recent,
+            step,
+            candidates=int(drafts.valid.shape[1]),
+            drafted=drafts.forwards > 0,
+            times=times,
+            tokens_per_row=emitted / batch.size,
+            forward_costs=batch.size == self.batch_size,
+        )
         accepted = num_accepted.tolist()
-        drafted_rows = drafts.tokens.tolist() if call.record_steps else []
+        candidates = drafts.valid.sum(-1).tolist()
+        candidate_rows = drafts.tokens.tolist() if call.record_steps else []
         stats = call.stats
+        context_accepted = [min(a, c) for a, c in zip(accepted, context, strict=True)]
         stats.record_step(
-            gamma=k,
+            gamma=int(drafts.valid.shape[1]),
             accepted=max(accepted),
             tokens=emitted,
-            draft_seconds=draft_seconds,
-            verify_seconds=verify_seconds,
-            overhead_seconds=overhead,
-            drafted=sum(len(s) for s in signals),
+            draft_seconds=times.draft,
+            verify_seconds=times.verify,
+            overhead_seconds=times.overhead,
+            drafted=sum(candidates),
             accepted_tokens=sum(accepted),
+            context=sum(context),
+            context_accepted=sum(context_accepted),
         )
         for b, r in enumerate(batch.rows.tolist()):
-            tokens = signals[b]
-            call.policies[r].observe(StepOutcome(step=step, tokens=tokens, num_accepted=accepted[b]))
+            outcome = StepOutcome(
+                step=step,
+                tokens=signals[b],
+                num_accepted=accepted[b],
+                context_tokens=context[b],
+                context_match=drafts.matches[b],
+            )
+            call.policies[r].observe(outcome)
             record = None
             if call.record_steps:
-                record = StepRecord(
-                    step=step,
-                    gamma=len(tokens),
+                record = step_record(
+                    step,
+                    candidates=candidates[b],
                     accepted=accepted[b],
-                    tokens_produced=len(appended[b]),
-                    signals=StepSignals.from_tokens(tokens),
-                    tokens=tuple(tokens),
-                    draft_seconds=draft_seconds,
-                    verify_seconds=verify_seconds,
-                    overhead_seconds=overhead,
-                    drafted_ids=tuple(drafted_rows[b][: len(tokens)]),
+                    produced=len(appended[b]),
+                    signals=signals[b],
+                    times=times,
+                    candidate_ids=candidate_rows[b][: candidates[b]],
+                    context_tokens=context[b],
                 )
             row_stats = stats.rows[r] if stats.rows else stats
             if row_stats is stats:
@@ -462,13 +542,15 @@ class _Loop:
                     stats.steps.append(record)
                 continue
             row_stats.record_step(
-                gamma=len(tokens),
+                gamma=candidates[b],
                 accepted=accepted[b],
                 tokens=len(appended[b]),
-                draft_seconds=draft_seconds,
-                verify_seconds=verify_seconds,
-                overhead_seconds=overhead,
+                draft_seconds=times.draft,
+                verify_seconds=times.verify,
+                overhead_seconds=times.overhead,
                 record=record,
+                context=context[b],
+                context_accepted=context_accepted[b],
             )
 
     def _stream(self, batch: kv_cache.RowLayout, finished: list[bool]) -> None:

@@ -18,11 +18,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..compression.detection import CompressionInfo
+from ..core.context_source import ContextProposal
 from ..core.cost import CostModel
 from ..core.signals import TokenSignals
 
 __all__ = [
+    "NO_CONTEXT",
     "ConfidencePolicy",
+    "ContextPlan",
     "DraftPolicy",
     "DraftState",
     "FixedPolicy",
@@ -58,6 +61,10 @@ class DraftState:
         throughput: tokens per second the call has achieved so far, or None before any measurement.
         sequence_length: tokens in the sequence before this step's drafts (prompt included), so a policy knows
             where in the generation the step is.
+        prefix_tokens: context candidates that come before the drafted tokens in this step (free of draft forwards,
+            see [`ContextPlan`][]); `tokens` and `max_tokens` count draft tokens only.
+        prefix_acceptance: estimated probability that the target accepts all of those context candidates: every
+            drafted token's expected gain is scaled by it.
     """
 
     step: int
@@ -65,6 +72,8 @@ class DraftState:
     max_tokens: int
     throughput: float | None = None
     sequence_length: int = 0
+    prefix_tokens: int = 0
+    prefix_acceptance: float = 1.0
 
 
 @dataclass
@@ -74,12 +83,33 @@ class StepOutcome:
     Attributes:
         step: 0-based index of the step in the call.
         tokens: signals of every drafted token of the step, those after the first rejection included.
-        num_accepted: how many drafted tokens the target accepted (a prefix of `tokens`).
+        num_accepted: how many drafted tokens the target accepted (a prefix of `tokens`); with context candidates
+            in front, how many of all the step's candidates, context first.
+        context_tokens: context candidates that came before the drafted tokens (0 without a context source).
+        context_match: tokens of the sequence's tail that the context candidates were matched on.
     """
 
     step: int
     tokens: list[TokenSignals]
     num_accepted: int
+    context_tokens: int = 0
+    context_match: int = 0
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """How many of the context's proposed tokens a step takes, in front of its drafted tokens.
+
+    Attributes:
+        count: tokens taken (a prefix of the proposal).
+        acceptance: estimated probability that the target accepts all of them.
+    """
+
+    count: int = 0
+    acceptance: float = 1.0
+
+
+NO_CONTEXT = ContextPlan()
 
 
 class DraftPolicy(ABC):
@@ -93,6 +123,11 @@ class DraftPolicy(ABC):
     name: ClassVar[str] = "policy"
     #: Whether the policy itself decides when drafting does not pay (enables the generator's plain fallback).
     can_skip_drafting: ClassVar[bool] = False
+    #: Whether the policy takes context candidates ([`DraftPolicy.plan_context`][]); the loop keeps a context
+    #: source per row only then.
+    uses_context: ClassVar[bool] = False
+    #: Whether the policy ever drafts with the draft model (a context-only policy runs without one).
+    uses_draft: ClassVar[bool] = True
 
     def bind(self, context: PolicyContext) -> None:
         """Attaches the policy to a call. Called once per `generate()` call, before the first step."""
@@ -108,6 +143,18 @@ class DraftPolicy(ABC):
         Returns:
             True to draft another token, False to send the step to verification.
         """
+
+    def plan_context(self, proposal: ContextProposal, state: DraftState) -> ContextPlan:
+        """How many of the context's proposed tokens to put in front of this step's drafted tokens.
+
+        Called once per step, before [`DraftPolicy.should_draft`][], for policies with `uses_context`. The default
+        takes none.
+
+        Args:
+            proposal: what the sequence's earlier text proposes (possibly nothing).
+            state: the step before any token (`state.max_tokens` is the step's cap on all candidates).
+        """
+        return NO_CONTEXT
 
     def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
         """Learns from a verified step. The default does nothing."""

@@ -125,13 +125,16 @@ class MarginalValuePolicy(DraftPolicy):
             return drafted < 4 and (drafted == 0 or state.tokens[-1].confidence >= 0.4)
         threshold = state.throughput * (1.0 + self.min_gain)
         if drafted == 0:
-            return self._judge_first(self._first_token.mean / max(cost.marginal_time(0), 1e-9) > threshold)
+            gain = state.prefix_acceptance * self._first_token.mean
+            worth_it = gain / max(cost.marginal_time(0), 1e-9) > threshold
+            # Skipping after context candidates is the context's doing, not evidence against speculation.
+            return worth_it if state.prefix_tokens else self._judge_first(worth_it)
         last = state.tokens[-1]
         while len(self._step_probs) < drafted:  # the tokens drafted since the last decision (one, normally)
             probability = self._token_acceptance(state.tokens[len(self._step_probs)], len(self._step_probs))
             self._step_probs.append(probability)
             self._step_product *= probability
-        expected_gain = self._step_product * self._token_acceptance(last, drafted)
+        expected_gain = state.prefix_acceptance * self._step_product * self._token_acceptance(last, drafted)
         return expected_gain / max(cost.marginal_time(drafted), 1e-9) > threshold
 
     def observe(self, outcome: StepOutcome) -> None:

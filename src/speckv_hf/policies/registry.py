@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.validation import local_or_hub_id
 from .base import ConfidencePolicy, DraftPolicy, FixedPolicy, HeuristicPolicy
+from .context import ContextPolicy
 from .marginal import AdaptivePolicy
 from .paper import PaperPolicy
 from .speckv import SpeckvPolicy
@@ -60,7 +61,9 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
     Args:
         policy: a registered name (`"adaptive"`, `"confidence"`, `"fixed"`, `"heuristic"`, `"speckv"`,
             `"speckv-paper"`, ...),
-            `"fixed:K"` as a shorthand for `FixedPolicy(K)`, or a `DraftPolicy` instance.
+            `"fixed:K"` as a shorthand for `FixedPolicy(K)`, `"context"` for context candidates alone (no draft
+            model), `"context+NAME"` for context candidates then NAME's drafted tokens (e.g. `"context+adaptive"`,
+            `"context+fixed:4"`; see [`ContextPolicy`][]), or a `DraftPolicy` instance.
         **kwargs: settings passed to the policy's constructor.
 
     Returns:
@@ -76,6 +79,8 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
         return policy
     if not isinstance(policy, str):
         raise TypeError(f"policy must be a name or a DraftPolicy, got {type(policy).__name__}.")
+    if policy == "context" or policy.startswith("context+"):
+        return _context_policy(policy, kwargs)
     name, _, arg = policy.partition(":")
     if name not in _POLICIES:
         raise ValueError(f"unknown policy {policy!r}: choose one of {available_policies()} or pass a DraftPolicy.")
@@ -91,6 +96,28 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
         returned = type(policy_object).__name__
         raise TypeError(f"the factory registered as {name!r} returned {returned}, not a DraftPolicy.")
     return policy_object
+
+
+_CONTEXT_SETTINGS = ("max_context_tokens", "warmup_acceptance", "explore_every")
+
+
+def _context_policy(spec: str, kwargs: dict[str, Any]) -> ContextPolicy:
+    """`"context"` (context candidates alone) or `"context+NAME"` (context candidates, then NAME's drafts); the
+    settings of `ContextPolicy` go to it, the others to NAME."""
+    own = {k: kwargs.pop(k) for k in _CONTEXT_SETTINGS if k in kwargs}
+    inner = spec.removeprefix("context").removeprefix("+")
+    if spec != "context" and (not inner or inner == "context" or inner.startswith("context+")):
+        raise ValueError(f"bad policy spec {spec!r}: write 'context' or 'context+NAME', e.g. 'context+adaptive'.")
+    if not inner and kwargs:
+        raise ValueError(f"invalid settings for policy 'context': {sorted(kwargs)} (it takes {_CONTEXT_SETTINGS}).")
+    try:
+        draft_policy = get_policy(inner, **kwargs) if inner else None
+    except ValueError as error:
+        raise ValueError(f"in policy {spec!r}: {error}") from None
+    try:
+        return ContextPolicy(draft_policy=draft_policy, **own)
+    except TypeError as error:
+        raise ValueError(f"invalid settings for policy {spec!r}: {error}") from None
 
 
 def policy_from_pretrained(predictor: Any, *, revision: str | None = None, **policy_kwargs: Any) -> DraftPolicy:

@@ -1,0 +1,112 @@
+"""Candidates from the context: the continuation the sequence itself proposes, at no forward's cost.
+
+Text repeats itself, and most of all where the answer is grounded in the input: code edited or refactored from the
+prompt, a table or list continued, spans of a given document quoted back. Where the sequence's last `n` tokens
+occurred earlier, the tokens that followed them then are candidates for the tokens that follow now (what
+prompt-lookup decoding drafts with). They cost no draft forward, only their slots in the target's verification.
+
+[`ContextSource`][] keeps, for every n-gram of the sequence up to `max_ngram` tokens, where its most recent earlier
+occurrence ended and how often it occurred. Appending a verified token costs `max_ngram` dictionary writes; a
+proposal tries the tail's n-grams from the longest down and copies the continuation of the first one found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["ContextProposal", "ContextSource"]
+
+
+@dataclass(frozen=True)
+class ContextProposal:
+    """What the context proposes for the next tokens.
+
+    Attributes:
+        tokens: the proposed continuation (empty when the tail never occurred before).
+        match_length: tokens of the sequence's tail that matched the earlier occurrence (0 for no match).
+        occurrences: how many earlier occurrences the matched n-gram has (the most recent is the one copied).
+        distance: tokens between the copied occurrence's end and the sequence's end.
+    """
+
+    tokens: tuple[int, ...] = ()
+    match_length: int = 0
+    occurrences: int = 0
+    distance: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+_NO_PROPOSAL = ContextProposal()
+
+
+class ContextSource:
+    """The continuation that the longest earlier match of a sequence's tail proposes.
+
+    Args:
+        tokens: the sequence so far (e.g. the prompt's ids without padding).
+        max_ngram: the longest tail matched (longer matches are more often right).
+        min_ngram: the shortest tail matched.
+
+    Raises:
+        ValueError: for `min_ngram < 1` or `max_ngram < min_ngram`.
+    """
+
+    __slots__ = ("_ends", "_tokens", "max_ngram", "min_ngram")
+
+    def __init__(self, tokens: Iterable[int] = (), *, max_ngram: int = 4, min_ngram: int = 1) -> None:
+        if min_ngram < 1 or max_ngram < min_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got min_ngram={min_ngram}, max_ngram={max_ngram}.")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._tokens: list[int] = []
+        # n-gram -> (index of the token that followed its most recent occurrence, occurrences with a follower)
+        self._ends: dict[tuple[int, ...], tuple[int, int]] = {}
+        self.extend(tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The sequence so far (read-only by convention)."""
+        return self._tokens
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Appends verified tokens: each one is the continuation of the n-grams that end just before it.
+
+        Args:
+            tokens: token ids, in order.
+        """
+        seq, ends, lo, hi = self._tokens, self._ends, self.min_ngram, self.max_ngram
+        for token in tokens:
+            i = len(seq)
+            for n in range(lo, min(hi, i) + 1):
+                key = tuple(seq[i - n : i])
+                previous = ends.get(key)
+                ends[key] = (i, 1 if previous is None else previous[1] + 1)
+            seq.append(int(token))
+
+    def propose(self, max_tokens: int) -> ContextProposal:
+        """The continuation of the longest earlier occurrence of the sequence's tail.
+
+        Args:
+            max_tokens: the most tokens to propose.
+
+        Returns:
+            The proposal; empty when `max_tokens < 1` or no tail of `min_ngram` tokens or more occurred before.
+        """
+        seq, length = self._tokens, len(self._tokens)
+        if max_tokens < 1:
+            return _NO_PROPOSAL
+        for n in range(min(self.max_ngram, length), self.min_ngram - 1, -1):
+            found = self._ends.get(tuple(seq[length - n :]))
+            if found is not None:
+                start, occurrences = found
+                return ContextProposal(
+                    tokens=tuple(seq[start : start + max_tokens]),
+                    match_length=n,
+                    occurrences=occurrences,
+                    distance=length - start,
+                )
+        return _NO_PROPOSAL

@@ -1,0 +1,175 @@
+"""The step accounting both speculative loops share: the bar a token must beat, the policy's questions, what a
+verified step teaches the cost model, and the step's record.
+
+The library's own loop (`speckv_hf.decoding.loop`) and the transformers-loop adapter
+(`speckv_hf.decoding.assisted`) draft and verify differently, but a step is accounted for the same way in both:
+change it here and both change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.cost import Clock, CostModel
+from ..core.signals import StepSignals, TokenSignals
+from ..core.stats import GenerationStats, StepRecord
+from ..policies.base import DraftPolicy, DraftState
+
+__all__ = ["RecentRate", "StepTimes", "ask_policy", "observe_step", "step_record", "throughput_bar"]
+
+#: Steps before a call's own recent rate stands in for the long-run rate.
+_RECENT_MIN_STEPS = 3
+_RECENT_DECAY = 0.95
+
+
+@dataclass
+class RecentRate:
+    """Decayed sums of a call's tokens (per row) and seconds over its steps after the prefill."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        self.tokens = _RECENT_DECAY * self.tokens + tokens
+        self.seconds = _RECENT_DECAY * self.seconds + seconds
+        self.steps += 1
+
+    @property
+    def rate(self) -> float | None:
+        if self.steps < _RECENT_MIN_STEPS or self.seconds <= 0:
+            return None
+        return self.tokens / self.seconds
+
+
+def throughput_bar(cost: CostModel, recent: RecentRate) -> float | None:
+    """Tokens per second (per row) a drafted token must beat: the long-run rate over this and the warm-started
+    calls once there are enough steps, else this call's recent rate, else the target-alone rate, else None.
+
+    The long-run rate is the bar: the call's own recent rate would be a perverse one, high in an easy passage where
+    drafting long pays most, and would cut drafts short there."""
+    long_run = cost.throughput
+    if long_run is not None:
+        return long_run
+    recent_rate = recent.rate
+    if recent_rate is not None:
+        return recent_rate
+    if cost.ready:
+        return 1.0 / max(cost.step_time(0), 1e-9)
+    return None
+
+
+def ask_policy(policy: DraftPolicy, state: DraftState, stats: GenerationStats, clock: Clock) -> bool:
+    """The policy's answer to "draft another token?", its time added to `stats.policy_seconds`."""
+    start = clock.now()
+    decision = policy.should_draft(state)
+    stats.policy_seconds += clock.now() - start
+    return bool(decision)
+
+
+@dataclass
+class StepTimes:
+    """Clock readings and drafting times of one step.
+
+    Attributes:
+        overhead: the loop's time between the previous verification and this step's start.
+        draft: from the step's start to its candidates (context planning, draft forwards, signals, policy).
+        verify: the target's verification (forward, logits processing, acceptance).
+        first_draft: to the first drafted token, the catch-up forward included (0 when nothing was drafted).
+        later_draft: the later drafted tokens, `later_tokens` of them.
+        later_tokens: drafted tokens after the first.
+    """
+
+    overhead: float = 0.0
+    draft: float = 0.0
+    verify: float = 0.0
+    first_draft: float = 0.0
+    later_draft: float = 0.0
+    later_tokens: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.draft + self.verify + self.overhead
+
+
+def observe_step(
+    cost: CostModel,
+    recent: RecentRate,
+    step: int,
+    *,
+    candidates: int,
+    drafted: bool,
+    times: StepTimes,
+    tokens_per_row: float,
+    forward_costs: bool = True,
+) -> None:
+    """Teaches the cost model one verified step.
+
+    Step 0 carries the prefills and teaches nothing. The forward costs (verification of `candidates`, the first and
+    later drafted tokens, the overhead from step 2 on) are observed only when `forward_costs`: a batch's forwards
+    cost what the rows in them cost, so they are measured while every row is in (the last rows alone are cheaper,
+    which keeps the estimates on the safe side). The step's tokens per row and seconds always count: they are the
+    bar a row's next token must beat, whatever the rows left.
+
+    Args:
+        cost: the call's cost model.
+        recent: the call's recent rate.
+        step: 0-based index of the step.
+        candidates: candidates verified (the verification's width beyond the one token every step verifies).
+        drafted: whether a draft forward ran (context candidates alone cost no draft time).
+        times: the step's times.
+        tokens_per_row: tokens the step appended, per row.
+        forward_costs: whether to observe the forward costs.
+    """
+    if step == 0:
+        return
+    if forward_costs:
+        cost.observe_verify(candidates, times.verify)
+        if drafted:
+            # The first token of a step pays the catch-up forward; each further token only its own forward.
+            cost.observe_first_draft(times.first_draft)
+            if times.later_tokens:
+                cost.observe_draft(times.later_draft / times.later_tokens)
+        if step > 1:
+            cost.observe_overhead(times.overhead)
+    recent.add(tokens_per_row, times.total)
+    cost.observe_step(tokens_per_row, times.total)
+
+
+def step_record(
+    step: int,
+    *,
+    candidates: int,
+    accepted: int,
+    produced: int,
+    signals: list[TokenSignals],
+    times: StepTimes,
+    candidate_ids: Any,
+    context_tokens: int = 0,
+) -> StepRecord:
+    """The record of one row's step.
+
+    Args:
+        step: 0-based index of the step.
+        candidates: the row's candidates (context and drafted).
+        accepted: candidates the target accepted.
+        produced: tokens the step appended to the row.
+        signals: the signals of the row's drafted tokens.
+        times: the step's times.
+        candidate_ids: the candidates' ids.
+        context_tokens: how many of the candidates came from the context (the first ones).
+    """
+    return StepRecord(
+        step=step,
+        gamma=candidates,
+        accepted=accepted,
+        tokens_produced=produced,
+        signals=StepSignals.from_tokens(signals),
+        tokens=tuple(signals),
+        draft_seconds=times.draft,
+        verify_seconds=times.verify,
+        overhead_seconds=times.overhead,
+        drafted_ids=tuple(candidate_ids),
+        context_tokens=context_tokens,
+    )

@@ -1,0 +1,185 @@
+"""Context candidates: the source's proposals, the policy that prices them, and speculative sampling of a
+deterministic proposal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+
+from speckv_hf.core.context_source import ContextSource
+from speckv_hf.core.cost import CostModel
+from speckv_hf.core.signals import TokenSignals
+from speckv_hf.decoding.verification import accept_sampled
+from speckv_hf.policies.base import DraftState, FixedPolicy, PolicyContext, StepOutcome
+from speckv_hf.policies.context import ContextAcceptance, ContextPolicy
+from speckv_hf.policies.marginal import AdaptivePolicy
+from speckv_hf.policies.registry import get_policy
+
+
+def _earlier_occurrences(seq: list[int], n: int) -> list[int]:
+    """Start indices of the continuation of every earlier occurrence of the last `n` tokens."""
+    tail = seq[len(seq) - n :]
+    return [i + n for i in range(len(seq) - n) if seq[i : i + n] == tail]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.lists(st.integers(0, 4), min_size=0, max_size=40),
+    max_ngram=st.integers(1, 5),
+    max_tokens=st.integers(0, 8),
+)
+def test_proposal_is_the_continuation_of_the_longest_most_recent_match(seq, max_ngram, max_tokens):
+    source = ContextSource(seq, max_ngram=max_ngram)
+    proposal = source.propose(max_tokens)
+    longest = max(
+        (n for n in range(1, min(max_ngram, len(seq)) + 1) if _earlier_occurrences(seq, n)),
+        default=0,
+    )
+    if max_tokens == 0 or longest == 0:
+        assert proposal.tokens == () and proposal.match_length == 0
+        return
+    starts = _earlier_occurrences(seq, longest)
+    assert proposal.match_length == longest
+    assert proposal.occurrences == len(starts)
+    assert proposal.tokens == tuple(seq[starts[-1] : starts[-1] + max_tokens])
+    assert proposal.distance == len(seq) - starts[-1]
+    assert 1 <= len(proposal) <= max_tokens
+
+
+@settings(max_examples=50, deadline=None)
+@given(seq=st.lists(st.integers(0, 6), max_size=30), cut=st.integers(0, 30))
+def test_extending_in_pieces_equals_building_at_once(seq, cut):
+    pieces = ContextSource(seq[:cut])
+    pieces.extend(seq[cut:])
+    whole = ContextSource(seq)
+    assert pieces.tokens == whole.tokens == seq
+    assert pieces.propose(5) == whole.propose(5)
+
+
+def test_ngram_bounds_are_checked():
+    with pytest.raises(ValueError, match="min_ngram"):
+        ContextSource(min_ngram=0)
+    with pytest.raises(ValueError, match="max_ngram"):
+        ContextSource(max_ngram=2, min_ngram=3)
+
+
+def test_acceptance_learns_per_effective_match_length():
+    acceptance = ContextAcceptance()
+    before = acceptance.probability(4, 0)
+    for _ in range(40):
+        acceptance.update(match_length=4, taken=3, num_accepted=0)  # the first token rejected, the rest not judged
+    assert acceptance.probability(4, 0) < before / 3
+    assert acceptance.probability(5, 0) == acceptance.probability(4, 1)  # one bucket: 4 + 1 matched tokens
+
+    def rate(bucket):
+        return acceptance.accepted[bucket] / acceptance.seen[bucket]
+
+    fresh = ContextAcceptance()
+    assert rate(5) == fresh.accepted[5] / fresh.seen[5]  # never judged: the bucket keeps its prior
+    assert acceptance.probability(5, 0) < fresh.probability(5, 0)  # but the recent misses lower every estimate
+    for _ in range(10):
+        acceptance.update(match_length=6, taken=2, num_accepted=2)  # a passage that repeats: back up quickly
+    assert acceptance.probability(5, 0) > fresh.probability(5, 0)
+
+
+def _bound(policy, *, verify=(0.010, 0.0001), draft=0.003, steps=40):
+    cost = CostModel()
+    for k in (0, 4, 8):
+        cost.observe_verify(k, verify[0] + verify[1] * k)
+    cost.observe_first_draft(draft)
+    cost.observe_draft(draft)
+    for _ in range(steps):
+        cost.observe_step(2.0, 0.02)
+    policy.bind(PolicyContext(cost=cost, compression=None))
+    return policy
+
+
+def _state(max_tokens=16):
+    return DraftState(step=5, tokens=[], max_tokens=max_tokens, throughput=100.0, sequence_length=20)
+
+
+def test_context_policy_takes_a_confident_run_and_prices_the_drafts_after_it():
+    from speckv_hf.core.context_source import ContextProposal
+
+    policy = _bound(ContextPolicy(FixedPolicy(2)))
+    proposal = ContextProposal(tokens=(1, 2, 3, 4, 5), match_length=4, occurrences=2, distance=9)
+    plan = policy.plan_context(proposal, _state())
+    assert plan.count == 5  # verification slots are cheap: a run this likely is worth all of them
+    assert 0 < plan.acceptance < policy.acceptance.probability(4, 0)
+    assert policy.plan_context(proposal, _state(max_tokens=3)).count == 3  # the step's cap
+    # After many rejections at this match length the run is not worth its slots any more.
+    for _ in range(200):
+        policy.observe(StepOutcome(step=1, tokens=[], num_accepted=0, context_tokens=3, context_match=4))
+    assert policy.plan_context(proposal, _state()).count == 0
+
+
+def test_a_weak_run_is_skipped_for_a_draft_that_is_usually_right():
+    from speckv_hf.core.context_source import ContextProposal
+
+    policy = _bound(ContextPolicy(AdaptivePolicy()))
+    token = TokenSignals(confidence=0.9, max_prob=0.9, entropy=0.3, margin=0.8, position=0)
+    for _ in range(50):  # steps without context whose first drafted token was accepted
+        policy.observe(StepOutcome(step=1, tokens=[token, token], num_accepted=2))
+    weak = ContextProposal(tokens=(7, 8), match_length=1, occurrences=1, distance=3)
+    assert policy.plan_context(weak, _state()).count == 0
+    alone = _bound(ContextPolicy(None))
+    assert alone.plan_context(weak, _state()).count >= 1  # without a draft, a cheap weak run still pays
+
+
+def test_draft_policy_sees_only_its_own_tokens_once_the_run_was_accepted():
+    seen = []
+
+    class Spy(FixedPolicy):
+        def observe(self, outcome):
+            seen.append((len(outcome.tokens), outcome.num_accepted))
+
+    policy = ContextPolicy(Spy(2))
+    drafted = [object(), object()]
+    policy.observe(StepOutcome(step=1, tokens=drafted, num_accepted=4, context_tokens=3, context_match=2))
+    policy.observe(StepOutcome(step=2, tokens=drafted, num_accepted=1, context_tokens=3, context_match=2))
+    assert seen == [(2, 1), (0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "name", "inner"),
+    [
+        ("context", "context", None),
+        ("context+fixed:3", "context+fixed", FixedPolicy),
+        ("context+adaptive", "context+adaptive", AdaptivePolicy),
+    ],
+)
+def test_context_specs(spec, name, inner):
+    policy = get_policy(spec, max_context_tokens=5)
+    assert isinstance(policy, ContextPolicy) and policy.max_context_tokens == 5
+    assert policy.config()["name"] == name
+    assert policy.uses_draft == (inner is not None)
+    assert inner is None or isinstance(policy.draft_policy, inner)
+
+
+@pytest.mark.parametrize("spec", ["context+", "context+context", "context+nope"])
+def test_bad_context_specs_name_the_fix(spec):
+    with pytest.raises(ValueError, match="context"):
+        get_policy(spec)
+
+
+def test_deterministic_proposal_keeps_the_target_distribution():
+    """A context candidate is a one-hot proposal: accepted with probability p(x), and on rejection the token comes
+    from p without x, renormalised. The first emitted token is then distributed as p, at every row."""
+    torch.manual_seed(0)
+    rows, vocab = 40_000, 6
+    p = torch.tensor([0.05, 0.4, 0.1, 0.25, 0.15, 0.05], dtype=torch.float64)
+    logits = p.float().log().expand(rows, 2, vocab).clone()
+    proposed = torch.full((rows, 1), 3)
+    one_hot = torch.zeros(rows, 1, vocab).scatter_(-1, proposed[..., None], 1.0)
+    num_accepted, next_token = accept_sampled(logits, proposed, torch.ones(rows, 1, dtype=torch.bool), one_hot)
+    first = torch.where(num_accepted > 0, proposed[:, 0], next_token)
+    counts = torch.bincount(first, minlength=vocab).double()
+    assert chisquare(counts.numpy(), (p / p.sum() * counts.sum()).numpy()).pvalue > 1e-3
+    assert abs(num_accepted.float().mean().item() - 0.25) < 0.01  # accepted with probability p(x)
+    # Power check: resampling from p itself after a rejection (not p without x) over-represents token 3.
+    wrong = (1 - p[3]) * p
+    wrong[3] += p[3]
+    assert chisquare(counts.numpy(), (wrong / wrong.sum() * counts.sum()).numpy()).pvalue < 1e-6
