@@ -1,123 +1,211 @@
 """Context candidates against the draft model alone, per workload, interleaved on the embedded pair.
 
-Runs target-only, our loop's constants `fixed:1..8` (draft tokens only), `adaptive`, the context policies
-(`context`: no draft model; `context+adaptive`; `context+fixed:4`), transformers' prompt lookup and assisted
-generation, all in one `run_benchmark` call per run (interleaved, one generator per method), `--runs` independent
-runs per compression. Prints, per compression, the paired speedups over target-only per task (median of per-call
-ratios, pooled over the runs), each method over the best constant chain (picked per compression by paired median),
-per task and pooled, and each task's repeat rate (share of target-only's new tokens whose 4-gram occurred before,
-and the part that occurs in the prompt).
+`run` runs target-only, our loop's constants `fixed:1..8` (draft tokens only), `adaptive`, the context policies
+(`context`: no draft model; `context+adaptive`), transformers' prompt lookup and assisted generation, all in one
+`run_benchmark` call per run (interleaved, one generator per method), `--runs` independent runs per compression.
+It prints (and with `--json` keeps, every call included) per compression: the paired speedups over target-only per
+task (median of per-call ratios, pooled over the runs), each method over the best constant chain (picked per
+compression by paired median), pooled and per task, and each task's repeat rate (share of target-only's new tokens
+whose 4-gram occurred before, and the part that occurs in the prompt).
 
-    python benchmarks/context_candidates.py [--compression fp32,int8,nf4] [--runs 3] [--prompts-per-task 3]
-        [--do-sample --sampling speculative]
+    python benchmarks/context_candidates.py run [--compression fp32,int8,nf4] [--runs 3] [--prompts-per-task 3]
+        [--do-sample --sampling speculative] [--json docs/data/context/greedy.json]
+    python benchmarks/context_candidates.py render   # docs/data/context/*.json -> docs/_generated/context-*.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "docs" / "data" / "context"
+GENERATED = ROOT / "docs" / "_generated"
+DEFAULT_METHODS = "fixed:1-8,adaptive,context,context+adaptive,hf-prompt-lookup,hf-default"
+_FIELDS = ("method", "prompt_id", "task", "repeat", "seconds", "new_tokens", "target_forwards", "draft_forwards")
 
-from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
-from speckv_hf.bench.methods import parse_methods
-from speckv_hf.bench.paired import paired_ratios, quartiles
-from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
-from speckv_hf.bench.prompts import demo_prompts
-from speckv_hf.bench.repeats import repeat_counts
 
-DEFAULT_METHODS = (
-    "fixed:1-8,adaptive,context,context+adaptive,context+fixed:4,hf-prompt-lookup,hf-prompt-lookup-4,hf-default"
-)
+class _Call:
+    """One measured call, as kept in the JSON (what `paired_ratios` reads)."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.__dict__.update(row)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compression", default="fp32")
-    parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--prompts-per-task", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--do-sample", action="store_true")
-    parser.add_argument("--sampling", default="speculative", help="SpecKVGenerator(sampling=...) when sampling")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from speckv_hf.bench.harness import encode_prompts, run_benchmark
+    from speckv_hf.bench.methods import parse_methods
+    from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
+    from speckv_hf.bench.prompts import demo_prompts
+    from speckv_hf.bench.repeats import repeat_counts
+
     torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods)
+    document: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "func")},
+        "provenance": {
+            "commit": _git("rev-parse", "HEAD"),
+            "src_changed": bool(_git("status", "--porcelain", "src")),
+            "command": "python benchmarks/context_candidates.py " + " ".join(sys.argv[2:]),
+        },
+        "compressions": [],
+    }
     for compression in args.compression.split(","):
         pair = load_pair_for(compression, None, None, args.device)
         prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task), args.device)
         prompt_ids = {p.item.id: p.input_ids[0].tolist() for p in prompts}
-        records: list[CallRecord] = []
-        for run in range(args.runs):
+        calls: list[dict[str, Any]] = []
+        repeats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for index in range(args.runs):
             with quiet_transformers():
-                run_records, _ = run_benchmark(
+                records, _ = run_benchmark(
                     pair.target,
                     pair.draft,
                     prompts,
                     methods,
                     max_new_tokens=args.max_new_tokens,
                     do_sample=args.do_sample,
-                    seed=args.seed + 100 * run,
+                    seed=args.seed + 100 * index,
                     sampling=args.sampling,
                 )
-            for r in run_records:
-                r.repeat = run  # one pass per run: pair calls by prompt and run
-            records.extend(run_records)
-        _report(compression, records, prompt_ids, args)
+            for r in records:
+                calls.append({**{f: getattr(r, f) for f in _FIELDS}, "repeat": index})
+                if r.method == "target-only":
+                    counts = repeat_counts(prompt_ids[r.prompt_id], r.output)
+                    tally = repeats[r.task]
+                    tally[0], tally[1], tally[2] = (
+                        tally[0] + counts.tokens,
+                        tally[1] + counts.repeated,
+                        tally[2] + counts.in_prompt,
+                    )
+        entry = {"compression": compression, "prompts": len(prompts), "calls": calls, "repeats": dict(repeats)}
+        document["compressions"].append(entry)
+        print(report(entry, document["settings"]), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
 
 
-def _report(compression: str, records: list[CallRecord], prompt_ids: dict[str, list[int]], args) -> None:
-    by_method: dict[str, list[CallRecord]] = defaultdict(list)
-    for r in records:
-        by_method[r.method].append(r)
+def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The Markdown tables of one compression of a run."""
+    from speckv_hf.bench.paired import paired_ratios, quartiles
+
+    by_method: dict[str, list[_Call]] = defaultdict(list)
+    for row in entry["calls"]:
+        by_method[row["method"]].append(_Call(row))
     reference = by_method["target-only"]
-    tasks = sorted({r.task for r in records})
+    tasks = sorted({c.task for c in reference})
     names = [m for m in by_method if m != "target-only"]
-    constants = [m for m in names if m.startswith("fixed:")]
     paired = {m: _median(paired_ratios(by_method[m], reference)) for m in names}
-    best = max(constants, key=paired.get) if constants else None
-    mode = f"sampled ({args.sampling})" if args.do_sample else "greedy"
-    print(f"\n## {compression}, {mode}: {len(prompt_ids)} prompts x {args.runs} runs, {args.max_new_tokens} tokens")
-    header = f"{'method':22} {'all':>6} " + " ".join(f"{t[:10]:>10}" for t in tasks)
-    print("paired speedup over target-only (median of per-call ratios)")
-    print(header)
-    for m in names:
+    constants = [m for m in names if m.startswith("fixed:")]
+    best = max(constants, key=paired.get)
+    mode = f"sampled ({settings['sampling']} sampling)" if settings["do_sample"] else "greedy"
+    lines = [
+        f"**{entry['compression']}, {mode}**: {entry['prompts']} prompts × {settings['runs']} runs, "
+        f"{settings['max_new_tokens']} new tokens. Paired speedup over the target alone (median of per-call ratios):",
+        "",
+        "| method | all | " + " | ".join(tasks) + " |",
+        "|---|---:|" + "---:|" * len(tasks),
+    ]
+
+    def by_task(method: str, against: str) -> list[str]:
         cells = []
         for task in tasks:
-            calls = [r for r in by_method[m] if r.task == task]
-            refs = [r for r in reference if r.task == task]
-            cells.append(f"{_median(paired_ratios(calls, refs)):9.2f}x")
-        print(f"{m:22} {paired[m]:5.2f}x " + " ".join(cells))
-    if best is None:
-        return
-    print(f"\nover the best constant chain ({best}), paired per call: median (IQR) pooled, then per task")
+            ours = [c for c in by_method[method] if c.task == task]
+            theirs = [c for c in by_method[against] if c.task == task]
+            cells.append(f"{_median(paired_ratios(ours, theirs)):.2f}×")
+        return cells
+
+    for m in names:
+        lines.append(f"| {m} | {paired[m]:.2f}× | " + " | ".join(by_task(m, "target-only")) + " |")
+    lines += [
+        "",
+        f"Over the best constant chain of our loop (`{best}`, by paired median), paired per call: median (IQR) "
+        "pooled, then per task:",
+        "",
+        "| method | all | " + " | ".join(tasks) + " |",
+        "|---|---:|" + "---:|" * len(tasks),
+    ]
     for m in names:
         if m.startswith("fixed:"):
             continue
-        ratios = paired_ratios(by_method[m], by_method[best])
-        q1, median, q3 = quartiles(ratios)
-        cells = []
-        for task in tasks:
-            calls = [r for r in by_method[m] if r.task == task]
-            refs = [r for r in by_method[best] if r.task == task]
-            cells.append(f"{_median(paired_ratios(calls, refs)):9.2f}x")
-        print(f"{m:22} {median:5.2f}x ({q1:.2f}-{q3:.2f}) " + " ".join(cells))
-    print("\nrepeat rate of target-only's output (4-grams seen before; in the prompt)")
+        q1, median, q3 = quartiles(paired_ratios(by_method[m], by_method[best]))
+        lines.append(f"| {m} | {median:.2f}× ({q1:.2f}–{q3:.2f}) | " + " | ".join(by_task(m, best)) + " |")
+    rates = []
     for task in tasks:
-        counts = None
-        for r in reference:
-            if r.task == task:
-                c = repeat_counts(prompt_ids[r.prompt_id], r.output)
-                counts = c if counts is None else counts + c
-        print(f"  {task:12} {counts.rate:5.0%} ({counts.prompt_rate:.0%} in the prompt)")
+        tokens, repeated, in_prompt = entry["repeats"][task]
+        rates.append(f"{repeated / tokens:.0%} ({in_prompt / tokens:.0%})")
+    lines += [
+        "",
+        "Repeat rate of the target alone's output (4-grams seen before; in the prompt):",
+        "",
+        "| " + " | ".join(tasks) + " |",
+        "|" + "---:|" * len(tasks),
+        "| " + " | ".join(rates) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render(data: Path = DATA, out: Path = GENERATED) -> list[Path]:
+    """Writes `out/context-<name>.md` for every `data/<name>.json`; returns the paths written."""
+    written = []
+    for path in sorted(data.glob("*.json")):
+        document = json.loads(path.read_text())
+        provenance = document["provenance"]
+        parts = [report(entry, document["settings"]) for entry in document["compressions"]]
+        dirty = " (with uncommitted changes in `src/`)" if provenance["src_changed"] else ""
+        parts.append(f"Run at commit `{provenance['commit'][:7]}`{dirty}: `{provenance['command']}`\n")
+        target = out / f"context-{path.stem}.md"
+        out.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n".join(parts))
+        written.append(target)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True)
+    run_parser = commands.add_parser("run", help="run the benchmark")
+    run_parser.add_argument("--compression", default="fp32")
+    run_parser.add_argument("--methods", default=DEFAULT_METHODS)
+    run_parser.add_argument("--runs", type=int, default=3)
+    run_parser.add_argument("--prompts-per-task", type=int, default=3)
+    run_parser.add_argument("--max-new-tokens", type=int, default=64)
+    run_parser.add_argument("--do-sample", action="store_true")
+    run_parser.add_argument("--sampling", default="speculative", help="SpecKVGenerator(sampling=...) when sampling")
+    run_parser.add_argument("--seed", type=int, default=1)
+    run_parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    run_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    run_parser.add_argument("--json", help="write the run, every call included, to this file")
+    run_parser.set_defaults(func=run)
+    render_parser = commands.add_parser("render", help="docs/data/context/*.json -> docs/_generated/context-*.md")
+    render_parser.set_defaults(func=lambda _: print("\n".join(str(p) for p in render())))
+    args = parser.parse_args()
+    args.func(args)
 
 
 if __name__ == "__main__":

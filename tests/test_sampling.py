@@ -9,8 +9,9 @@ from scipy.stats import chisquare
 from transformers import LlamaForCausalLM
 
 from speckv_hf import SpecKVGenerator
+from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import llama_config, noisy_copy
+from .conftest import AlwaysContext, llama_config, noisy_copy
 
 VOCAB = 8
 SAMPLES = 3000
@@ -43,6 +44,7 @@ def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.T
     """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens."""
     counts = torch.zeros(VOCAB, VOCAB)
     drafted = accepted = 0
+    start = input_ids.shape[1]
     for seed in range(SAMPLES):
         torch.manual_seed(seed)
         # 3 new tokens: the first step may draft 2 (budget = max_length - length - 1), so chained acceptance and
@@ -59,7 +61,7 @@ def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.T
             eos_token_id=None,
             pad_token_id=0,
         )
-        t1, t2 = out[0, 3:5].tolist()
+        t1, t2 = out[0, start : start + 2].tolist()
         counts[t1, t2] += 1
         drafted += generator.last_stats.drafted_tokens
         accepted += generator.last_stats.accepted_tokens
@@ -95,6 +97,29 @@ def test_sampling_matches_target_distribution(policy, draft_kind):
     assert _chi_square_pvalue(counts, target_probs) > 1e-3
     if draft_kind == "unrelated":  # power check: the same counts clearly reject the draft's own distribution
         assert _chi_square_pvalue(counts, draft_probs) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draft_policy", [None, FixedPolicy(2)], ids=["context", "context+fixed:2"])
+def test_context_candidates_keep_the_target_distribution(draft_policy):
+    """Context candidates are deterministic proposals (accepted with p(x), else resampled from p without x); mixed
+    with an unrelated draft's tokens in one step, the first two tokens still follow the target's distribution."""
+    torch.manual_seed(0)
+    config = llama_config(layers=1, vocab=VOCAB, initializer_range=0.5, max_position_embeddings=32, eos_token_id=None)
+    target = LlamaForCausalLM(config).eval()
+    draft = LlamaForCausalLM(config).eval()
+    input_ids = torch.tensor([[3, 5, 4, 6, 3, 5]])  # the tail "3 5" occurred: the context proposes "4 6"
+    target_probs = _two_token_distribution(target, input_ids)
+    policy = AlwaysContext(draft_policy, take=1 if draft_policy is not None else 2)
+    generator = SpecKVGenerator(policy, sampling="speculative", warm_start=False)
+    counts, drafted, _ = first_two_token_counts(target, draft, input_ids, generator)
+    stats = generator.last_stats
+    assert stats.context_tokens >= 1 and drafted > SAMPLES
+    if draft_policy is not None:
+        assert stats.draft_forwards >= 1  # a context token and a drafted token in the first step
+    assert _chi_square_pvalue(counts, target_probs) > 1e-3
+    # Power check: the proposal itself ("4 6") is far likelier in the counts than it would be if accepted always.
+    assert counts[4, 6] < 0.9 * SAMPLES
 
 
 def test_sampling_returns_processed_draft_logits(llama_pairs):
