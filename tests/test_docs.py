@@ -32,7 +32,7 @@ def docs_figures():
 def test_committed_snippets_are_what_the_data_renders(docs_figures, tmp_path):
     written = docs_figures.render(DOCS / "data", tmp_path)
     assert written, "no docs/data/*.json to render"
-    committed = sorted(p.name for p in GENERATED.glob("*.md"))
+    committed = sorted(p.name for p in GENERATED.glob("*.md") if not p.name.startswith("context-"))
     assert committed == sorted(p.name for p in written), "run: python benchmarks/docs_figures.py render"
     for path in written:
         assert (GENERATED / path.name).read_text() == path.read_text(), (
@@ -52,6 +52,19 @@ def test_snippets_render_from_summaries_alone(docs_figures, tmp_path):
     written = docs_figures.render(data, tmp_path / "out")
     table = next(p for p in written if p.name == "plain-table.md").read_text()
     assert "| target alone | **1.00×**" in table
+
+
+def test_context_snippets_are_what_their_data_renders(tmp_path):
+    spec = importlib.util.spec_from_file_location("context_candidates", ROOT / "benchmarks" / "context_candidates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.render(DOCS / "data" / "context", tmp_path)
+    assert written, "no docs/data/context/*.json to render"
+    for path in written:
+        assert (GENERATED / path.name).read_text() == path.read_text(), (
+            f"docs/_generated/{path.name} is stale: run python benchmarks/context_candidates.py render"
+        )
+        assert f'--8<-- "_generated/{path.name}"' in (DOCS / "benchmarks.md").read_text()
 
 
 @pytest.mark.parametrize("page, snippet", sorted(QUOTING_PAGES.items()))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..core.cost import Clock
-from ..decoding.kv_cache import cache_kwarg
+from ..decoding.kv_cache import cache_kwarg, drop_last
 from ..policies.oracle import ForwardCosts
 
 __all__ = [
@@ -165,7 +165,7 @@ def measure_target_forwards(
             start = clock.now()
             model(input_ids=new, use_cache=True, **{cache_kwarg(model): cache})
             samples.append(clock.now() - start)
-            cache.crop(-(k + 1))  # negative: remove what was added (transformers 4.x and 5.x)
+            drop_last(cache, k + 1)
         times[k] = statistics.median(samples)
     return times
 

@@ -13,7 +13,16 @@ from ..policies.registry import get_policy
 __all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "HF_PROMPT_LOOKUP_TOKENS", "Method", "parse_methods"]
 
 #: What `speckv bench` runs when `--methods` is not given (`fixed:1-8` stands for `fixed:1` ... `fixed:8`).
-DEFAULT_METHODS: tuple[str, ...] = ("target-only", "hf-default", "hf-heuristic", "adaptive", "fixed:1-8", "oracle")
+DEFAULT_METHODS: tuple[str, ...] = (
+    "target-only",
+    "hf-default",
+    "hf-heuristic",
+    "hf-prompt-lookup",
+    "adaptive",
+    "context+adaptive",
+    "fixed:1-8",
+    "oracle",
+)
 
 #: transformers' defaults for the assistant's generation config, set before every `hf-*` call.
 HF_DEFAULTS = {

@@ -23,7 +23,7 @@ DEFAULT_PROMPTS_PER_TASK = 3
 # speckv_hf.decoding.coupling.SAMPLING_SETTINGS and speckv_hf.bench.methods.DEFAULT_METHODS, spelled out so that
 # `speckv --help` does not import torch (tested equal).
 SAMPLING_SETTINGS = ("auto", "speculative", "coupled")
-DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,adaptive,fixed:1-8,oracle"
+DEFAULT_METHODS = "target-only,hf-default,hf-heuristic,hf-prompt-lookup,adaptive,context+adaptive,fixed:1-8,oracle"
 
 
 def bench(

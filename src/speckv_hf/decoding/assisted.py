@@ -16,7 +16,6 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from ..compression.detection import CompressionInfo
@@ -25,6 +24,7 @@ from ..core.ngram import NgramIndex
 from ..core.signals import TokenSignals, token_signals
 from ..core.stats import GenerationStats
 from ..policies.base import DraftPolicy, DraftState, PolicyContext, StepOutcome
+from . import kv_cache
 from ._transformers import cache_kwarg
 from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
 
@@ -284,7 +284,7 @@ class AssistedCall(CandidateGenerator):
         keep = min(self._synced_len + common, seq_len - 1)  # feed at least one token to get next-token logits
         cached = self._synced_len + len(self._pending)
         if self._cache is not None and cached > keep:
-            self._cache.crop(-(cached - keep))  # negative: remove that many (works on transformers 4.x and 5.x)
+            kv_cache.drop_last(self._cache, cached - keep)
         self._synced_len, self._pending = seq_len, []
         return self._draft_forward(draft_ids[:, keep:], start=keep)
 
@@ -293,7 +293,7 @@ class AssistedCall(CandidateGenerator):
         if self._cache is None:
             # Full-attention layers, as transformers builds for its own assistant: sliding-window layers cannot be
             # cropped back once the window is reached on transformers 4.57.
-            self._cache = DynamicCache()
+            self._cache = kv_cache.new_cache()
         kwargs: dict[str, Any] = {"input_ids": new_ids, self._cache_kwarg: self._cache, "use_cache": True}
         if self._keep_logits and new_ids.shape[1] > 1:
             # Only for multi-token feeds: for one token, slicing the hidden states makes the LM head slower

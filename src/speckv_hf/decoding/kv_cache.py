@@ -29,6 +29,7 @@ __all__ = [
     "cache_length",
     "check_cache",
     "crop",
+    "drop_last",
     "drop_leading",
     "new_cache",
     "select_rows",
@@ -67,6 +68,14 @@ def crop(cache: DynamicCache, length: int) -> None:
     """Keeps the first `length` columns of every layer."""
     if cache_length(cache) > length:
         edit_cache_layers(cache, lambda t: t[:, :, :length])
+
+
+def drop_last(cache: DynamicCache, count: int) -> None:
+    """Removes the last `count` columns of every layer, through transformers' own `crop` (a negative length means
+    "that many fewer" on transformers 4.x and 5.x, for every layer type it knows). The rollback of a cache that this
+    module did not lay out: the draft's in transformers' assisted loop, a measurement's."""
+    if count > 0:
+        cache.crop(-count)
 
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:

@@ -270,6 +270,15 @@ class _Loop:
                 draft_rows = [False] * n
                 if not any(open_rows):
                     break
+            if not any(draft_rows):
+                # Every open row is inside its context run: take the columns up to the first run's end at once.
+                self._context_columns(columns, valid_columns, drafts, runs, open_rows, lasts)
+                for b in range(n):
+                    if open_rows[b] and len(columns) == context[b]:
+                        last = runs[b][-1]
+                        if last in settings.eos_token_ids or context[b] >= caps[b]:
+                            open_rows[b] = drafting[b] = False
+                continue
             probs = token = None
             if any(draft_rows):
                 logits = self._feed(batch, columns, valid_columns, fed)
@@ -321,6 +330,31 @@ class _Loop:
             drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
             drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
         return drafts
+
+    def _context_columns(
+        self,
+        columns: list[list[int]],
+        valid_columns: list[list[bool]],
+        drafts: _Drafts,
+        runs: list[tuple[int, ...]],
+        open_rows: list[bool],
+        lasts: list[tuple[int | None, int | None]],
+    ) -> None:
+        """Appends the columns from the current one to the end of the shortest open context run, where no row
+        drafts (so no forward runs)."""
+        start = len(columns)
+        end = min(len(runs[b]) for b, is_open in enumerate(open_rows) if is_open)
+        pad = self.settings.pad_token_id
+        valid = list(open_rows)
+        for j in range(start, end):
+            columns.append([run[j] if is_open else pad for run, is_open in zip(runs, open_rows, strict=True)])
+            valid_columns.append(valid)
+        if self.settings.do_sample and not self.settings.coupled:
+            drafts.probs.extend([None] * (end - start))
+        for b, is_open in enumerate(open_rows):
+            tail = runs[b][max(start, end - 2) : end] if is_open else [pad] * (end - start)
+            for token in tail[-2:]:
+                lasts[b] = (lasts[b][1], token)
 
     def _feed(self, batch: kv_cache.RowLayout, columns: list[list[int]], valid: list[list[bool]], fed: int):
         """Runs the draft over what it has not seen (the verified tokens its cache lacks on the step's first
