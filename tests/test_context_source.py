@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from speckv_hf.core.context_source import ContextSource
+from speckv_hf.core.context_source import ContextProposal, ContextSource
 from speckv_hf.core.cost import CostModel
 from speckv_hf.core.signals import TokenSignals
 from speckv_hf.decoding.verification import accept_sampled
@@ -44,6 +44,11 @@ def test_proposal_is_the_continuation_of_the_longest_most_recent_match(seq, max_
     starts = _earlier_occurrences(seq, longest)
     assert proposal.match_length == longest
     assert proposal.occurrences == len(starts)
+    followers = [seq[start] for start in starts]
+    streak = len(followers) - next(
+        (i + 1 for i in range(len(followers) - 1, -1, -1) if followers[i] != followers[-1]), 0
+    )
+    assert proposal.agreeing == streak
     assert proposal.tokens == tuple(seq[starts[-1] : starts[-1] + max_tokens])
     assert proposal.distance == len(seq) - starts[-1]
     assert 1 <= len(proposal) <= max_tokens
@@ -74,11 +79,9 @@ def test_acceptance_learns_per_effective_match_length():
     assert acceptance.probability(4, 0) < before / 3
     assert acceptance.probability(5, 0) == acceptance.probability(4, 1)  # one bucket: 4 + 1 matched tokens
 
-    def rate(bucket):
-        return acceptance.accepted[bucket] / acceptance.seen[bucket]
-
     fresh = ContextAcceptance()
-    assert rate(5) == fresh.accepted[5] / fresh.seen[5]  # never judged: the bucket keeps its prior
+    assert acceptance.rate(0, 5, 0) == fresh.rate(0, 5, 0)  # never judged: the bucket keeps its prior
+    assert acceptance.rate(1, 4, 0) == fresh.rate(1, 4, 0)  # nor the same length after another history
     assert acceptance.probability(5, 0) < fresh.probability(5, 0)  # but the recent misses lower every estimate
     for _ in range(10):
         acceptance.update(match_length=6, taken=2, num_accepted=2)  # a passage that repeats: back up quickly
@@ -102,28 +105,24 @@ def _state(max_tokens=16):
 
 
 def test_context_policy_takes_a_confident_run_and_prices_the_drafts_after_it():
-    from speckv_hf.core.context_source import ContextProposal
-
     policy = _bound(ContextPolicy(FixedPolicy(2)))
-    proposal = ContextProposal(tokens=(1, 2, 3, 4, 5), match_length=4, occurrences=2, distance=9)
+    proposal = ContextProposal(tokens=(1, 2, 3, 4, 5), match_length=4, occurrences=2, agreeing=2, distance=9)
     plan = policy.plan_context(proposal, _state())
     assert plan.count == 5  # verification slots are cheap: a run this likely is worth all of them
     assert 0 < plan.acceptance < policy.acceptance.probability(4, 0)
     assert policy.plan_context(proposal, _state(max_tokens=3)).count == 3  # the step's cap
     # After many rejections at this match length the run is not worth its slots any more.
     for _ in range(200):
-        policy.observe(StepOutcome(step=1, tokens=[], num_accepted=0, context_tokens=3, context_match=4))
+        policy.observe(StepOutcome(step=1, tokens=[], num_accepted=0, context_tokens=3, context=proposal))
     assert policy.plan_context(proposal, _state()).count == 0
 
 
 def test_a_weak_run_is_skipped_for_a_draft_that_is_usually_right():
-    from speckv_hf.core.context_source import ContextProposal
-
     policy = _bound(ContextPolicy(AdaptivePolicy()))
     token = TokenSignals(confidence=0.9, max_prob=0.9, entropy=0.3, margin=0.8, position=0)
     for _ in range(50):  # steps without context whose first drafted token was accepted
         policy.observe(StepOutcome(step=1, tokens=[token, token], num_accepted=2))
-    weak = ContextProposal(tokens=(7, 8), match_length=1, occurrences=1, distance=3)
+    weak = ContextProposal(tokens=(7, 8), match_length=1, occurrences=1, agreeing=1, distance=3)
     assert policy.plan_context(weak, _state()).count == 0
     alone = _bound(ContextPolicy(None))
     assert alone.plan_context(weak, _state()).count >= 1  # without a draft, a cheap weak run still pays
@@ -138,8 +137,9 @@ def test_draft_policy_sees_only_its_own_tokens_once_the_run_was_accepted():
 
     policy = ContextPolicy(Spy(2))
     drafted = [object(), object()]
-    policy.observe(StepOutcome(step=1, tokens=drafted, num_accepted=4, context_tokens=3, context_match=2))
-    policy.observe(StepOutcome(step=2, tokens=drafted, num_accepted=1, context_tokens=3, context_match=2))
+    proposal = ContextProposal(tokens=(1, 2, 3), match_length=2, occurrences=1, agreeing=1, distance=5)
+    policy.observe(StepOutcome(step=1, tokens=drafted, num_accepted=4, context_tokens=3, context=proposal))
+    policy.observe(StepOutcome(step=2, tokens=drafted, num_accepted=1, context_tokens=3, context=proposal))
     assert seen == [(2, 1), (0, 0)]
 
 

@@ -6,8 +6,9 @@ occurred earlier, the tokens that followed them then are candidates for the toke
 prompt-lookup decoding drafts with). They cost no draft forward, only their slots in the target's verification.
 
 [`ContextSource`][] keeps, for every n-gram of the sequence up to `max_ngram` tokens, where its most recent earlier
-occurrence ended and how often it occurred. Appending a verified token costs `max_ngram` dictionary writes; a
-proposal tries the tail's n-grams from the longest down and copies the continuation of the first one found.
+occurrence ended, how often it occurred and how many of its latest occurrences in a row went on the same way.
+Appending a verified token costs `max_ngram` dictionary writes; a proposal tries the tail's n-grams from the longest
+down and copies the continuation of the first one found.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ class ContextProposal:
         tokens: the proposed continuation (empty when the tail never occurred before).
         match_length: tokens of the sequence's tail that matched the earlier occurrence (0 for no match).
         occurrences: how many earlier occurrences the matched n-gram has (the most recent is the one copied).
+        agreeing: how many of its most recent occurrences in a row were followed by the proposed first token (1 to
+            `occurrences`: all of them when the text always went on the same way after it).
         distance: tokens between the copied occurrence's end and the sequence's end.
     """
 
     tokens: tuple[int, ...] = ()
     match_length: int = 0
     occurrences: int = 0
+    agreeing: int = 0
     distance: int = 0
 
     def __len__(self) -> int:
@@ -60,8 +64,9 @@ class ContextSource:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got min_ngram={min_ngram}, max_ngram={max_ngram}.")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self._tokens: list[int] = []
-        # n-gram -> (index of the token that followed its most recent occurrence, occurrences with a follower)
-        self._ends: dict[tuple[int, ...], tuple[int, int]] = {}
+        # n-gram -> (index of the token that followed its most recent occurrence, occurrences with a follower, how
+        # many of the most recent occurrences in a row had that same follower)
+        self._ends: dict[tuple[int, ...], tuple[int, int, int]] = {}
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -81,11 +86,16 @@ class ContextSource:
         seq, ends, lo, hi = self._tokens, self._ends, self.min_ngram, self.max_ngram
         for token in tokens:
             i = len(seq)
+            token = int(token)
             for n in range(lo, min(hi, i) + 1):
                 key = tuple(seq[i - n : i])
                 previous = ends.get(key)
-                ends[key] = (i, 1 if previous is None else previous[1] + 1)
-            seq.append(int(token))
+                if previous is None:
+                    ends[key] = (i, 1, 1)
+                else:
+                    same = previous[2] + 1 if seq[previous[0]] == token else 1
+                    ends[key] = (i, previous[1] + 1, same)
+            seq.append(token)
 
     def propose(self, max_tokens: int) -> ContextProposal:
         """The continuation of the longest earlier occurrence of the sequence's tail.
@@ -102,11 +112,12 @@ class ContextSource:
         for n in range(min(self.max_ngram, length), self.min_ngram - 1, -1):
             found = self._ends.get(tuple(seq[length - n :]))
             if found is not None:
-                start, occurrences = found
+                start, occurrences, agreeing = found
                 return ContextProposal(
                     tokens=tuple(seq[start : start + max_tokens]),
                     match_length=n,
                     occurrences=occurrences,
+                    agreeing=agreeing,
                     distance=length - start,
                 )
         return _NO_PROPOSAL

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.context_source import ContextSource
+from ..core.context_source import ContextProposal, ContextSource
 from ..core.cost import Clock, CostModel
 from ..core.ngram import NgramIndex
 from ..core.signals import TokenSignals, batch_token_signals
@@ -123,7 +123,7 @@ class _Drafts:
         valid (`torch.BoolTensor` of shape `(rows, k)`): which columns are candidates (a prefix per row).
         signals: per row, the signals of its drafted tokens (context tokens have none).
         context: per row, how many of its candidates came from the context (its first ones).
-        matches: per row, the tail length its context candidates were matched on.
+        proposals: per row, the proposal its context candidates were taken from (None where it took none).
         probs: per column, the processed draft distributions `(rows, vocab)` where a draft forward produced that
             column, else None (speculative sampling only; context candidates are one-hot proposals).
         forwards: draft forwards of the step.
@@ -134,7 +134,7 @@ class _Drafts:
     valid: torch.Tensor
     signals: list[list[TokenSignals]]
     context: list[int]
-    matches: list[int]
+    proposals: list[ContextProposal | None]
     probs: list[torch.Tensor | None] = field(default_factory=list)
     forwards: int = 0
     times: StepTimes = field(default_factory=StepTimes)
@@ -201,7 +201,7 @@ class _Loop:
         (cut after an EOS)."""
         proposal = self.sources[rows[b]].propose(cap)
         if not proposal.tokens:
-            return (), 0, 1.0
+            return (), None, 1.0
         state = DraftState(step=step, tokens=[], max_tokens=cap, throughput=bar, sequence_length=length)
         start = self.clock.now()
         plan = self.call.policies[rows[b]].plan_context(proposal, state)
@@ -211,7 +211,7 @@ class _Loop:
             if token in self.settings.eos_token_ids:
                 tokens = tokens[: i + 1]
                 break
-        return tokens, proposal.match_length, plan.acceptance
+        return tokens, (proposal if tokens else None), plan.acceptance
 
     def _draft(self, batch: kv_cache.RowLayout, step: int) -> _Drafts:
         """The step's candidates, column by column: each row's context run, then drafted tokens.
@@ -225,11 +225,12 @@ class _Loop:
         caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
         bar = throughput_bar(call.cost, self.recent)
         runs: list[tuple[int, ...]] = [()] * n
-        matches, prefix = [0] * n, [1.0] * n
+        proposals: list[ContextProposal | None] = [None] * n
+        prefix = [1.0] * n
         if self.uses_context:
             for b in range(n):
                 if caps[b] > 0:
-                    runs[b], matches[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
+                    runs[b], proposals[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
         context = [len(run) for run in runs]
         signals: list[list[TokenSignals]] = [[] for _ in range(n)]
 
@@ -248,7 +249,7 @@ class _Loop:
         drafting = [self.uses_draft and caps[b] > context[b] and ask(b) for b in range(n)]
         open_rows = [cap > 0 for cap in caps]  # rows whose next column is still a candidate
         drafts = _Drafts(
-            batch.ids.new_zeros((n, 0)), batch.ids.new_zeros((n, 0), dtype=torch.bool), signals, context, matches
+            batch.ids.new_zeros((n, 0)), batch.ids.new_zeros((n, 0), dtype=torch.bool), signals, context, proposals
         )
         columns: list[list[int]] = []
         valid_columns: list[list[bool]] = []
@@ -554,7 +555,7 @@ class _Loop:
                 tokens=signals[b],
                 num_accepted=accepted[b],
                 context_tokens=context[b],
-                context_match=drafts.matches[b],
+                context=drafts.proposals[b],
             )
             call.policies[r].observe(outcome)
             record = None

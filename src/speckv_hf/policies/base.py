@@ -86,14 +86,14 @@ class StepOutcome:
         num_accepted: how many drafted tokens the target accepted (a prefix of `tokens`); with context candidates
             in front, how many of all the step's candidates, context first.
         context_tokens: context candidates that came before the drafted tokens (0 without a context source).
-        context_match: tokens of the sequence's tail that the context candidates were matched on.
+        context: the proposal they were taken from (None without context candidates).
     """
 
     step: int
     tokens: list[TokenSignals]
     num_accepted: int
     context_tokens: int = 0
-    context_match: int = 0
+    context: ContextProposal | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ _PRIOR = (0.0, 0.15, 0.3, 0.45, 0.55, 0.65, 0.7, 0.75, 0.8)
 _PRIOR_WEIGHT = 4.0
 _MAX_WEIGHT = 256.0  # evidence kept per bucket: older steps fade so the estimate follows the text
 _MAX_MATCH = len(_PRIOR) - 1
+#: The prior of each history of the matched n-gram (see `ContextAcceptance.history`), relative to `_PRIOR`: one
+#: occurrence, every occurrence followed alike, followed differently.
+_HISTORY_PRIOR_SCALE = (1.0, 1.0, 0.6)
 _MAX_DRAFT_PRICED = 8  # drafted tokens considered when a run is priced against drafting alone
 
 
@@ -48,48 +51,70 @@ class _Rate:
         self.trials = self.trials * 0.98 + 1.0
 
 
+def _priors() -> list[list[float]]:
+    return [[p * scale * _PRIOR_WEIGHT for p in _PRIOR] for scale in _HISTORY_PRIOR_SCALE]
+
+
 @dataclass
 class ContextAcceptance:
-    """Online acceptance of context tokens, given the run before them was accepted, by effective match length.
+    """Online acceptance of context tokens, given the run before them was accepted, by the matched n-gram's history
+    and the effective match length.
 
     A context token at run position `j` of a proposal matched on `n` tail tokens continues a match of `n + j`
-    tokens once the run before it is accepted: that length is the token's bucket. The buckets' rates (kept across
-    calls) are scaled by a recent-bias correction, (recent accepts + 1) / (recent predicted accepts + 1) with a
-    per-step decay of `recent_decay`, so a passage where the text stops repeating (a derivation after a quoted
-    table) moves the estimate within a few steps.
+    tokens once the run before it is accepted: that length is the token's bucket, within one of three histories of
+    the matched n-gram ([`ContextAcceptance.history`][]): it occurred once before; every earlier occurrence went on
+    the same way; they went on differently (a key followed by different values, say). The buckets' rates (kept
+    across calls) are scaled by a recent-bias correction, (recent accepts + 1) / (recent predicted accepts + 1) with
+    a per-step decay of `recent_decay`, so a passage where the text stops repeating moves the estimate within a few
+    steps.
     """
 
     recent_decay: float = 0.7
-    accepted: list[float] = field(default_factory=lambda: [p * _PRIOR_WEIGHT for p in _PRIOR])
-    seen: list[float] = field(default_factory=lambda: [_PRIOR_WEIGHT] * len(_PRIOR))
+    accepted: list[list[float]] = field(default_factory=_priors)
+    seen: list[list[float]] = field(
+        default_factory=lambda: [[_PRIOR_WEIGHT] * len(_PRIOR) for _ in _HISTORY_PRIOR_SCALE]
+    )
     recent_accepted: float = 0.0
     recent_predicted: float = 0.0
+
+    @staticmethod
+    def history(proposal: ContextProposal) -> int:
+        """0: the matched n-gram occurred once before; 1: each of its occurrences was followed by the proposed token;
+        2: they were followed by different tokens."""
+        if proposal.occurrences <= 1:
+            return 0
+        return 1 if proposal.agreeing >= proposal.occurrences else 2
 
     @staticmethod
     def bucket(match_length: int, position: int) -> int:
         return max(1, min(match_length + position, _MAX_MATCH))
 
-    def probability(self, match_length: int, position: int) -> float:
-        """Probability that the run's token at `position` is accepted, given the tokens before it were."""
+    def rate(self, history: int, match_length: int, position: int) -> float:
+        """The bucket's learned rate, without the recent-bias correction."""
         b = self.bucket(match_length, position)
-        bias = (self.recent_accepted + 1.0) / (self.recent_predicted + 1.0)
-        return min(self.accepted[b] / self.seen[b] * bias, 0.995)
+        return self.accepted[history][b] / self.seen[history][b]
 
-    def update(self, match_length: int, taken: int, num_accepted: int) -> None:
+    def probability(self, match_length: int, position: int, history: int = 0) -> float:
+        """Probability that the run's token at `position` is accepted, given the tokens before it were."""
+        bias = (self.recent_accepted + 1.0) / (self.recent_predicted + 1.0)
+        return min(self.rate(history, match_length, position) * bias, 0.995)
+
+    def update(self, match_length: int, taken: int, num_accepted: int, history: int = 0) -> None:
         """Learns from a verified run: `taken` context tokens, of which the first `num_accepted` were accepted (the
         tokens after the first rejection were not judged)."""
         self.recent_accepted *= self.recent_decay
         self.recent_predicted *= self.recent_decay
+        accepted_row, seen_row = self.accepted[history], self.seen[history]
         for position in range(min(taken, num_accepted + 1)):
             b = self.bucket(match_length, position)
             accepted = position < num_accepted
-            self.recent_predicted += self.accepted[b] / self.seen[b]
+            self.recent_predicted += accepted_row[b] / seen_row[b]
             self.recent_accepted += float(accepted)
-            if self.seen[b] >= _MAX_WEIGHT:
-                self.accepted[b] *= 0.5
-                self.seen[b] *= 0.5
-            self.accepted[b] += float(accepted)
-            self.seen[b] += 1.0
+            if seen_row[b] >= _MAX_WEIGHT:
+                accepted_row[b] *= 0.5
+                seen_row[b] *= 0.5
+            accepted_row[b] += float(accepted)
+            seen_row[b] += 1.0
 
 
 @dataclass(repr=False, eq=False)
@@ -110,7 +135,7 @@ class ContextPolicy(DraftPolicy):
     draft_policy: DraftPolicy | None = None
     max_context_tokens: int = 16
     warmup_acceptance: float = 0.3
-    explore_every: int = 4
+    explore_every: int = 8
     acceptance: ContextAcceptance = field(default_factory=ContextAcceptance)
     name: ClassVar[str] = "context"
     uses_context: ClassVar[bool] = True
@@ -146,7 +171,11 @@ class ContextPolicy(DraftPolicy):
         limit = min(len(proposal), self.max_context_tokens, state.max_tokens)
         if limit < 1:
             return NO_CONTEXT
-        n, estimate = proposal.match_length, self.acceptance.probability
+        n, history = proposal.match_length, ContextAcceptance.history(proposal)
+
+        def estimate(match_length: int, position: int) -> float:
+            return self.acceptance.probability(match_length, position, history)
+
         cost = self.context.cost
         if not state.throughput or cost.num_verify_samples < 1:
             bar, slope = None, 0.0
@@ -207,8 +236,10 @@ class ContextPolicy(DraftPolicy):
 
     def observe(self, outcome: StepOutcome) -> None:
         taken = outcome.context_tokens
-        if taken:
-            self.acceptance.update(outcome.context_match, taken, outcome.num_accepted)
+        if taken and outcome.context is not None:
+            proposal = outcome.context
+            history = ContextAcceptance.history(proposal)
+            self.acceptance.update(proposal.match_length, taken, outcome.num_accepted, history)
         if self.draft_policy is None:
             return
         if outcome.tokens and outcome.num_accepted >= taken:  # the draft's first token was judged
