@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
         "provenance": {
             "commit": _git("rev-parse", "HEAD"),
             "src_changed": bool(_git("status", "--porcelain", "src")),
-            "command": "python benchmarks/context_candidates.py " + " ".join(sys.argv[2:]),
+            "command": "python benchmarks/context_candidates.py " + " ".join(sys.argv[1:]),
         },
         "compressions": [],
     }
