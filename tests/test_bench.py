@@ -17,9 +17,23 @@ from .conftest import prompt
 def test_parse_methods_defaults_and_ranges():
     methods = parse_methods(DEFAULT_METHODS)
     names = [m.name for m in methods]
-    assert names[:4] == ["target-only", "hf-default", "hf-heuristic", "adaptive"]
-    assert names[4:12] == [f"fixed:{k}" for k in range(1, 9)] and names[-1] == "oracle"
+    assert names[:6] == [
+        "target-only",
+        "hf-default",
+        "hf-heuristic",
+        "hf-prompt-lookup",
+        "adaptive",
+        "context+adaptive",
+    ]
+    assert names[6:14] == [f"fixed:{k}" for k in range(1, 9)] and names[-1] == "oracle"
     assert {m.kind for m in methods} == {"target", "hf", "speckv", "oracle"}
+    # context policies, and their constants as a range
+    assert [m.name for m in parse_methods("context,context+fixed:1-3")[1:]] == [
+        "context",
+        "context+fixed:1",
+        "context+fixed:2",
+        "context+fixed:3",
+    ]
     # target-only always first, duplicates dropped, hf ranges expand.
     assert [m.name for m in parse_methods("fixed:4, fixed:4,hf-fixed-2-3")] == [
         "target-only",

@@ -126,6 +126,26 @@ def test_a_weak_run_is_skipped_for_a_draft_that_is_usually_right():
     assert policy.plan_context(weak, _state()).count == 0
     alone = _bound(ContextPolicy(None))
     assert alone.plan_context(weak, _state()).count >= 1  # without a draft, a cheap weak run still pays
+    # "context+adaptive" called without a draft model prices its runs as the context alone does.
+    no_draft = ContextPolicy(AdaptivePolicy())
+    cost = _bound(ContextPolicy(None)).context.cost
+    no_draft.bind(PolicyContext(cost=cost, compression=None, has_draft=False))
+    assert no_draft.plan_context(weak, _state()) == alone.plan_context(weak, _state())
+
+
+def test_context_tokens_nobody_kept_do_not_look_like_a_draft_with_another_tokenizer():
+    import warnings
+
+    from speckv_hf import SpecKVGenerator
+    from speckv_hf.core.stats import GenerationStats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpecKVGenerator("context")._warn_if_nothing_accepted(GenerationStats(drafted_tokens=100, context_tokens=100))
+    with pytest.warns(UserWarning, match="another tokenizer"):
+        SpecKVGenerator("context+adaptive")._warn_if_nothing_accepted(
+            GenerationStats(drafted_tokens=140, context_tokens=100, accepted_tokens=3, context_accepted=3)
+        )
 
 
 def test_draft_policy_sees_only_its_own_tokens_once_the_run_was_accepted():
@@ -140,7 +160,7 @@ def test_draft_policy_sees_only_its_own_tokens_once_the_run_was_accepted():
     proposal = ContextProposal(tokens=(1, 2, 3), match_length=2, occurrences=1, agreeing=1, distance=5)
     policy.observe(StepOutcome(step=1, tokens=drafted, num_accepted=4, context_tokens=3, context=proposal))
     policy.observe(StepOutcome(step=2, tokens=drafted, num_accepted=1, context_tokens=3, context=proposal))
-    assert seen == [(2, 1), (0, 0)]
+    assert seen == [(2, 1)]  # after a rejected context token the drafted tokens were never judged: not observed
 
 
 @pytest.mark.parametrize(

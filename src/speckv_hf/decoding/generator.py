@@ -318,14 +318,15 @@ class SpecKVGenerator:
     def _warn_if_nothing_accepted(self, stats: GenerationStats) -> None:
         """Warns once per generator when a call drafted many tokens and the target accepted none: a draft that
         never agrees is almost always one that reads other token ids than the target."""
-        if stats.drafted_tokens < ZERO_ACCEPTANCE_WARNING_TOKENS or stats.accepted_tokens > 0:
+        drafted = stats.drafted_tokens - stats.context_tokens  # the draft's own tokens: context ones are no evidence
+        if drafted < ZERO_ACCEPTANCE_WARNING_TOKENS or stats.accepted_tokens - stats.context_accepted > 0:
             return
         with self._lock:
             if self._warned_zero_acceptance:
                 return
             self._warned_zero_acceptance = True
         warnings.warn(
-            f"the target accepted none of the {stats.drafted_tokens} tokens the draft proposed in this call: the "
+            f"the target accepted none of the {drafted} tokens the draft proposed in this call: the "
             "likely cause is a draft with another tokenizer (same vocabulary size, other token ids). Check that "
             "draft and target share a tokenizer, or generate without candidate_generator=.",
             UserWarning,
@@ -428,7 +429,9 @@ class SpecKVGenerator:
             raise ValueError(f"verification must be one of {names}, got {verification!r}.")
         batch_size = int(input_ids.shape[0])
         cost, template, compression, key = self._call_state(target, draft, batch_size)
-        context = PolicyContext(cost=cost, compression=compression, do_sample=verification == "speculative")
+        context = PolicyContext(
+            cost=cost, compression=compression, do_sample=verification == "speculative", has_draft=draft is not None
+        )
         # One policy per row (policies keep per-step state), all reading the call's one cost model.
         policies = [template] + [copy.deepcopy(template) for _ in range(batch_size - 1)]
         for policy in policies:

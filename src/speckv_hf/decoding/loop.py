@@ -169,6 +169,7 @@ class _Loop:
         self.contexts = [NgramIndex(ids) for ids in unpadded]
         self.sources = [ContextSource(ids) for ids in unpadded] if self.uses_context else []
         self.streamed = 0
+        self.draft_checked = False
         self.noise: GumbelNoise | None = None
         step = 0
         last_verified: float | None = None
@@ -181,10 +182,11 @@ class _Loop:
             times = drafts.times
             times.overhead = started - last_verified if last_verified is not None else 0.0
             times.draft, times.verify = verify_start - started, verified - verify_start
-            if step == 0:  # both caches are filled now: check they are the key/value layers this loop edits
+            if step == 0:  # the target's cache is filled now: check it has the key/value layers this loop edits
                 kv_cache.check_cache(batch.target_cache)
-                if batch.draft_len:
-                    kv_cache.check_cache(batch.draft_cache)
+            if not self.draft_checked and batch.draft_len:  # the draft's, after its first forward (later with context)
+                kv_cache.check_cache(batch.draft_cache)
+                self.draft_checked = True
             appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
             self._record(batch, step, drafts, num_accepted, appended)
             self._stream(batch, finished)
@@ -527,7 +529,8 @@ class _Loop:
             self.recent,
             step,
             candidates=int(drafts.valid.shape[1]),
-            drafted=drafts.forwards > 0,
+            # A forward that also fed context candidates is not a drafted token's cost: only the verification counts.
+            drafted=drafts.forwards > 0 and not any(context),
             times=times,
             tokens_per_row=emitted / batch.size,
             forward_costs=batch.size == self.batch_size,

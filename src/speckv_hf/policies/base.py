@@ -43,11 +43,13 @@ class PolicyContext:
         cost: the call's cost model, measured online (or set by the user).
         compression: the target's compression.
         do_sample: whether the call samples (True) or decodes greedily (False).
+        has_draft: whether the call has a draft model (a context policy runs without one).
     """
 
     cost: CostModel
     compression: CompressionInfo
     do_sample: bool = False
+    has_draft: bool = True
 
 
 @dataclass

@@ -201,7 +201,7 @@ class ContextPolicy(DraftPolicy):
 
     def _draft_first_acceptance(self) -> float | None:
         """The estimated acceptance of a step's first drafted token (None for the context alone)."""
-        if self.draft_policy is None:
+        if self.draft_policy is None or not self.context.has_draft:
             return None
         return min(self._draft_first.mean, 0.995)
 
@@ -245,9 +245,8 @@ class ContextPolicy(DraftPolicy):
         if outcome.tokens and outcome.num_accepted >= taken:  # the draft's first token was judged
             self._draft_first.update(outcome.num_accepted > taken)
         if taken and outcome.num_accepted < taken:
-            # The drafted tokens after a rejected context token were never judged.
-            outcome = StepOutcome(step=outcome.step, tokens=[], num_accepted=0)
-        elif taken:
+            return  # the drafted tokens after a rejected context token were never judged: nothing to learn
+        if taken:
             outcome = StepOutcome(step=outcome.step, tokens=outcome.tokens, num_accepted=outcome.num_accepted - taken)
         self.draft_policy.observe(outcome)
 
