@@ -282,24 +282,23 @@ class _Loop:
                         if last in settings.eos_token_ids or context[b] >= caps[b]:
                             open_rows[b] = drafting[b] = False
                 continue
-            probs = token = None
-            if any(draft_rows):
-                logits = self._feed(batch, columns, valid_columns, fed)
-                fed = j
-                drafts.forwards += 1
-                views = self._views(rows)
-                if views and columns:
-                    views = [v + [c[b] for c in columns] for b, v in enumerate(views)]
-                processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
-                if settings.coupled:
-                    # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
-                    at = [len(self.generated[r]) + j for r in rows]
-                    processed = processed + self._noise(processed).at(rows, at)
-                probs = torch.softmax(processed, dim=-1)
-                token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
-                predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
-                row_signals = batch_token_signals(probs, token, j, predictions)
-                token_ids = token.tolist()
+            # From here on some row drafts in this column (the loop continued above otherwise): one draft forward.
+            logits = self._feed(batch, columns, valid_columns, fed)
+            fed = j
+            drafts.forwards += 1
+            views = self._views(rows)
+            if views and columns:
+                views = [v + [c[b] for c in columns] for b, v in enumerate(views)]
+            processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
+            if settings.coupled:
+                # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
+                at = [len(self.generated[r]) + j for r in rows]
+                processed = processed + self._noise(processed).at(rows, at)
+            probs = torch.softmax(processed, dim=-1)
+            token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
+            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
+            row_signals = batch_token_signals(probs, token, j, predictions)
+            token_ids = token.tolist()
             column = [pad] * n
             for b in range(n):
                 if in_context[b]:
@@ -321,14 +320,13 @@ class _Loop:
                     open_rows[b] = drafting[b] = False
                 elif draft_rows[b] and drafting[b]:
                     drafting[b] = ask(b)
-            if any(draft_rows):
-                now = self.clock.now()
-                if drafts.forwards == 1:
-                    drafts.times.first_draft = now - start
-                else:
-                    drafts.times.later_draft += now - start
-                    drafts.times.later_tokens += 1
-                start = now
+            now = self.clock.now()
+            if drafts.forwards == 1:
+                drafts.times.first_draft = now - start
+            else:
+                drafts.times.later_draft += now - start
+                drafts.times.later_tokens += 1
+            start = now
         if columns:
             drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
             drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
