@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time `__getattr__`
     from .core.cost import Clock, CostModel, CostSettings
     from .core.signals import StepSignals, TokenSignals, token_signals
     from .core.stats import GenerationStats, StepRecord
+    from .decoding.compiled import CompileOptions
     from .decoding.custom_generate import speckv_generate
     from .decoding.generator import SpecKVGenerator
     from .decoding.hook import install, is_installed, uninstall
@@ -50,6 +51,7 @@ _SUBMODULE_OF = {
     "AcceptanceCalibrator": "core.calibration",
     "AdaptivePolicy": "policies.marginal",
     "Clock": "core.cost",
+    "CompileOptions": "decoding.compiled",
     "CompressionInfo": "compression.detection",
     "ConfidencePolicy": "policies.base",
     "CostModel": "core.cost",
@@ -95,6 +97,7 @@ __all__ = [
     "AcceptanceCalibrator",
     "AdaptivePolicy",
     "Clock",
+    "CompileOptions",
     "CompressionInfo",
     "ConfidencePolicy",
     "CostModel",

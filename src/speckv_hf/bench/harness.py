@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..decoding._transformers import compile_everywhere_config
 from ..decoding.coupling import SAMPLING_SETTINGS
 from ..decoding.generator import SpecKVGenerator
 from ..policies.oracle import OraclePolicy, acceptance_runs
@@ -144,6 +145,7 @@ class _Harness:
     seed: int
     sampling: str
     counters: tuple[ForwardCounter, ForwardCounter]
+    max_prompt_length: int = 1
     generators: dict[str, SpecKVGenerator] = field(default_factory=dict)
     oracles: dict[str, list[int]] = field(default_factory=dict)
 
@@ -154,7 +156,10 @@ class _Harness:
             "do_sample": self.do_sample,
         }
         generator = None
-        if method.kind == "hf" and method.prompt_lookup_num_tokens is not None:
+        if method.kind == "target" and method.compiled:
+            kwargs["cache_implementation"] = "static"
+            kwargs["compile_config"] = compile_everywhere_config()
+        elif method.kind == "hf" and method.prompt_lookup_num_tokens is not None:
             kwargs["prompt_lookup_num_tokens"] = method.prompt_lookup_num_tokens  # no draft model at all
         elif method.kind == "hf":
             for key, value in {**HF_DEFAULTS, **method.hf_settings}.items():
@@ -164,7 +169,15 @@ class _Harness:
             generator = self.generators.get(method.name)
             if generator is None:
                 sampling = method.sampling or self.sampling
-                generator = self.generators[method.name] = SpecKVGenerator(method.policy, sampling=sampling)
+                generator = SpecKVGenerator(method.policy, sampling=sampling, compile=method.compiled)
+                self.generators[method.name] = generator
+                if method.compiled:  # every feed length now, so that no measured call compiles
+                    generator.warmup(
+                        self.target,
+                        self.draft if generator.policy.uses_draft else None,
+                        prompt_length=self.max_prompt_length,
+                        max_new_tokens=self.max_new_tokens,
+                    )
         elif method.kind == "oracle":
             runs = self.oracles[prompt.item.id]
             generator = SpecKVGenerator(OraclePolicy(runs, prompt.input_ids.shape[1]), warm_start=False)
@@ -198,6 +211,9 @@ class _Harness:
         if generator is not None:
             stats = generator.last_stats
             record.drafted, record.accepted = stats.drafted_tokens, stats.accepted_tokens
+            if stats.compiled:  # compiled forwards run no module hooks: the loop counted them
+                record.target_forwards, record.draft_forwards = stats.target_forwards, stats.draft_forwards
+                record.target_seconds = record.draft_seconds = None
             record.gamma_histogram = dict(stats.gamma_histogram)
             record.accepted_histogram = dict(stats.accepted_histogram)
         return record
@@ -259,6 +275,7 @@ def run_benchmark(
     timed = all(p.device.type != "cuda" for model in (target, draft) for p in model.parameters())
     counters = (ForwardCounter(target, timed), ForwardCounter(draft, timed))
     harness = _Harness(target, draft, max_new_tokens, do_sample, seed, sampling, counters)
+    harness.max_prompt_length = max(int(p.input_ids.shape[1]) for p in prompts)
     saved = {key: getattr(draft.generation_config, key, None) for key in HF_DEFAULTS}
     reference: dict[str, list[int]] = {}
     records: list[CallRecord] = []

@@ -40,7 +40,9 @@ class ForwardCounter:
         self.calls = 0
         self.seconds = 0.0
         self._start = 0.0
-        self._handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+        # Hooks run outside compiled graphs (`target-compiled` compiles the module's call, hooks included).
+        pre, post = torch.compiler.disable(self._pre), torch.compiler.disable(self._post)
+        self._handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
 
     def _pre(self, *_: Any) -> None:
         if self.timed:

@@ -1,5 +1,5 @@
-"""The methods `speckv bench` compares, by name: target alone, transformers' assisted generation and prompt lookup,
-SpecKV policies and the oracle."""
+"""The methods `speckv bench` compares, by name: target alone (eager or compiled), transformers' assisted generation
+and prompt lookup, SpecKV policies (in the eager or the compiled loop) and the oracle."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class Method:
         policy: for `"speckv"`, the policy given to `SpecKVGenerator`.
         sampling: for `"speckv"`, `SpecKVGenerator(sampling=...)` in sampled runs; None for the run's own (so one
             run can interleave speculative and coupled sampling).
+        prompt_lookup_num_tokens: for `hf-prompt-lookup[-N]`, transformers' `prompt_lookup_num_tokens`.
+        compiled: `target-compiled` (transformers' static cache, its forward compiled) or `compiled:POLICY`
+            (`SpecKVGenerator(POLICY, compile=True)`, the compiled loop).
     """
 
     name: str
@@ -57,6 +60,7 @@ class Method:
     policy: str | DraftPolicy | None = None
     sampling: str | None = None
     prompt_lookup_num_tokens: int | None = None
+    compiled: bool = False
 
 
 def _hf_method(name: str) -> Method:
@@ -97,7 +101,9 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             `hf-fixed-A-B` likewise. `hf-prompt-lookup` is transformers' prompt lookup (no draft model) with
             `HF_PROMPT_LOOKUP_TOKENS` tokens, `hf-prompt-lookup-N` with N. `speckv@PATH_OR_REPO` runs a trained
             predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
-            run interleaved. `Method` objects pass through (e.g. a SpecKV method with a policy object).
+            run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
+            compiled; `compiled:POLICY` (and `compiled:fixed:A-B`) runs POLICY in the compiled loop. `Method`
+            objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
         The methods, without duplicates, in the given order after `target-only`.
@@ -141,6 +147,20 @@ def _expand(spec: str) -> list[Method]:
             return [method for k in range(int(low), int(high) + 1) for method in _expand(f"{head}{k}")]
     if spec == "target-only":
         return [Method(spec, "target")]
+    if spec == "target-compiled":
+        return [Method(spec, "target", compiled=True)]
+    if spec.startswith("compiled:"):
+        inner = spec.removeprefix("compiled:")
+        if (
+            inner in {"oracle", "target-only", "target-compiled"}
+            or inner.startswith(("hf-", "compiled:"))
+            or "@" in inner
+        ):
+            raise ValueError(f"bad method {spec!r}: compiled: takes a SpecKV policy, e.g. compiled:adaptive.")
+        return [
+            Method(f"compiled:{method.name}", "speckv", policy=method.policy, compiled=True)
+            for method in _expand(inner)
+        ]
     if spec == "oracle":
         return [Method(spec, "oracle")]
     if spec.startswith("hf-"):
@@ -153,9 +173,10 @@ def _expand(spec: str) -> list[Method]:
         raise ValueError(f"method {spec!r} cannot be built: {error}") from None
     except ValueError:
         raise ValueError(
-            f"unknown method {spec!r}: use target-only, hf-default, hf-heuristic, hf-fixed-K, hf-prompt-lookup, "
-            "hf-prompt-lookup-N, oracle, or a SpecKV "
+            f"unknown method {spec!r}: use target-only, target-compiled, hf-default, hf-heuristic, hf-fixed-K, "
+            "hf-prompt-lookup, hf-prompt-lookup-N, oracle, or a SpecKV "
             "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; context for context candidates "
-            "alone, context+POLICY for context candidates then POLICY's drafts; speckv@PATH for a trained predictor)."
+            "alone, context+POLICY for context candidates then POLICY's drafts; speckv@PATH for a trained predictor; "
+            "compiled:POLICY for POLICY in the compiled loop)."
         ) from None
     return [Method(spec, "speckv", policy=spec)]

@@ -125,6 +125,9 @@ class GenerationStats:
         verification: how the call verified drafts: `"greedy"` (matching the target's argmax), `"speculative"`
             (speculative sampling), `"coupled"` (coupled sampling, `speckv_hf.decoding.coupling`), or `"none"`
             for a call that ran as plain decoding.
+        compiled: the call ran the compiled loop (`SpecKVGenerator(compile=...)`): static caches, compiled forwards.
+        compiled_graphs: graphs the generator had compiled by the end of the call (every model and feed length).
+        compile_seconds: seconds this call spent in the first calls of new graphs (compiling; 0 once warm).
     """
 
     policy: dict[str, Any] = field(default_factory=dict)
@@ -152,6 +155,9 @@ class GenerationStats:
     rows: list[GenerationStats] = field(default_factory=list)
     loop: str = "transformers"
     verification: str = "greedy"
+    compiled: bool = False
+    compiled_graphs: int = 0
+    compile_seconds: float = 0.0
 
     def record_step(
         self,
@@ -242,6 +248,8 @@ class GenerationStats:
         gammas = " ".join(f"{k}:{v}" for k, v in sorted(self.gamma_histogram.items()))
         ratio = f"{self.cost_ratio:.2f}" if self.cost_ratio is not None else "n/a"
         context = f"context={self.context_accepted}/{self.context_tokens} accepted, " if self.context_tokens else ""
+        if self.compiled:
+            context += f"compiled ({self.compiled_graphs} graphs, {self.compile_seconds:.1f} s compiling), "
         if self.plain_decoding:
             return (
                 f"GenerationStats(policy={self.policy.get('name', '?')}, compression={self.compression}, "

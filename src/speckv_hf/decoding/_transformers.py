@@ -13,7 +13,9 @@ not every test of a loop:
 - every private name of transformers the library reads or writes, each behind one small function here
   ([`prepared_special_tokens`][], [`supports_dynamic_cache`][], [`bind_prefix_function_to_row`][],
   [`edit_cache_layers`][], [`assisted_decoding`][]), so tests/test_layout.py can check that no other module
-  reaches them.
+  reaches them;
+- where a static cache writes ([`static_write_kwargs`][]): at `cache_position` on 4.57, at each layer's
+  `cumulative_length` counter on the 5.x releases that dropped `cache_position` from the forward.
 """
 
 from __future__ import annotations
@@ -39,9 +41,13 @@ __all__ = [
     "bind_prefix_function_to_row",
     "cache_kwarg",
     "check_transformers_version",
+    "compile_everywhere_config",
     "edit_cache_layers",
     "missing_from_contract",
+    "new_static_cache",
     "prepared_special_tokens",
+    "static_cache_tensors",
+    "static_write_kwargs",
     "supports_dynamic_cache",
 ]
 
@@ -189,3 +195,82 @@ def assisted_decoding(model: Any, input_ids: torch.Tensor, **kwargs: Any) -> Any
         What `_assisted_decoding` returns.
     """
     return model._assisted_decoding(input_ids, **kwargs)
+
+
+def new_static_cache(model: torch.nn.Module, max_cache_len: int) -> Any:
+    """A `StaticCache` of `max_cache_len` columns for `model` (its layers allocate on the first forward).
+
+    Args:
+        model: a transformers model.
+        max_cache_len: columns every layer holds.
+
+    Returns:
+        A `transformers.StaticCache` (4.57 and 5.x take `config=` and `max_cache_len=` alike).
+    """
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_cache_len)
+
+
+def static_write_kwargs(model: torch.nn.Module, cache: Any, column: int, length: int, device: Any) -> dict[str, Any]:
+    """Makes the next forward of `length` tokens write `cache` from `column` on, and see columns up to its own.
+
+    transformers 4.57 writes a static layer at the forward's `cache_position`; the 5.x releases whose forward has no
+    `cache_position` write at each layer's `cumulative_length` tensor (advanced in place by the forward, moved back
+    by `crop`), and take the query's column for the causal mask from it. Moving that counter is a rollback too: the
+    columns past it are overwritten by the next forward.
+
+    Args:
+        model: the model the forward runs (its signature tells the release's convention).
+        cache: a `StaticCache` (layers may still be unallocated).
+        column: the first column the forward writes.
+        length: tokens the forward feeds.
+        device: where `cache_position` lives.
+
+    Returns:
+        The keyword arguments to add to the forward (`{"cache_position": ...}` on 4.57, else empty).
+    """
+    if _forward_takes_cache_position(type(model)):
+        return {"cache_position": torch.arange(column, column + length, device=device)}
+    for layer in cache.layers:
+        counter = getattr(layer, "cumulative_length", None)
+        if isinstance(counter, torch.Tensor):
+            counter.fill_(column)
+    return {}
+
+
+@functools.cache
+def _forward_takes_cache_position(model_type: type) -> bool:
+    return "cache_position" in inspect.signature(model_type.forward).parameters
+
+
+def static_cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """The key and value tensors of every allocated layer of a static cache, `(batch, heads, columns, head_dim)`
+    each, to edit in place (`cache.layers[i].keys` / `.values`, 4.57 and 5.x alike)."""
+    tensors = []
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
+                tensors.append(tensor)
+    return tensors
+
+
+def compile_everywhere_config(backend: str = "inductor", mode: str | None = None) -> Any:
+    """A `CompileConfig` that makes `generate(cache_implementation="static")` compile the forward on any device:
+    transformers compiles automatically on accelerators only, unless the config's `_compile_all_devices` is set
+    (4.57 and 5.x alike).
+
+    Args:
+        backend: `torch.compile`'s backend.
+        mode: `torch.compile`'s mode (None for the default; transformers' own default, `"reduce-overhead"`, means
+            CUDA graphs).
+
+    Returns:
+        A `transformers.CompileConfig`.
+    """
+    from transformers import CompileConfig
+
+    config = CompileConfig(backend=backend, mode=mode or "default")
+    config._compile_all_devices = True
+    return config

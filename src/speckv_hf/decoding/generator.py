@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from ..core.validation import validate_pair
 from ..policies.base import DraftPolicy, PolicyContext
 from ..policies.registry import get_policy
 from .assisted import AssistedCall, model_device
+from .compiled import CompiledModels, CompileOptions
 from .coupling import SAMPLING_SCHEMES, SAMPLING_SETTINGS
 from .hook import install
 from .loop import LoopCall
+from .static_loop import warm_up
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
@@ -104,6 +107,12 @@ class SpecKVGenerator:
         batch_quorum: in a batch, the share of the rows still drafting whose policies must want another token for
             the batch to draft it (one draft forward serves every row, and every row's tokens are verified); in
             (0, 1], where a tiny value means "any row".
+        compile: run calls in the compiled loop (`speckv_hf.decoding.static_loop`): static KV caches written in
+            place, both models' forwards compiled with `torch.compile` for a few feed lengths, kept across calls.
+            `True` for the defaults, or a [`CompileOptions`][] (backend, mode, lengths). The first calls compile
+            (see [`SpecKVGenerator.warmup`][]); `last_stats.compiled_graphs` and `.compile_seconds` say how much.
+            Own loop only (not `loop="transformers"`); calls never fall back to plain decoding, which would run
+            uncompiled; a step verifies at most `lengths[-1] - 1` candidates.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -124,6 +133,7 @@ class SpecKVGenerator:
         loop: str = "speckv",
         sampling: str = "auto",
         batch_quorum: float = 0.5,
+        compile: bool | CompileOptions = False,
         **policy_kwargs: Any,
     ) -> None:
         install()  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
@@ -154,6 +164,19 @@ class SpecKVGenerator:
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
+        if compile is True:
+            compile = CompileOptions()
+        if compile is not False and not isinstance(compile, CompileOptions):
+            raise TypeError(f"compile must be True, False or a CompileOptions, got {compile!r}.")
+        if compile and loop == "transformers":
+            raise ValueError(
+                "compile=True runs speckv-hf's own loop (transformers' assisted loop refuses static caches): "
+                "drop loop='transformers'."
+            )
+        self.compile_options: CompileOptions | None = compile or None
+        self._compiled = CompiledModels(compile) if compile else None
+        if compile:
+            self.plain_fallback = False  # plain decoding would run uncompiled
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warm: _Warm | None = None
@@ -161,6 +184,53 @@ class SpecKVGenerator:
 
     def __repr__(self) -> str:
         return f"SpecKVGenerator(policy={self.policy!r})"
+
+    def warmup(
+        self,
+        target: PreTrainedModel,
+        draft: PreTrainedModel | None = None,
+        *,
+        batch_size: int = 1,
+        prompt_length: int = 128,
+        max_new_tokens: int = 256,
+    ) -> float:
+        """Compiles what calls of this size will run, before the first call (`compile=True` only).
+
+        Every feed length of `CompileOptions.lengths` is compiled for the target and the draft, on static caches
+        sized for `prompt_length + max_new_tokens` tokens (rounded up to `CompileOptions.cache_step`): calls whose
+        prompt and new tokens fit in that many columns, with `batch_size` rows, compile nothing more. With the
+        `inductor` backend the generated code also lands in inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`,
+        by default under the system's temporary directory), so a second process compiles much faster.
+
+        Args:
+            target: the target model.
+            draft: the draft model (None for a context policy without one).
+            batch_size: rows per call.
+            prompt_length: the longest prompt, left padding included.
+            max_new_tokens: new tokens per call.
+
+        Returns:
+            Seconds spent compiling.
+
+        Raises:
+            ValueError: for a generator constructed without `compile=`, or sizes below 1.
+        """
+        if self._compiled is None:
+            raise ValueError("warmup() compiles the compiled loop: construct SpecKVGenerator(compile=True).")
+        if min(batch_size, prompt_length, max_new_tokens) < 1:
+            raise ValueError(
+                f"batch_size, prompt_length and max_new_tokens must be >= 1, got {batch_size}, {prompt_length}, "
+                f"{max_new_tokens}."
+            )
+        start = time.perf_counter()
+        warm_up(
+            self._compiled,
+            [target] + ([draft] if draft is not None else []),
+            batch_size=batch_size,
+            prompt_length=prompt_length,
+            max_new_tokens=max_new_tokens,
+        )
+        return time.perf_counter() - start
 
     @property
     def runs_without_draft(self) -> bool:
@@ -466,6 +536,7 @@ class SpecKVGenerator:
             clock=Clock(*([model_device(draft)] if draft is not None else []), model_device(target)),
             record_steps=self.record_steps,
             key=key,
+            compiled=self._compiled,
         )
 
     def finish_loop(self, call: LoopCall) -> GenerationStats:

@@ -36,6 +36,7 @@ from ..core.validation import validate_batched_call, validate_call, validate_pre
 from ._transformers import check_transformers_version, prepared_special_tokens, supports_dynamic_cache
 from .assisted import AssistedCall, model_device
 from .loop import LoopSettings, run_loop
+from .static_loop import run_static_loop
 from .verification import Processing
 
 if TYPE_CHECKING:  # annotations only: the generator imports the hook (constructing one installs it), not back
@@ -255,7 +256,8 @@ def own_loop_decoding(
     mask = attention_mask.to(device) if attention_mask is not None else None
     verification = "coupled" if settings.coupled else "speculative" if do_sample else "greedy"
     call = generator.start_loop(model, draft, ids, mask, verification)
-    sequences = run_loop(call, settings, model, draft, ids, mask).to(input_ids.device)
+    run = run_static_loop if call.compiled is not None else run_loop
+    sequences = run(call, settings, model, draft, ids, mask).to(input_ids.device)
     generator.finish_loop(call)  # only a call that finished hands on what it learned
     if generation_config.return_dict_in_generate:
         from transformers.generation.utils import GenerateDecoderOnlyOutput

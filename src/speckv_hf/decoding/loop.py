@@ -37,6 +37,8 @@ from .verification import Processing, accept_greedy, accept_sampled
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from .compiled import CompiledModels
+
 __all__ = ["LoopCall", "LoopSettings", "run_loop"]
 
 
@@ -79,6 +81,8 @@ class LoopCall:
         clock: the call's clock.
         record_steps: keep per-step records.
         key: what the generator files the call's learned state under (target, draft, batch size).
+        compiled: the generator's compiled forwards and static caches, for a call of the compiled loop
+            (`speckv_hf.decoding.static_loop`); None for the eager loop.
     """
 
     cost: CostModel
@@ -87,6 +91,7 @@ class LoopCall:
     clock: Clock
     record_steps: bool = True
     key: tuple[int, ...] = ()
+    compiled: CompiledModels | None = None
 
 
 def run_loop(
@@ -155,22 +160,17 @@ class _Loop:
         policy = call.policies[0]
         self.uses_context = bool(getattr(policy, "uses_context", False))
         self.uses_draft = draft is not None and bool(getattr(policy, "uses_draft", True))
+        self.max_candidates = settings.max_new_tokens  # candidates one step may verify (the compiled loop bounds it)
+        self.step_timed = True  # whether the step's times measure its costs
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
         settings = self.settings
-        size, prompt_length = input_ids.shape
-        self.batch_size = size
+        prompt_length = input_ids.shape[1]
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         batch = kv_cache.RowLayout(input_ids, mask)
-        self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
-        self.generated: list[list[int]] = [[] for _ in range(size)]
-        unpadded = [ids[len(ids) - int(m.sum()) :] for ids, m in zip(self.prompts, mask, strict=True)]
-        self.contexts = [NgramIndex(ids) for ids in unpadded]
-        self.sources = [ContextSource(ids) for ids in unpadded] if self.uses_context else []
-        self.streamed = 0
+        self._start(input_ids, mask)
         self.draft_checked = False
-        self.noise: GumbelNoise | None = None
         step = 0
         last_verified: float | None = None
         while batch.size:
@@ -196,6 +196,17 @@ class _Loop:
         if settings.streamer is not None:
             settings.streamer.end()
         return self._output(input_ids, prompt_length)
+
+    def _start(self, input_ids: torch.LongTensor, mask: torch.Tensor) -> None:
+        """The call's per-row state: prompts, new tokens, context indexes, streaming position, coupled noise."""
+        self.batch_size = int(input_ids.shape[0])
+        self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
+        self.generated: list[list[int]] = [[] for _ in range(self.batch_size)]
+        unpadded = [ids[len(ids) - int(m.sum()) :] for ids, m in zip(self.prompts, mask, strict=True)]
+        self.contexts = [NgramIndex(ids) for ids in unpadded]
+        self.sources = [ContextSource(ids) for ids in unpadded] if self.uses_context else []
+        self.streamed = 0
+        self.noise: GumbelNoise | None = None
 
     # -- candidates -----------------------------------------------------------------------------------------------
     def _plan_context(self, b: int, rows: list[int], step: int, cap: int, bar: float | None, length: int):
@@ -224,7 +235,8 @@ class _Loop:
         settings, call = self.settings, self.call
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
-        caps = [settings.max_new_tokens - len(self.generated[r]) - 1 for r in rows]  # room for the target's token
+        # Room for the target's token, and at most what one verification holds.
+        caps = [min(settings.max_new_tokens - len(self.generated[r]) - 1, self.max_candidates) for r in rows]
         bar = throughput_bar(call.cost, self.recent)
         runs: list[tuple[int, ...]] = [()] * n
         proposals: list[ContextProposal | None] = [None] * n
@@ -440,6 +452,17 @@ class _Loop:
             del kwargs["logits_to_keep"]
         logits = self.target(**kwargs).logits[:, -(k + 1) :]
         batch.target_len = batch.ids.shape[1] + k
+        return self._accept(batch, drafts, logits)
+
+    def _accept(self, batch: Any, drafts: _Drafts, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's accepted candidates and next token from the target's logits over its last token and
+        candidates (`(rows, k + 1, vocab)`): greedy matching, coupled or speculative sampling.
+
+        Returns:
+            `(num_accepted, next_tokens)`, each `torch.LongTensor` of shape `(rows,)`.
+        """
+        drafted, valid = drafts.tokens, drafts.valid
+        k = drafted.shape[1]
         rows = batch.rows.tolist()
         processed = self.settings.processing(logits, self._views(rows), drafted, rows)
         if self.settings.coupled:
@@ -522,17 +545,18 @@ class _Loop:
         call, times = self.call, drafts.times
         signals, context = drafts.signals, drafts.context
         emitted = sum(len(a) for a in appended)
-        observe_step(
-            call.cost,
-            self.recent,
-            step,
-            candidates=int(drafts.valid.shape[1]),
-            # A forward that also fed context candidates is not a drafted token's cost: only the verification counts.
-            drafted=drafts.forwards > 0 and not any(context),
-            times=times,
-            tokens_per_row=emitted / batch.size,
-            forward_costs=batch.size == self.batch_size,
-        )
+        if self.step_timed:  # a step that compiled a graph (the compiled loop) is no measure of its costs
+            observe_step(
+                call.cost,
+                self.recent,
+                step,
+                candidates=int(drafts.valid.shape[1]),
+                # A forward that also fed context candidates is not a drafted token's cost: only verification counts.
+                drafted=drafts.forwards > 0 and not any(context),
+                times=times,
+                tokens_per_row=emitted / batch.size,
+                forward_costs=batch.size == self.batch_size,
+            )
         accepted = num_accepted.tolist()
         candidates = drafts.valid.sum(-1).tolist()
         candidate_rows = drafts.tokens.tolist() if call.record_steps else []
