@@ -211,7 +211,8 @@ def test_processors_and_streamer_as_in_the_eager_loop(llama_pairs, capsys):
 
 def test_warmup_compiles_what_a_call_uses(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
-    generator = SpecKVGenerator("fixed:6", compile=FAST)
+    options = CompileOptions(backend="eager", cache_step=100)  # graphs of their own: no other test's shapes
+    generator = SpecKVGenerator("fixed:6", compile=options)
     seconds = generator.warmup(target, draft, batch_size=2, prompt_length=12, max_new_tokens=30)
     assert seconds > 0
     graphs = generator._compiled.graphs
@@ -270,3 +271,25 @@ def test_bench_methods_for_the_compiled_path():
     assert methods[2].compiled and methods[2].policy == "fixed:3"
     with pytest.raises(ValueError, match="compiled: takes a SpecKV policy"):
         parse_methods("compiled:oracle")
+
+
+def test_users_static_cache_request_is_served_by_the_compiled_loop(llama_pairs):
+    """`cache_implementation="static"` asks for what the compiled loop does: accepted there, refused (naming
+    `compile=True`) by the eager loop."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids = torch.tensor([[5, 9, 12, 40]])
+    expected = greedy(target, ids, max_new_tokens=12)
+    generator = SpecKVGenerator("fixed:3", compile=FAST)
+    out = greedy(
+        target,
+        ids,
+        assistant_model=draft,
+        candidate_generator=generator,
+        max_new_tokens=12,
+        cache_implementation="static",
+    )
+    assert torch.equal(out, expected) and generator.last_stats.compiled
+    with pytest.raises(ValueError, match="compile=True"):
+        greedy(
+            target, ids, assistant_model=draft, candidate_generator=SpecKVGenerator(), cache_implementation="static"
+        )

@@ -107,7 +107,7 @@ def validate_pair(target: torch.nn.Module, draft: torch.nn.Module, input_ids: to
 
 
 def validate_call(
-    model: torch.nn.Module, arguments: dict[str, Any], draft_optional: bool = False
+    model: torch.nn.Module, arguments: dict[str, Any], draft_optional: bool = False, compiled: bool = False
 ) -> torch.Tensor | None:
     """Checks a `generate(candidate_generator=...)` call before transformers does any work.
 
@@ -116,6 +116,8 @@ def validate_call(
         arguments: `generate()`'s bound arguments (`inputs`, `generation_config`, `assistant_model`, and the
             remaining keyword arguments under `kwargs`).
         draft_optional: whether the generator runs without a draft model (a context policy).
+        compiled: whether the generator runs the compiled loop, which keeps static caches of its own (so
+            `cache_implementation="static"` asks for what it does anyway).
 
     Returns:
         The prompt's `input_ids` when the call passes them as a tensor (None otherwise).
@@ -148,12 +150,15 @@ def validate_call(
     config = arguments.get("generation_config")
     cache_implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
     past = kwargs.get("past_key_values", kwargs.get("cache"))
-    if cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
+    if compiled and cache_implementation == "static" and past is None:
+        pass
+    elif cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
         past is not None and "Static" in type(past).__name__
     ):
         raise ValueError(
             f"SpecKVGenerator needs a dynamic KV cache, got {cache_implementation or type(past).__name__}: drop "
-            "cache_implementation= / past_key_values= (assisted generation crops the cache on rejection)."
+            "cache_implementation= / past_key_values= (the eager loop crops the cache on rejection), or construct "
+            "SpecKVGenerator(compile=True), which keeps static caches of its own."
         )
     # transformers' QuantizedCache layers cannot be cropped; transformers itself raises only after the prefill.
     if cache_implementation == "quantized" or (past is not None and "Quantized" in type(past).__name__):

@@ -81,11 +81,24 @@ def bucket(length: int, lengths: tuple[int, ...]) -> int:
 
 
 class CompiledModels:
-    """Compiled forwards and pooled static caches, kept by a `SpecKVGenerator` across calls (thread-safe).
+    """Compiled forwards and pooled static caches, kept across calls (thread-safe): one per `CompileOptions` in a
+    process ([`CompiledModels.shared`][]), so generators with the same options share graphs.
 
     Args:
         options: how to compile.
     """
+
+    _shared: dict[CompileOptions, CompiledModels] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, options: CompileOptions) -> CompiledModels:
+        """The process's compiled forwards for `options` (created on first use)."""
+        with cls._shared_lock:
+            compiled = cls._shared.get(options)
+            if compiled is None:
+                compiled = cls._shared[options] = cls(options)
+            return compiled
 
     def __init__(self, options: CompileOptions) -> None:
         self.options = options

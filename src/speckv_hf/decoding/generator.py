@@ -174,7 +174,7 @@ class SpecKVGenerator:
                 "drop loop='transformers'."
             )
         self.compile_options: CompileOptions | None = compile or None
-        self._compiled = CompiledModels(compile) if compile else None
+        self._compiled = CompiledModels.shared(compile) if compile else None
         if compile:
             self.plain_fallback = False  # plain decoding would run uncompiled
         self._lock = threading.Lock()

@@ -312,7 +312,12 @@ def check_call(model: torch.nn.Module, generator: Any, arguments: dict[str, Any]
             "pass candidate_generator=SpecKVGenerator()."
         )
     generator.clear_last_stats()  # a call that fails from here on leaves no stale stats behind
-    input_ids = validate_call(model, arguments, draft_optional=bool(getattr(generator, "runs_without_draft", False)))
+    input_ids = validate_call(
+        model,
+        arguments,
+        draft_optional=bool(getattr(generator, "runs_without_draft", False)),
+        compiled=getattr(generator, "compile_options", None) is not None,
+    )
     _check_dynamic_cache(model, arguments.get("assistant_model"))
     return input_ids
 

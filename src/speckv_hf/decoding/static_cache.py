@@ -67,6 +67,11 @@ class StaticLayout:
         return int(self.rows.shape[0])
 
     @property
+    def full(self) -> bool:
+        """Whether every row is still generating."""
+        return self.size == self.tokens.shape[0]
+
+    @property
     def ids(self) -> torch.Tensor:
         """The columns up to every row's last token, `(batch_size, end + 1)` (holes included)."""
         return self.tokens[:, : self.end + 1]
@@ -82,6 +87,8 @@ class StaticLayout:
     def positions(self, column: int, n: int) -> torch.Tensor:
         """Position ids of columns `column .. column + n - 1`, `(batch_size, n)`: each row's count of unmasked
         columns before."""
+        if not self.masked:  # one unpadded row without holes: the column is the position
+            return torch.arange(column, column + n, device=self.table.device)[None, :]
         before = self.table[:, :column].sum(-1, keepdim=True)
         # A fresh (batch_size, n) tensor: a slice's strides would differ per column, and compiled graphs guard them.
         return (before + self.table[:, column : column + n].cumsum(-1) - 1).clamp_min(0)

@@ -226,7 +226,7 @@ class _StaticLoop(_Loop):
             batch.write(first + fed, *self._full(batch, columns[fed:], valid[fed:]))
         stop = first + len(columns)  # the draft's next query is at column `stop - 1`
         start = batch.draft_end
-        logits = None
+        logits: torch.Tensor | None = None
         while start < stop:
             real = min(stop - start, self.lengths[-1])
             n = bucket(real, self.lengths)
@@ -234,7 +234,9 @@ class _StaticLoop(_Loop):
             self.call.stats.draft_forwards += 1
             start += real
         batch.draft_end = stop
-        return logits[batch.rows].to(batch.tokens.device)
+        if logits is None:  # cannot happen: the draft has at least each row's last token to see
+            raise RuntimeError("the compiled loop ran no draft forward for a column that drafts.")
+        return (logits if batch.full else logits[batch.rows]).to(batch.tokens.device)
 
     def _full(self, batch: StaticLayout, columns: list[list[int]], valid: list[list[bool]]):
         """Columns given for the open rows as `(batch_size, n)` tokens and validity (pad, invalid elsewhere)."""
@@ -257,5 +259,5 @@ class _StaticLoop(_Loop):
             batch.write(batch.end + 1, tokens, flags)
         n = bucket(k + 1, self.lengths)
         logits = self._forward(self.target, self.caches[0], self.target_kwarg, batch, batch.end, n)
-        logits = logits[batch.rows, : k + 1].to(batch.tokens.device)
+        logits = (logits[:, : k + 1] if batch.full else logits[batch.rows, : k + 1]).to(batch.tokens.device)
         return self._accept(batch, drafts, logits)
