@@ -71,6 +71,60 @@ def warmup(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def forward_times(target: Any, draft: Any, lengths: tuple[int, ...] = (1, 5), repeats: int = 100) -> dict[str, Any]:
+    """Median milliseconds of one forward of `n` tokens after a 64-token prompt, per model: eager over a
+    `DynamicCache` (what the eager loop runs) and compiled over a static cache (what the compiled loop runs)."""
+    import torch
+    from transformers import DynamicCache
+
+    from speckv_hf import CompileOptions
+    from speckv_hf.decoding._transformers import cache_kwarg
+    from speckv_hf.decoding.compiled import CompiledModels
+    from speckv_hf.decoding.static_cache import StaticLayout
+    from speckv_hf.decoding.static_loop import static_forward
+
+    compiled = CompiledModels.shared(CompileOptions())
+    times: dict[str, Any] = {}
+    for role, model in (("draft", draft), ("target", target)):
+        device = next(model.parameters()).device
+        prompt = torch.randint(3, 1000, (1, 64), device=device)
+        for n in lengths:
+            with torch.no_grad():
+                cache = DynamicCache()
+                model(input_ids=prompt, **{cache_kwarg(model): cache}, use_cache=True)
+                feed = torch.randint(3, 1000, (1, n), device=device)
+                eager = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(input_ids=feed, **{cache_kwarg(model): cache}, use_cache=True)
+                    _sync(device)
+                    eager.append(time.perf_counter() - start)
+                    cache.crop(-n)
+                static, columns = compiled.cache(model, 1, 64 + max(lengths) + 1)
+                layout = StaticLayout(torch.cat((prompt, feed), 1), torch.ones((1, 64 + n), device=device), columns, 0)
+                static_forward(compiled, model, static, cache_kwarg(model), layout, 0, 64, eager=True)
+                static_forward(compiled, model, static, cache_kwarg(model), layout, 64, n)  # compiles
+                fast = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    static_forward(compiled, model, static, cache_kwarg(model), layout, 64, n)
+                    _sync(device)
+                    fast.append(time.perf_counter() - start)
+                compiled.release(model, 1, columns, static)
+            times[f"{role}/{n}"] = {
+                "eager_ms": 1e3 * statistics.median(eager),
+                "compiled_ms": 1e3 * statistics.median(fast),
+            }
+    return times
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _warmups(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Two fresh processes warming up with one new inductor cache directory: cold, then reading the cache."""
     results = []
@@ -79,8 +133,11 @@ def _warmups(args: argparse.Namespace) -> list[dict[str, Any]]:
         for _ in range(2):
             start = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, __file__, "warmup", "--compression", args.compression, "--threads", str(args.threads)]
-                + ["--prompt-length", str(args.prompt_length), "--max-new-tokens", str(args.max_new_tokens)],
+                [
+                    *(sys.executable, __file__, "warmup", "--compression", args.compression),
+                    *("--threads", str(args.threads), "--prompt-length", str(args.prompt_length)),
+                    *("--max-new-tokens", str(args.max_new_tokens)),
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -130,7 +187,15 @@ def run(args: argparse.Namespace) -> None:
                     seed=args.seed + 100 * index,
                 )
             calls += [{**{f: getattr(r, f) for f in _FIELDS}, "repeat": index} for r in records]
-        entry = {"compression": compression, "prompts": len(prompts), "calls": calls, "warmups": warmups}
+        with torch.no_grad(), quiet_transformers():
+            forwards = forward_times(pair.target, pair.draft)
+        entry = {
+            "compression": compression,
+            "prompts": len(prompts),
+            "calls": calls,
+            "warmups": warmups,
+            "forwards": forwards,
+        }
         document["compressions"].append(entry)
         print(report(entry, document["settings"]), flush=True)
     if args.json:
@@ -174,7 +239,23 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
     ]
     for method in compiled:
         lines.append(f"| {method.removeprefix('compiled:')} | {cell(method, method.removeprefix('compiled:'))} |")
-    for label, warm in zip(("first process", "second process (inductor's cache)"), entry.get("warmups", [])):
+    if entry.get("forwards"):
+        lines += [
+            "",
+            "Bare forwards after a 64-token prompt, median ms (eager over a DynamicCache; compiled over a static "
+            "cache, as each loop runs them):",
+            "",
+            "| forward | eager | compiled | compiled / eager |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, times in entry["forwards"].items():
+            model, n = name.split("/")
+            lines.append(
+                f"| {model}, {n} token{'s' if n != '1' else ''} | {times['eager_ms']:.2f} | "
+                f"{times['compiled_ms']:.2f} | {times['compiled_ms'] / times['eager_ms']:.2f} |"
+            )
+    labels = ("first process", "second process (inductor's cache)")
+    for label, warm in zip(labels, entry.get("warmups", []), strict=False):
         if label == "first process":
             lines += ["", "Warm-up of `SpecKVGenerator(compile=True)` (both models, every feed length):", ""]
         lines.append(

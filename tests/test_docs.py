@@ -54,15 +54,16 @@ def test_snippets_render_from_summaries_alone(docs_figures, tmp_path):
     assert "| target alone | **1.00×**" in table
 
 
-def test_context_snippets_are_what_their_data_renders(tmp_path):
-    spec = importlib.util.spec_from_file_location("context_candidates", ROOT / "benchmarks" / "context_candidates.py")
+@pytest.mark.parametrize(("script", "data"), [("context_candidates", "context"), ("compiled_loop", "compiled")])
+def test_benchmark_snippets_are_what_their_data_renders(tmp_path, script, data):
+    spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    written = module.render(DOCS / "data" / "context", tmp_path)
-    assert written, "no docs/data/context/*.json to render"
+    written = module.render(DOCS / "data" / data, tmp_path)
+    assert written, f"no docs/data/{data}/*.json to render"
     for path in written:
         assert (GENERATED / path.name).read_text() == path.read_text(), (
-            f"docs/_generated/{path.name} is stale: run python benchmarks/context_candidates.py render"
+            f"docs/_generated/{path.name} is stale: run python benchmarks/{script}.py render"
         )
         assert f'--8<-- "_generated/{path.name}"' in (DOCS / "benchmarks.md").read_text()
 

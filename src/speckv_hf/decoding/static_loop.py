@@ -104,7 +104,7 @@ def static_forward(
     if eager:
         return model(**kwargs).logits
     shape = (int(batch.tokens.shape[0]), n, batch.columns, mask is not None)
-    return compiled.run(model, shape, **kwargs).logits
+    return compiled.run(model, shape, **kwargs)
 
 
 def warm_up(
