@@ -172,7 +172,10 @@ def run(args: argparse.Namespace) -> None:
     }
     for compression in args.compression.split(","):
         args.compression = compression
-        warmups = _warmups(args) if args.time_warmup else []
+        try:
+            warmups = _warmups(args) if args.time_warmup else []
+        except subprocess.CalledProcessError as error:  # kept in the JSON: what does not compile is a finding
+            warmups = [{"error": (error.stderr or "")[-2000:]}]
         pair = load_pair_for(compression, None, None, args.device)
         prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task), args.device)
         calls: list[dict[str, Any]] = []
@@ -198,9 +201,11 @@ def run(args: argparse.Namespace) -> None:
         }
         document["compressions"].append(entry)
         print(report(entry, document["settings"]), flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
+        if args.json:  # after each compression, atomically: a later failure keeps what ran
+            from speckv_hf.core.atomic import atomic_write_text
+
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.json), json.dumps(document, indent=1) + "\n")
 
 
 def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -256,6 +261,10 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
             )
     labels = ("first process", "second process (inductor's cache)")
     for label, warm in zip(labels, entry.get("warmups", []), strict=False):
+        if "error" in warm:
+            last = warm["error"].strip().splitlines()[-1:] or ["(no message)"]
+            lines += ["", f"The warm-up failed in a fresh process: `{last[0]}`"]
+            break
         if label == "first process":
             lines += ["", "Warm-up of `SpecKVGenerator(compile=True)` (both models, every feed length):", ""]
         lines.append(

@@ -230,3 +230,23 @@ def test_measured_forward_costs(llama_pairs):
     costs = measure_forward_costs(target, draft, prompt(6), max_candidates=4)
     assert sorted(costs.target_forward) == [0, 1, 2, 4]
     assert costs.target_prefill > 0 and costs.draft_forward > 0
+
+
+def test_compiled_methods_run_lossless_with_the_loops_own_counts(llama_pairs, monkeypatch):
+    """`target-compiled`, `compiled:POLICY` and `compiled:oracle` (here with dynamo's eager backend: graphs captured,
+    no code generated): every output is the target's, and forwards are counted by the loop (compiled forwards run no
+    module hooks)."""
+    from speckv_hf.decoding import _transformers, compiled
+
+    monkeypatch.setattr(compiled.CompileOptions.__init__, "__defaults__", ("eager", None, (1, 2, 3, 5, 9), 256))
+    everywhere = _transformers.compile_everywhere_config
+    monkeypatch.setattr("speckv_hf.bench.harness.compile_everywhere_config", lambda: everywhere(backend="eager"))
+    target, draft = llama_pairs["llama-noisy"]
+    methods = parse_methods("target-compiled,compiled:fixed:2,compiled:oracle")
+    records, reference = run_benchmark(target, draft, _prompts(2), methods, max_new_tokens=12)
+    assert {r.method for r in records} == {"target-only", "target-compiled", "compiled:fixed:2", "compiled:oracle"}
+    for record in records:
+        assert record.output == reference[record.prompt_id] and record.new_tokens == 12
+    ours = [r for r in records if r.method.startswith("compiled:")]
+    assert all(0 < r.target_forwards < 12 and r.draft_forwards > 0 and r.target_seconds is None for r in ours)
+    assert all(r.accepted == r.drafted for r in records if r.method == "compiled:oracle")

@@ -269,8 +269,10 @@ def test_bench_methods_for_the_compiled_path():
     methods = parse_methods("target-compiled,compiled:fixed:3")
     assert methods[1].compiled and methods[1].kind == "target"
     assert methods[2].compiled and methods[2].policy == "fixed:3"
+    oracle = parse_methods("compiled:oracle")[1]
+    assert oracle.kind == "oracle" and oracle.compiled
     with pytest.raises(ValueError, match="compiled: takes a SpecKV policy"):
-        parse_methods("compiled:oracle")
+        parse_methods("compiled:hf-default")
 
 
 def test_users_static_cache_request_is_served_by_the_compiled_loop(llama_pairs):

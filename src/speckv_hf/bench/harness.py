@@ -180,7 +180,12 @@ class _Harness:
                     )
         elif method.kind == "oracle":
             runs = self.oracles[prompt.item.id]
-            generator = SpecKVGenerator(OraclePolicy(runs, prompt.input_ids.shape[1]), warm_start=False)
+            policy = OraclePolicy(runs, prompt.input_ids.shape[1])
+            generator = SpecKVGenerator(policy, warm_start=False, compile=method.compiled)
+            if method.compiled:  # the graphs are shared by every oracle call: the first one compiles them
+                generator.warmup(
+                    self.target, self.draft, prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens
+                )
         if generator is not None:
             kwargs["candidate_generator"] = generator
             if generator.policy.uses_draft:  # `context` runs on context candidates alone, without the draft

@@ -102,7 +102,8 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             `HF_PROMPT_LOOKUP_TOKENS` tokens, `hf-prompt-lookup-N` with N. `speckv@PATH_OR_REPO` runs a trained
             predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
             run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
-            compiled; `compiled:POLICY` (and `compiled:fixed:A-B`) runs POLICY in the compiled loop. `Method`
+            compiled; `compiled:POLICY` (and `compiled:fixed:A-B`, `compiled:oracle`) runs in the compiled loop.
+            `Method`
             objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
@@ -151,11 +152,9 @@ def _expand(spec: str) -> list[Method]:
         return [Method(spec, "target", compiled=True)]
     if spec.startswith("compiled:"):
         inner = spec.removeprefix("compiled:")
-        if (
-            inner in {"oracle", "target-only", "target-compiled"}
-            or inner.startswith(("hf-", "compiled:"))
-            or "@" in inner
-        ):
+        if inner == "oracle":
+            return [Method(spec, "oracle", compiled=True)]
+        if inner in {"target-only", "target-compiled"} or inner.startswith(("hf-", "compiled:")) or "@" in inner:
             raise ValueError(f"bad method {spec!r}: compiled: takes a SpecKV policy, e.g. compiled:adaptive.")
         return [
             Method(f"compiled:{method.name}", "speckv", policy=method.policy, compiled=True)

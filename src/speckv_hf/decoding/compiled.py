@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,15 @@ class CompiledModels:
         )
         self._shapes: weakref.WeakKeyDictionary[torch.nn.Module, set[tuple[int, ...]]] = weakref.WeakKeyDictionary()
         self.compile_seconds = 0.0
+        self._warned: set[str] = set()
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Warns with `message` the first time `key` comes up for these options."""
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        warnings.warn(message, stacklevel=4)
 
     def forward(self, model: torch.nn.Module) -> Callable[..., Any]:
         """`model.forward` compiled with the options (one compiled function per model)."""

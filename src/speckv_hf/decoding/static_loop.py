@@ -135,6 +135,9 @@ def warm_up(
         try:
             batch = StaticLayout(ids, torch.ones_like(ids), columns, 0)
             with torch.no_grad():
+                # An eager forward first, as a call's prefill: some quantized layers (bitsandbytes' 4-bit on CPU)
+                # repack their weights on their first forward, and a graph traced before that would not match.
+                static_forward(compiled, model, cache, cache_kwarg(model), batch, 0, prompt_length, eager=True)
                 for n in lengths:
                     static_forward(compiled, model, cache, cache_kwarg(model), batch, prompt_length, n)
         finally:
@@ -155,6 +158,14 @@ class _StaticLoop(_Loop):
         # Room for the prompt, every new token, and one step's feed padded past its end twice over.
         needed = prompt_length + settings.max_new_tokens + 2 * self.lengths[-1] + 2
         graphs, seconds = compiled.graphs, compiled.compile_seconds
+        compression = self.call.stats.compression
+        if compression is not None and compression.method == "bnb-int8":
+            compiled.warn_once(
+                "bnb-int8",
+                "bitsandbytes INT8 layers do not compile well: dynamo recompiles their matmul for each layer shape "
+                "until its recompile limit, then runs them eagerly, so the compiled loop is slower than the eager "
+                "one here: use SpecKVGenerator() without compile= for this target.",
+            )
         target_cache, columns = compiled.cache(self.target, size, needed)
         caches = [target_cache]
         if self.draft is not None:
