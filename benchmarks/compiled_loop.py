@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "data" / "compiled"
 GENERATED = ROOT / "docs" / "_generated"
-DEFAULT_POLICIES = "adaptive,fixed:4,context+adaptive"
+DEFAULT_POLICIES = "adaptive,fixed:4,context+adaptive,oracle"
 _FIELDS = ("method", "prompt_id", "task", "repeat", "seconds", "new_tokens", "target_forwards", "draft_forwards")
 
 
