@@ -295,3 +295,86 @@ def test_users_static_cache_request_is_served_by_the_compiled_loop(llama_pairs):
         greedy(
             target, ids, assistant_model=draft, candidate_generator=SpecKVGenerator(), cache_implementation="static"
         )
+
+
+def test_padded_slots_stay_inside_the_position_table():
+    """A padded feed slot takes the last real position: near the end of a learned position table (GPT-2,
+    32 positions) a position past the real tokens would index outside it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(5)
+    config = GPT2Config(
+        vocab_size=96, n_embd=32, n_layer=1, n_head=2, n_positions=32, eos_token_id=EOS, pad_token_id=0
+    )
+    target = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(3, 96, (1, 26))
+    expected = greedy(target, ids, max_new_tokens=6, eos_token_id=None)
+    for policy in ("fixed:5", "fixed:6"):
+        generator = SpecKVGenerator(policy, compile=FAST)
+        out = greedy(
+            target, ids, assistant_model=target, candidate_generator=generator, max_new_tokens=6, eos_token_id=None
+        )
+        assert torch.equal(out, expected)
+
+
+def test_dynamic_rope_sees_only_real_positions():
+    """Dynamic RoPE scales by the largest position of a forward: padded slots must not raise it."""
+    torch.manual_seed(6)
+    config = llama_config(layers=1, max_position_embeddings=32, rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    target = LlamaForCausalLM(config).eval()
+    ids = torch.randint(3, 96, (1, 26))
+    expected = greedy(target, ids, max_new_tokens=6, eos_token_id=None)
+    generator = SpecKVGenerator("fixed:6", compile=FAST)
+    out = greedy(
+        target, ids, assistant_model=target, candidate_generator=generator, max_new_tokens=6, eos_token_id=None
+    )
+    assert torch.equal(out, expected)
+
+
+def test_inference_mode_calls_and_plain_calls_share_nothing_they_cannot(llama_pairs):
+    """A cache allocated under `torch.inference_mode()` holds inference tensors; a later call outside it gets
+    another cache instead of failing."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids = torch.tensor([[5, 9, 12, 40]])
+    expected = greedy(target, ids, max_new_tokens=10)
+    options = CompileOptions(backend="eager", cache_step=64)
+    with torch.inference_mode():
+        inside = greedy(
+            target,
+            ids,
+            assistant_model=draft,
+            candidate_generator=SpecKVGenerator("fixed:3", compile=options),
+            max_new_tokens=10,
+        )
+    outside = greedy(
+        target,
+        ids,
+        assistant_model=draft,
+        candidate_generator=SpecKVGenerator("fixed:3", compile=options),
+        max_new_tokens=10,
+    )
+    assert torch.equal(inside, expected) and torch.equal(outside, expected)
+
+
+def test_compiling_leaves_dynamos_limits_and_the_models_alone():
+    """The recompile limit is raised only while the library compiles, and a dropped model is freed."""
+    import gc
+    import weakref
+
+    import torch._dynamo.config as config
+
+    from speckv_hf.decoding.compiled import _recompile_room
+
+    before = {name: getattr(config, name) for name in ("recompile_limit", "cache_size_limit") if hasattr(config, name)}
+    with _recompile_room(), _recompile_room():
+        assert config.recompile_limit >= 256
+    assert {name: getattr(config, name) for name in before} == before
+    torch.manual_seed(7)
+    target = LlamaForCausalLM(llama_config(layers=1)).eval()
+    draft = noisy_copy(target, 0.02)
+    generator = SpecKVGenerator("fixed:2", compile=FAST)
+    greedy(target, torch.tensor([[5, 6, 7]]), assistant_model=draft, candidate_generator=generator, max_new_tokens=6)
+    alive = weakref.ref(target)
+    del target, draft
+    gc.collect()
+    assert alive() is None

@@ -154,7 +154,7 @@ def _expand(spec: str) -> list[Method]:
         inner = spec.removeprefix("compiled:")
         if inner == "oracle":
             return [Method(spec, "oracle", compiled=True)]
-        if inner in {"target-only", "target-compiled"} or inner.startswith(("hf-", "compiled:")) or "@" in inner:
+        if inner in {"target-only", "target-compiled"} or inner.startswith(("hf-", "compiled:")):
             raise ValueError(f"bad method {spec!r}: compiled: takes a SpecKV policy, e.g. compiled:adaptive.")
         return [
             Method(f"compiled:{method.name}", "speckv", policy=method.policy, compiled=True)

@@ -52,7 +52,9 @@ def bench(
         "generation), hf-prompt-lookup, hf-prompt-lookup-N (transformers' prompt lookup, no draft model: 10 or N "
         "tokens), oracle, and SpecKV policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; "
         "context: context candidates alone, no draft model; context+POLICY: context candidates, then POLICY's "
-        "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH).",
+        "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH); target-compiled (the target "
+        "alone, static cache, compiled) and compiled:POLICY / compiled:oracle (the compiled loop, warmed up "
+        "before the first measured call).",
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),

@@ -126,8 +126,11 @@ class GenerationStats:
             (speculative sampling), `"coupled"` (coupled sampling, `speckv_hf.decoding.coupling`), or `"none"`
             for a call that ran as plain decoding.
         compiled: the call ran the compiled loop (`SpecKVGenerator(compile=...)`): static caches, compiled forwards.
-        compiled_graphs: graphs the generator had compiled by the end of the call (every model and feed length).
-        compile_seconds: seconds this call spent in the first calls of new graphs (compiling; 0 once warm).
+        compiled_graphs: graphs compiled in this process with the generator's `CompileOptions` by the end of the
+            call (every model, feed length and mode; generators with equal options share them).
+        compile_seconds: seconds spent in the first calls of new graphs during this call (compiling; 0 once warm;
+            with several threads compiling at once, theirs may be counted too). A step that compiled teaches the
+            cost model nothing, but its time is in the call's times.
     """
 
     policy: dict[str, Any] = field(default_factory=dict)

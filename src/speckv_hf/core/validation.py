@@ -155,10 +155,16 @@ def validate_call(
     elif cache_implementation in {"static", "hybrid", "sliding_window", "offloaded_static"} or (
         past is not None and "Static" in type(past).__name__
     ):
+        got = cache_implementation or type(past).__name__
+        if compiled:
+            raise ValueError(
+                f"SpecKVGenerator(compile=True) keeps static caches of its own, got {got}: drop past_key_values= "
+                "and pass at most cache_implementation='static'."
+            )
         raise ValueError(
-            f"SpecKVGenerator needs a dynamic KV cache, got {cache_implementation or type(past).__name__}: drop "
-            "cache_implementation= / past_key_values= (the eager loop crops the cache on rejection), or construct "
-            "SpecKVGenerator(compile=True), which keeps static caches of its own."
+            f"SpecKVGenerator needs a dynamic KV cache, got {got}: drop cache_implementation= / past_key_values= "
+            "(the eager loop crops the cache on rejection), or construct SpecKVGenerator(compile=True), which keeps "
+            "static caches of its own."
         )
     # transformers' QuantizedCache layers cannot be cropped; transformers itself raises only after the prefill.
     if cache_implementation == "quantized" or (past is not None and "Quantized" in type(past).__name__):

@@ -230,12 +230,13 @@ def static_write_kwargs(model: torch.nn.Module, cache: Any, column: int, length:
     Returns:
         The keyword arguments to add to the forward (`{"cache_position": ...}` on 4.57, else empty).
     """
-    if _forward_takes_cache_position(type(model)):
-        return {"cache_position": torch.arange(column, column + length, device=device)}
+    # Both, whatever the release: a counter where layers keep one, `cache_position` where the forward takes it.
     for layer in cache.layers:
         counter = getattr(layer, "cumulative_length", None)
         if isinstance(counter, torch.Tensor):
             counter.fill_(column)
+    if _forward_takes_cache_position(type(model)):
+        return {"cache_position": torch.arange(column, column + length, device=device)}
     return {}
 
 

@@ -82,8 +82,12 @@ def bucket(length: int, lengths: tuple[int, ...]) -> int:
 
 
 class CompiledModels:
-    """Compiled forwards and pooled static caches, kept across calls (thread-safe): one per `CompileOptions` in a
-    process ([`CompiledModels.shared`][]), so generators with the same options share graphs.
+    """Compiled forwards and pooled static caches, kept across calls: one per `CompileOptions` in a process
+    ([`CompiledModels.shared`][]), so generators with equal options share graphs. Calls in several threads are
+    safe (each gets caches of its own); the counts (`graphs`, `compile_seconds`) are the process's for these options.
+
+    Nothing here keeps a model alive: the compiled function is the model class's `forward` (the model is its first
+    argument), and the caches are pooled per model in weak dictionaries, one per batch size (the larger is kept).
 
     Args:
         options: how to compile.
@@ -104,13 +108,19 @@ class CompiledModels:
     def __init__(self, options: CompileOptions) -> None:
         self.options = options
         self._lock = threading.Lock()
-        self._forwards: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., Any]] = weakref.WeakKeyDictionary()
-        self._caches: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], Any]] = (
+        self._forwards: dict[type, Callable[..., Any]] = {}
+        self._caches: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, bool], tuple[int, Any]]] = (
             weakref.WeakKeyDictionary()
         )
-        self._shapes: weakref.WeakKeyDictionary[torch.nn.Module, set[tuple[int, ...]]] = weakref.WeakKeyDictionary()
+        self._shapes: weakref.WeakKeyDictionary[torch.nn.Module, set[tuple[Any, ...]]] = weakref.WeakKeyDictionary()
         self.compile_seconds = 0.0
         self._warned: set[str] = set()
+        mode = options.mode
+        # CUDA graphs ("reduce-overhead", and "max-autotune" on inductor) overwrite a graph's outputs on its next
+        # replay: each call is marked as a new step and its logits copied out.
+        self.cuda_graphs = bool(mode) and (
+            "reduce-overhead" in mode or bool(_inductor_mode_options(mode).get("triton.cudagraphs"))
+        )
 
     def warn_once(self, key: str, message: str) -> None:
         """Warns with `message` the first time `key` comes up for these options."""
@@ -121,15 +131,14 @@ class CompiledModels:
         warnings.warn(message, stacklevel=4)
 
     def forward(self, model: torch.nn.Module) -> Callable[..., Any]:
-        """`model.forward` compiled with the options (one compiled function per model)."""
+        """The model class's `forward` compiled with the options; call it with the model first."""
         with self._lock:
-            compiled = self._forwards.get(model)
+            compiled = self._forwards.get(type(model))
             if compiled is None:
                 compiled = torch.compile(
-                    model.forward, backend=self.options.backend, mode=self.options.mode, dynamic=False
+                    type(model).forward, backend=self.options.backend, mode=self.options.mode, dynamic=False
                 )
-                self._forwards[model] = compiled
-                self._shapes[model] = set()
+                self._forwards[type(model)] = compiled
             return compiled
 
     def run(self, model: torch.nn.Module, shape: tuple[int, ...], **kwargs: Any) -> torch.Tensor:
@@ -137,7 +146,8 @@ class CompiledModels:
 
         Args:
             model: the model.
-            shape: what the graph is specialised on (batch, feed length, cache columns, masking).
+            shape: what the graph is specialised on (batch, feed length, cache columns, masking); grad and
+                inference mode are added here (dynamo compiles a graph per mode too).
             **kwargs: the forward's arguments.
 
         Returns:
@@ -145,21 +155,23 @@ class CompiledModels:
             replay overwrites).
         """
         compiled = self.forward(model)
-        shapes = self._shapes[model]
-        graphs = self.options.mode is not None and "reduce-overhead" in self.options.mode
-        if graphs:  # CUDA graphs: each call is a new step, and its outputs are overwritten by the next replay
-            torch.compiler.cudagraph_mark_step_begin()
-        if shape in shapes:
-            logits = compiled(**kwargs).logits
-            return logits.clone() if graphs else logits
-        start = time.perf_counter()
-        with _recompile_room():
-            logits = compiled(**kwargs).logits
-        elapsed = time.perf_counter() - start
+        shape = (*shape, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         with self._lock:
-            shapes.add(shape)
-            self.compile_seconds += elapsed
-        return logits.clone() if graphs else logits
+            shapes = self._shapes.setdefault(model, set())
+            known = shape in shapes
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if known:
+            logits = compiled(model, **kwargs).logits
+        else:
+            start = time.perf_counter()
+            with _recompile_room():
+                logits = compiled(model, **kwargs).logits
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                shapes.add(shape)
+                self.compile_seconds += elapsed
+        return logits.clone() if self.cuda_graphs else logits
 
     def cache(self, model: torch.nn.Module, batch_size: int, columns: int, *, exact: bool = False) -> Any:
         """A static cache of at least `columns` columns (rounded up to `cache_step`), reused across calls.
@@ -172,50 +184,87 @@ class CompiledModels:
 
         Returns:
             `(cache, columns)`: the cache and its column count. A cache is handed to one call at a time: calls
-            that overlap in threads get one each.
+            that overlap in threads get one each. Caches allocated under `torch.inference_mode()` hold inference
+            tensors, which cannot be written outside it: they are pooled apart.
         """
-        step = self.options.cache_step
+        key = (batch_size, torch.is_inference_mode_enabled())
         with self._lock:
-            pool = self._caches.setdefault(model, {})
-            # The smallest pooled cache that fits: a warm-up for long calls serves shorter ones with its graphs.
-            fits = sorted(size for rows, size in pool if rows == batch_size and size >= columns)
-            if exact:
-                fits = [columns] if columns in fits else []
-            if fits:
-                return pool.pop((batch_size, fits[0])), fits[0]
+            pooled = self._caches.get(model, {}).get(key)
+            if pooled is not None and (pooled[0] == columns if exact else pooled[0] >= columns):
+                del self._caches[model][key]
+                return pooled[1], pooled[0]
         if not exact:
+            step = self.options.cache_step
             columns = -(-columns // step) * step
         return new_static_cache(model, columns), columns
 
     def release(self, model: torch.nn.Module, batch_size: int, columns: int, cache: Any) -> None:
-        """Hands a cache back to the pool after a call."""
+        """Hands a cache back to the pool after a call (the larger of two for one batch size is kept: it serves
+        every call the smaller one would)."""
+        key = (batch_size, torch.is_inference_mode_enabled())
         with self._lock:
-            self._caches.setdefault(model, {})[(batch_size, columns)] = cache
+            pool = self._caches.setdefault(model, {})
+            if key not in pool or pool[key][0] < columns:
+                pool[key] = (columns, cache)
 
     @property
     def graphs(self) -> int:
-        """Graphs compiled so far, over every model and shape."""
+        """Graphs compiled so far for these options, over every model, shape and mode."""
         with self._lock:
             return sum(len(shapes) for shapes in self._shapes.values())
 
+    def clear(self) -> None:
+        """Drops the compiled functions, the pooled caches and the counts (dynamo's own caches stay)."""
+        with self._lock:
+            self._forwards.clear()
+            self._caches.clear()
+            self._shapes.clear()
+            self.compile_seconds = 0.0
+
+
+def _inductor_mode_options(mode: str) -> dict[str, Any]:
+    try:
+        from torch._inductor import list_mode_options
+    except ImportError:  # pragma: no cover - every torch this package supports has it
+        return {}
+    try:
+        return dict(list_mode_options(mode))
+    except (KeyError, RuntimeError, ValueError):
+        return {}
+
+
+_ROOM_LOCK = threading.Lock()
+_room_depth = 0
+_room_saved: dict[str, Any] = {}
+
 
 class _recompile_room:
-    """Lets one compiled function hold every bounded shape: dynamo's default limit (8 graphs per code object)
-    counts the draft's and the target's graphs together when both share a class (`LlamaForCausalLM.forward`)."""
+    """Lets one code object hold every bounded shape while this library compiles: dynamo's default limit (8 graphs
+    per code object) counts the draft's and the target's graphs together when both share a class, and
+    transformers' decorated forwards share one wrapper's code. The limits are raised by the first thread to enter and
+    restored, every one read before any is set (some names are aliases), by the last to leave."""
 
     _LIMIT = 256
+    _NAMES = ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit")
 
     def __enter__(self) -> None:
+        global _room_depth
         import torch._dynamo.config as config
 
-        self._saved = {}
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-            if hasattr(config, name):
-                self._saved[name] = getattr(config, name)
-                setattr(config, name, max(getattr(config, name), self._LIMIT))
+        with _ROOM_LOCK:
+            if _room_depth == 0:
+                _room_saved.clear()
+                _room_saved.update({name: getattr(config, name) for name in self._NAMES if hasattr(config, name)})
+                for name, value in _room_saved.items():
+                    setattr(config, name, max(value, self._LIMIT))
+            _room_depth += 1
 
     def __exit__(self, *exc: Any) -> None:
+        global _room_depth
         import torch._dynamo.config as config
 
-        for name, value in self._saved.items():
-            setattr(config, name, value)
+        with _ROOM_LOCK:
+            _room_depth -= 1
+            if _room_depth == 0:
+                for name, value in _room_saved.items():
+                    setattr(config, name, value)

@@ -210,7 +210,8 @@ class SpecKVGenerator:
             max_new_tokens: new tokens per call.
 
         Returns:
-            Seconds spent compiling.
+            Seconds the warm-up took: compiling, and one uncompiled prefill per model (a warm-up whose graphs exist
+            takes well under a second).
 
         Raises:
             ValueError: for a generator constructed without `compile=`, or sizes below 1.

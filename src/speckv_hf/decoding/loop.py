@@ -533,6 +533,10 @@ class _Loop:
                 return new[: i + 1], True
         return new, False
 
+    def _verified_width(self, candidates: int) -> int:
+        """The verification width a step of `candidates` candidates pays for (its candidates, in this loop)."""
+        return candidates
+
     # -- stats, streaming, output ---------------------------------------------------------------------------------
     def _record(
         self,
@@ -550,7 +554,7 @@ class _Loop:
                 call.cost,
                 self.recent,
                 step,
-                candidates=int(drafts.valid.shape[1]),
+                candidates=self._verified_width(int(drafts.valid.shape[1])),
                 # A forward that also fed context candidates is not a drafted token's cost: only verification counts.
                 drafted=drafts.forwards > 0 and not any(context),
                 times=times,

@@ -87,8 +87,8 @@ class StaticLayout:
     def positions(self, column: int, n: int) -> torch.Tensor:
         """Position ids of columns `column .. column + n - 1`, `(batch_size, n)`: each row's count of unmasked
         columns before."""
-        if not self.masked:  # one unpadded row without holes: the column is the position
-            return torch.arange(column, column + n, device=self.table.device)[None, :]
+        # Padded slots (mask 0, past every real query) get the last real position: a position past the real
+        # tokens would index past a learned position table, or change a dynamic RoPE scaling that reads the largest.
         before = self.table[:, :column].sum(-1, keepdim=True)
         # A fresh (batch_size, n) tensor: a slice's strides would differ per column, and compiled graphs guard them.
         return (before + self.table[:, column : column + n].cumsum(-1) - 1).clamp_min(0)
@@ -156,5 +156,3 @@ class StaticLayout:
         self.tokens[:, width] = last
         self.draft_end = width - int(unseen.max()) if self.draft_end else 0
         self.end = width
-        if not self.room(1):
-            raise RuntimeError("the static caches are too small for this call: raise CompileOptions.cache_step.")

@@ -8,7 +8,8 @@ criteria, streamers and statistics) with another memory and another forward:
   never change within a call.
 - **Bounded shapes** (`speckv_hf.decoding.compiled`): every forward after the prefill feeds a length from
   `CompileOptions.lengths`, padded where needed (a padded slot is past every real query, so causal attention never
-  lets a token see it, and the next forward overwrites it); a step verifies at most `lengths[-1] - 1` candidates.
+  lets a token see it, it takes the last real position, and the next forward overwrites it); a step verifies at most
+  `lengths[-1] - 1` candidates, and the cost model learns what the padded width costs.
 - **Eager prefill**: the prompt runs once, uncompiled (a graph per prompt length would be a recompilation storm).
 
 One step syncs with the host once to learn what the rows accepted, plus once per drafted token where a policy
@@ -139,7 +140,9 @@ def warm_up(
                 # repack their weights on their first forward, and a graph traced before that would not match.
                 static_forward(compiled, model, cache, cache_kwarg(model), batch, 0, prompt_length, eager=True)
                 for n in lengths:
-                    static_forward(compiled, model, cache, cache_kwarg(model), batch, prompt_length, n)
+                    # Under CUDA graphs a shape's second call records its graph: that is warm-up too.
+                    for _ in range(2 if compiled.cuda_graphs else 1):
+                        static_forward(compiled, model, cache, cache_kwarg(model), batch, prompt_length, n)
         finally:
             compiled.release(model, batch_size, columns, cache)
 
@@ -168,7 +171,7 @@ class _StaticLoop(_Loop):
             )
         target_cache, columns = compiled.cache(self.target, size, needed)
         caches = [target_cache]
-        if self.draft is not None:
+        if self.uses_draft:
             caches.append(compiled.cache(self.draft, size, columns, exact=True)[0])
         try:
             self._start(input_ids, mask)
@@ -178,7 +181,7 @@ class _StaticLoop(_Loop):
             self._steps(batch)
         finally:
             compiled.release(self.target, size, columns, target_cache)
-            if self.draft is not None:
+            if self.uses_draft:
                 compiled.release(self.draft, size, columns, caches[1])
         stats = self.call.stats
         stats.compiled = True
@@ -212,6 +215,10 @@ class _StaticLoop(_Loop):
             step += 1
             last_verified = verified
 
+    def _verified_width(self, candidates: int) -> int:
+        # A verification costs its padded feed: the cost model learns the cost of the width it pays for.
+        return bucket(candidates + 1, self.lengths) - 1
+
     # -- forwards -------------------------------------------------------------------------------------------------
     def _forward(self, model: Any, cache: Any, kwarg: str, batch: StaticLayout, column: int, n: int, *, eager=False):
         return static_forward(self.compiled, model, cache, kwarg, batch, column, n, eager=eager)
@@ -223,10 +230,10 @@ class _StaticLoop(_Loop):
         with torch.no_grad():
             self._forward(self.target, self.caches[0], self.target_kwarg, batch, 0, batch.end, eager=True)
             self.call.stats.target_forwards += 1
-            if self.draft is not None:
+            if self.uses_draft:
                 self._forward(self.draft, self.caches[1], self.draft_kwarg, batch, 0, batch.end, eager=True)
                 self.call.stats.draft_forwards += 1
-        batch.draft_end = batch.end if self.draft is not None else 0
+        batch.draft_end = batch.end if self.uses_draft else 0
 
     def _feed(self, batch: StaticLayout, columns: list[list[int]], valid: list[list[bool]], fed: int):
         """Writes this step's columns from `fed` on after each row's last token and runs the draft over every
