@@ -73,7 +73,8 @@ def warmup(args: argparse.Namespace) -> dict[str, Any]:
 
 def forward_times(target: Any, draft: Any, lengths: tuple[int, ...] = (1, 5), repeats: int = 100) -> dict[str, Any]:
     """Median milliseconds of one forward of `n` tokens after a 64-token prompt, per model: eager over a
-    `DynamicCache` (what the eager loop runs) and compiled over a static cache (what the compiled loop runs)."""
+    `DynamicCache` (what the eager loop runs) and compiled over a static cache (what the compiled loop runs),
+    alternating."""
     import torch
     from transformers import DynamicCache
 
@@ -93,19 +94,17 @@ def forward_times(target: Any, draft: Any, lengths: tuple[int, ...] = (1, 5), re
                 cache = DynamicCache()
                 model(input_ids=prompt, **{cache_kwarg(model): cache}, use_cache=True)
                 feed = torch.randint(3, 1000, (1, n), device=device)
-                eager = []
-                for _ in range(repeats):
+                static, columns = compiled.cache(model, 1, 64 + max(lengths) + 1)
+                layout = StaticLayout(torch.cat((prompt, feed), 1), torch.ones((1, 64 + n), device=device), columns, 0)
+                static_forward(compiled, model, static, cache_kwarg(model), layout, 0, 64, eager=True)
+                static_forward(compiled, model, static, cache_kwarg(model), layout, 64, n)  # compiles
+                eager, fast = [], []
+                for _ in range(repeats):  # interleaved, so that both see the same machine
                     start = time.perf_counter()
                     model(input_ids=feed, **{cache_kwarg(model): cache}, use_cache=True)
                     _sync(device)
                     eager.append(time.perf_counter() - start)
                     cache.crop(-n)
-                static, columns = compiled.cache(model, 1, 64 + max(lengths) + 1)
-                layout = StaticLayout(torch.cat((prompt, feed), 1), torch.ones((1, 64 + n), device=device), columns, 0)
-                static_forward(compiled, model, static, cache_kwarg(model), layout, 0, 64, eager=True)
-                static_forward(compiled, model, static, cache_kwarg(model), layout, 64, n)  # compiles
-                fast = []
-                for _ in range(repeats):
                     start = time.perf_counter()
                     static_forward(compiled, model, static, cache_kwarg(model), layout, 64, n)
                     _sync(device)
