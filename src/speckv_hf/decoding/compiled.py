@@ -2,8 +2,8 @@
 
 Each model's forward is compiled once (`torch.compile(model.forward, dynamic=False)`) and called with a small,
 bounded set of input shapes: a verification feeds the last token and the candidates padded up to the next of
-[`CompileOptions.lengths`][], a draft forward feeds what the draft has not seen padded the same way, and the static
-caches are pooled per `(model, batch size, columns)`, their columns rounded up to [`CompileOptions.cache_step`][],
+`CompileOptions.lengths`, a draft forward feeds what the draft has not seen padded the same way, and the static
+caches are pooled per `(model, batch size, columns)`, their columns rounded up to `CompileOptions.cache_step`,
 so the next call of a similar size reuses every graph. Prefill runs eagerly (one graph per prompt length would be a
 recompilation storm).
 
