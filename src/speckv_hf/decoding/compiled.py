@@ -1,14 +1,14 @@
 """Compiled forwards over static caches: what `SpecKVGenerator(compile=True)` keeps across calls.
 
-Each model's forward is compiled once (`torch.compile(model.forward, dynamic=False)`) and called with a small,
-bounded set of input shapes: a verification feeds the last token and the candidates padded up to the next of
-`CompileOptions.lengths`, a draft forward feeds what the draft has not seen padded the same way, and the static
-caches are pooled per `(model, batch size, columns)`, their columns rounded up to `CompileOptions.cache_step`,
-so the next call of a similar size reuses every graph. Prefill runs eagerly (one graph per prompt length would be a
-recompilation storm).
+Each model class's forward is compiled once (`torch.compile(type(model).forward, dynamic=False)`, called with the
+model first) and called with a small, bounded set of input shapes: a verification feeds the last token and the
+candidates padded up to the next of `CompileOptions.lengths`, a draft forward feeds what the draft has not seen
+padded the same way, and the static caches are pooled per model and batch size, their columns rounded up to
+`CompileOptions.cache_step`, so the next call that fits reuses every graph. Prefill runs eagerly (one graph per
+prompt length would be a recompilation storm).
 
-[`CompiledModels`][] counts the graphs (one per model and shape) and the seconds their first calls took, which
-`GenerationStats.compiled_graphs` and `.compile_seconds` report per call.
+[`CompiledModels`][] counts the graphs (one per model, shape and mode) and the seconds their first calls took,
+which `GenerationStats.compiled_graphs` and `.compile_seconds` report per call.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class CompileOptions:
             generation: for tests, or to check the loop itself).
         mode: `torch.compile`'s mode (`None`, `"reduce-overhead"` for CUDA graphs on GPU, `"max-autotune"`).
         lengths: the feed lengths forwards are compiled for, ascending: a verification of `k` candidates feeds
-            `k + 1` tokens padded to the next length here (a padded slot costs what it costs, it is never read), so
-            the largest bounds the candidates per step at `lengths[-1] - 1`.
+            `k + 1` tokens padded to the next length here (a padded slot costs what it costs; no real token attends
+            to it), so the largest bounds the candidates per step at `lengths[-1] - 1`.
         cache_step: static caches get the columns a call needs rounded up to a multiple of this, so calls of
             similar lengths share caches and graphs.
     """

@@ -133,11 +133,8 @@ class StaticLayout:
 
     def compact(self, caches: list[Any]) -> None:
         """Moves each row's columns to the right end of a common prefix (dropping holes), in place on the tables
-        and on every layer of `caches` (static caches in this layout).
-
-        Raises:
-            RuntimeError: when even the compacted rows leave no room (the caches are too small for the call).
-        """
+        and on every layer of `caches` (static caches in this layout). The caches hold the prompt, every new token
+        and a step's padded feed, so a compacted layout always has room for the next step."""
         end = self.end
         # Columns the draft lacks are kept after those it holds, so its cache stays a prefix of every row.
         held = self.table[:, :end].clone()
