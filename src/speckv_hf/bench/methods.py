@@ -103,8 +103,7 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
             run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
             compiled; `compiled:POLICY` (and `compiled:fixed:A-B`, `compiled:oracle`) runs in the compiled loop.
-            `Method`
-            objects pass through (e.g. a SpecKV method with a policy object).
+            `Method` objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
         The methods, without duplicates, in the given order after `target-only`.
