@@ -174,28 +174,43 @@ class _Loop:
         step = 0
         last_verified: float | None = None
         while batch.size:
-            started = self.clock.now()
-            drafts = self._draft(batch, step)
-            verify_start = self.clock.now()
-            num_accepted, next_tokens = self._verify(batch, drafts)
-            verified = self.clock.now()
-            times = drafts.times
-            times.overhead = started - last_verified if last_verified is not None else 0.0
-            times.draft, times.verify = verify_start - started, verified - verify_start
-            if step == 0:  # the target's cache is filled now: check it has the key/value layers this loop edits
-                kv_cache.check_cache(batch.target_cache)
-            if not self.draft_checked and batch.draft_len:  # the draft's, after its first forward (later with context)
-                kv_cache.check_cache(batch.draft_cache)
-                self.draft_checked = True
-            appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
-            self._record(batch, step, drafts, num_accepted, appended)
-            self._stream(batch, finished)
+            num_accepted, _, appended, finished, last_verified = self._step(batch, step, last_verified)
             batch.advance(appended, num_accepted, finished, self.settings.pad_token_id)
             step += 1
-            last_verified = verified
         if settings.streamer is not None:
             settings.streamer.end()
         return self._output(input_ids, prompt_length)
+
+    def _step(self, batch: Any, step: int, last_verified: float | None):
+        """One step, timed: candidates, verification, new tokens, records, streaming (the layout's own bookkeeping
+        is left to the caller).
+
+        Returns:
+            `(num_accepted, next_tokens, appended, finished, verified)`: accepted candidates and the target's next
+            token per row (`torch.LongTensor`s), the tokens each row appended, whether each row ended, and when
+            verification ended.
+        """
+        started = self.clock.now()
+        drafts = self._draft(batch, step)
+        verify_start = self.clock.now()
+        num_accepted, next_tokens = self._verify(batch, drafts)
+        verified = self.clock.now()
+        times = drafts.times
+        times.overhead = started - last_verified if last_verified is not None else 0.0
+        times.draft, times.verify = verify_start - started, verified - verify_start
+        self._verified(batch, step)
+        appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
+        self._record(batch, step, drafts, num_accepted, appended)
+        self._stream(batch, finished)
+        return num_accepted, next_tokens, appended, finished, verified
+
+    def _verified(self, batch: kv_cache.RowLayout, step: int) -> None:
+        """After a step's verification: checks each cache has the key/value layers this loop edits, once filled."""
+        if step == 0:  # the target's cache is filled now
+            kv_cache.check_cache(batch.target_cache)
+        if not self.draft_checked and batch.draft_len:  # the draft's, after its first forward (later with context)
+            kv_cache.check_cache(batch.draft_cache)
+            self.draft_checked = True
 
     def _start(self, input_ids: torch.LongTensor, mask: torch.Tensor) -> None:
         """The call's per-row state: prompts, new tokens, context indexes, streaming position, coupled noise."""

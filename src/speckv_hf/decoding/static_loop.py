@@ -153,6 +153,7 @@ class _StaticLoop(_Loop):
         self.compiled = compiled
         self.lengths = compiled.options.lengths
         self.max_candidates = compiled.options.max_candidates
+        self.graphs = compiled.graphs  # graphs compiled before the current step
 
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
         settings, compiled = self.settings, self.compiled
@@ -198,22 +199,14 @@ class _StaticLoop(_Loop):
             if not batch.room(2 * self.lengths[-1] + 1):
                 batch.compact(self.caches)
             batch.write(batch.end, batch.tokens[:, batch.end : batch.end + 1])  # every open row's last token
-            graphs = self.compiled.graphs
-            started = self.clock.now()
-            drafts = self._draft(batch, step)
-            verify_start = self.clock.now()
-            num_accepted, next_tokens = self._verify(batch, drafts)
-            verified = self.clock.now()
-            times = drafts.times
-            times.overhead = started - last_verified if last_verified is not None else 0.0
-            times.draft, times.verify = verify_start - started, verified - verify_start
-            self.step_timed = self.compiled.graphs == graphs
-            appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
-            self._record(batch, step, drafts, num_accepted, appended)
-            self._stream(batch, finished)
+            self.graphs = self.compiled.graphs
+            num_accepted, next_tokens, _, finished, last_verified = self._step(batch, step, last_verified)
             batch.settle(num_accepted.tolist(), finished, next_tokens.tolist(), batch.draft_end)
             step += 1
-            last_verified = verified
+
+    def _verified(self, batch: StaticLayout, step: int) -> None:
+        # Static caches need no layout check; a step that compiled a graph is no measure of its costs.
+        self.step_timed = self.compiled.graphs == self.graphs
 
     def _verified_width(self, candidates: int) -> int:
         # A verification costs its padded feed: the cost model learns the cost of the width it pays for.
