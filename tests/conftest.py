@@ -152,3 +152,15 @@ class AlwaysContext(ContextPolicy):
     def plan_context(self, proposal, state):
         count = min(len(proposal), state.max_tokens, self.take)
         return ContextPlan(count, 0.5) if count else NO_CONTEXT
+
+
+class GuessOnly(ContextPolicy):
+    """Takes no context run: drafts with `draft_policy`, every draft forward running over the context's guesses of
+    the draft's next tokens (so steps mix forward-drafted and guess-confirmed tokens, whatever the timings)."""
+
+    def __init__(self, draft_policy, max_guesses: int = 8) -> None:
+        super().__init__(draft_policy=draft_policy, max_guesses=max_guesses)
+
+    def plan_context(self, proposal, state):
+        return NO_CONTEXT
+

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM, MistralForCausalLM, TextStreamer
 from speckv_hf import SpecKVGenerator
 from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import EOS, VOCAB, AlwaysContext, greedy, llama_config, mistral_config, noisy_copy, prompt
+from .conftest import EOS, VOCAB, AlwaysContext, GuessOnly, greedy, llama_config, mistral_config, noisy_copy, prompt
 
 
 def left_padded(lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +59,7 @@ POLICIES = [
     "context+adaptive",
     AlwaysContext(FixedPolicy(2)),  # context then drafted tokens in one step, every step a proposal exists
     AlwaysContext(None, take=4),
+    GuessOnly(FixedPolicy(3)),  # drafted tokens confirmed from the context's guesses
 ]
 
 

@@ -54,6 +54,33 @@ def test_proposal_is_the_continuation_of_the_longest_most_recent_match(seq, max_
     assert 1 <= len(proposal) <= max_tokens
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.lists(st.integers(0, 4), max_size=40),
+    after=st.lists(st.integers(0, 4), max_size=6),
+    max_ngram=st.integers(1, 5),
+    max_tokens=st.integers(1, 8),
+)
+def test_proposal_after_candidates_continues_their_tail_from_the_sequence(seq, after, max_ngram, max_tokens):
+    """With a step's candidates after the sequence, the tail matched is the candidates' (and the sequence's before
+    them), and the continuation comes from the most recent earlier occurrence in the sequence itself."""
+    proposal = ContextSource(seq, max_ngram=max_ngram).propose(max_tokens, after)
+    whole = seq + after
+
+    def starts(n: int) -> list[int]:
+        tail = whole[len(whole) - n :]
+        return [i + n for i in range(len(seq) - n) if seq[i : i + n] == tail]
+
+    longest = max((n for n in range(1, min(max_ngram, len(whole)) + 1) if starts(n)), default=0)
+    if longest == 0:
+        assert proposal.tokens == () and proposal.match_length == 0
+        return
+    start = starts(longest)[-1]
+    assert proposal.match_length == longest
+    assert proposal.tokens == tuple(seq[start : start + max_tokens])
+    assert proposal.distance == len(whole) - start
+
+
 @settings(max_examples=50, deadline=None)
 @given(seq=st.lists(st.integers(0, 6), max_size=30), cut=st.integers(0, 30))
 def test_extending_in_pieces_equals_building_at_once(seq, cut):

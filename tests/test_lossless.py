@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import pytest
@@ -12,14 +14,15 @@ from hypothesis import strategies as st
 from speckv_hf import GammaPredictor, SpecKVGenerator
 from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import EOS, VOCAB, AlwaysContext, greedy, mistral_config, paper_weights, prompt, write_npz
+from .conftest import EOS, VOCAB, AlwaysContext, GuessOnly, greedy, mistral_config, paper_weights, prompt, write_npz
 
 POLICIES = ["adaptive", "fixed:1", "fixed:4", "fixed:0", "heuristic", "confidence"]
 # The policies that need a checkpoint too: the paper's rule runs one converted from weights of the paper's shape.
 CHECKPOINT_POLICIES = ["speckv-paper"]
 #: Context candidates run in the library's own loop only.
 CONTEXT_POLICIES = ["context", "context+adaptive", "context+fixed:3"]
-MIXING = [AlwaysContext(FixedPolicy(3)), AlwaysContext(None)]  # every proposal taken: mixing whatever the timings
+# Every proposal taken (mixing whatever the timings), or none taken but every draft forward fed the guesses.
+MIXING = [AlwaysContext(FixedPolicy(3)), AlwaysContext(None), GuessOnly(FixedPolicy(3))]
 PAIRS = ["llama-noisy", "llama-layers", "llama-random", "gpt2-noisy"]
 LOOPS = [(policy, loop) for policy in [*POLICIES, *CHECKPOINT_POLICIES] for loop in ("speckv", "transformers")] + [
     (policy, "speckv") for policy in [*CONTEXT_POLICIES, *MIXING]
@@ -61,6 +64,8 @@ def test_greedy_matches_target_alone(all_pairs, paper_checkpoint, pair_name, pol
         if isinstance(policy, AlwaysContext):
             assert stats.context_tokens > 0
             assert (stats.draft_forwards > 0) == policy.uses_draft
+        if isinstance(policy, GuessOnly):
+            assert stats.context_tokens == 0 and stats.guessed_tokens <= stats.drafted_tokens
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,33 @@ def demo_pair():
     from speckv_hf.demo import load_pair
 
     return load_pair()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("max_guesses", [1, 8])
+def test_confirmed_guesses_save_draft_forwards_and_stay_lossless(demo_pair, rows, max_guesses):
+    """The embedded pair, with the target's copy as its draft, on prose that repeats phrases: the context's guesses
+    are often the draft's own next tokens, so drafted tokens come without forwards of their own; the output is
+    target-alone greedy, batched too (one text, rows of different lengths, so that rows confirm guesses alike)."""
+    from speckv_hf.demo import load_prompts
+
+    target, _, tokenizer = demo_pair
+    ids = tokenizer(load_prompts("prose")[0].text).input_ids
+    width = len(ids)
+    prompts = [ids[2 * b :] for b in range(rows)]
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kwargs = dict(attention_mask=mask, max_new_tokens=32, eos_token_id=None, pad_token_id=0)
+    expected = greedy(target, input_ids, **kwargs)
+    generator = SpecKVGenerator(GuessOnly(FixedPolicy(3), max_guesses=max_guesses))
+    out = greedy(target, input_ids, assistant_model=copy.deepcopy(target), candidate_generator=generator, **kwargs)
+    assert torch.equal(out, expected)
+    stats = generator.last_stats
+    assert stats.guessed_tokens > 0 and stats.context_tokens == 0
+    if rows == 1:  # each draft forward drafts one token, and one more per guess it confirms
+        assert stats.draft_forwards == stats.drafted_tokens - stats.guessed_tokens
+    else:
+        assert sum(row.guessed_tokens for row in stats.rows) == stats.guessed_tokens
 
 
 @pytest.mark.parametrize("policy", CONTEXT_POLICIES)

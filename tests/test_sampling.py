@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 from speckv_hf import SpecKVGenerator
 from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import AlwaysContext, llama_config, noisy_copy
+from .conftest import AlwaysContext, GuessOnly, llama_config, noisy_copy
 
 VOCAB = 8
 SAMPLES = 3000
@@ -40,8 +40,9 @@ def _chi_square_pvalue(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     return float(chisquare(obs.numpy(), exp.numpy()).pvalue)
 
 
-def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.Tensor, int, int]:
-    """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens."""
+def first_two_token_counts(target, draft, input_ids, generator, guessed=None) -> tuple[torch.Tensor, int, int]:
+    """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens
+    (`guessed`, a list, gets each call's guess-confirmed drafted tokens)."""
     counts = torch.zeros(VOCAB, VOCAB)
     drafted = accepted = 0
     start = input_ids.shape[1]
@@ -65,6 +66,8 @@ def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.T
         counts[t1, t2] += 1
         drafted += generator.last_stats.drafted_tokens
         accepted += generator.last_stats.accepted_tokens
+        if guessed is not None:
+            guessed.append(generator.last_stats.guessed_tokens)
     return counts, drafted, accepted
 
 
@@ -120,6 +123,33 @@ def test_context_candidates_keep_the_target_distribution(draft_policy):
     assert _chi_square_pvalue(counts, target_probs) > 1e-3
     # Power check: the proposal itself ("4 6") is far likelier in the counts than it would be if accepted always.
     assert counts[4, 6] < 0.9 * SAMPLES
+
+
+@pytest.mark.slow
+def test_guess_confirmed_drafted_tokens_keep_the_target_distribution():
+    """A drafted token after a confirmed guess is the draft's sample at a position the draft ran over the guess:
+    verified against the draft's distribution there (min(1, p/q)), the first two tokens follow the target's."""
+    torch.manual_seed(0)
+    config = llama_config(layers=1, vocab=VOCAB, initializer_range=0.5, max_position_embeddings=32, eos_token_id=None)
+    target = LlamaForCausalLM(config).eval()
+    draft = noisy_copy(target, 0.3)  # close enough to sample the guess often, far enough to be rejected too
+
+    def prompt(guess: int) -> torch.Tensor:
+        return torch.tensor([[3, 5, guess, 6, 3, 5]])  # the context guesses `guess` after "3 5"
+
+    with torch.no_grad():  # the guess the draft samples most often
+        guess = max(range(VOCAB), key=lambda t: float(torch.softmax(draft(prompt(t)).logits[0, -1], -1)[t]))
+    input_ids = prompt(guess)
+    target_probs = _two_token_distribution(target, input_ids)
+    generator = SpecKVGenerator(GuessOnly(FixedPolicy(1)), sampling="speculative", warm_start=False)
+    guessed: list[int] = []
+    counts, drafted, accepted = first_two_token_counts(target, draft, input_ids, generator, guessed)
+    assert generator.last_stats.context_tokens == 0
+    assert sum(1 for g in guessed if g) > SAMPLES // 20, "the draft confirmed the guess in some calls"
+    assert accepted < drafted, "and the target rejected some drafted tokens"
+    assert _chi_square_pvalue(counts, target_probs) > 1e-3
+    # Power check: the counts tell the target's distribution from the draft's.
+    assert _chi_square_pvalue(counts, _two_token_distribution(draft, input_ids)) < 1e-6
 
 
 def test_sampling_returns_processed_draft_logits(llama_pairs):

@@ -13,7 +13,7 @@ down and copies the continuation of the first one found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["ContextProposal", "ContextSource"]
@@ -97,20 +97,24 @@ class ContextSource:
                     ends[key] = (i, previous[1] + 1, same)
             seq.append(token)
 
-    def propose(self, max_tokens: int) -> ContextProposal:
+    def propose(self, max_tokens: int, after: Sequence[int] = ()) -> ContextProposal:
         """The continuation of the longest earlier occurrence of the sequence's tail.
 
         Args:
             max_tokens: the most tokens to propose.
+            after: tokens taken to follow the sequence (a step's candidates so far): the tail is matched with them,
+                and the continuation is copied from the sequence itself.
 
         Returns:
             The proposal; empty when `max_tokens < 1` or no tail of `min_ngram` tokens or more occurred before.
         """
-        seq, length = self._tokens, len(self._tokens)
+        seq = self._tokens
         if max_tokens < 1:
             return _NO_PROPOSAL
+        tail = [*seq[-self.max_ngram :], *after] if after else seq
+        length, end = len(seq) + len(after), len(tail)
         for n in range(min(self.max_ngram, length), self.min_ngram - 1, -1):
-            found = self._ends.get(tuple(seq[length - n :]))
+            found = self._ends.get(tuple(tail[end - n :]))
             if found is not None:
                 start, occurrences, agreeing = found
                 return ContextProposal(

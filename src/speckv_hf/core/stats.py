@@ -100,6 +100,10 @@ class GenerationStats:
         context_tokens: the part of `drafted_tokens` the context proposed (no draft forward; see the `context`
             policies).
         context_accepted: the part of `accepted_tokens` that came from the context.
+        guessed_tokens: drafted tokens that took no draft forward of their own: the context guessed them, and the
+            draft forward that drafted the token before ran over the guesses and confirmed them (see
+            `ContextPolicy(max_guesses=...)`). They are the draft's own tokens, counted in `drafted_tokens` and not
+            in `context_tokens`.
         gamma_histogram: candidates per step -> number of steps.
         accepted_histogram: accepted tokens per step -> number of steps.
         draft_seconds: time in the draft loop (forwards, signals, policy).
@@ -143,6 +147,7 @@ class GenerationStats:
     accepted_tokens: int = 0
     context_tokens: int = 0
     context_accepted: int = 0
+    guessed_tokens: int = 0
     gamma_histogram: Counter[int] = field(default_factory=Counter)
     accepted_histogram: Counter[int] = field(default_factory=Counter)
     draft_seconds: float = 0.0
@@ -251,6 +256,8 @@ class GenerationStats:
         gammas = " ".join(f"{k}:{v}" for k, v in sorted(self.gamma_histogram.items()))
         ratio = f"{self.cost_ratio:.2f}" if self.cost_ratio is not None else "n/a"
         context = f"context={self.context_accepted}/{self.context_tokens} accepted, " if self.context_tokens else ""
+        if self.guessed_tokens:
+            context += f"guessed={self.guessed_tokens} (no draft forward), "
         if self.compiled:
             context += f"compiled ({self.compiled_graphs} graphs, {self.compile_seconds:.1f} s compiling), "
         if self.plain_decoding:

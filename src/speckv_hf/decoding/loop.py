@@ -161,6 +161,9 @@ class _Loop:
         self.uses_context = bool(getattr(policy, "uses_context", False))
         self.uses_draft = draft is not None and bool(getattr(policy, "uses_draft", True))
         self.max_candidates = settings.max_new_tokens  # candidates one step may verify (the compiled loop bounds it)
+        # Context guesses fed with a draft forward (policies that take context candidates and draft, this loop only)
+        self.max_guesses = int(getattr(policy, "max_guesses", 0) or 0) if self.uses_context and self.uses_draft else 0
+        self.guides = self.max_guesses > 0
         self.step_timed = True  # whether the step's times measure its costs
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -286,6 +289,33 @@ class _Loop:
         speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
         pad = settings.pad_token_id
         fed = 0  # this step's columns the draft has seen
+
+        def take(j, in_context, draft_rows, probs, token, token_ids) -> None:
+            """Appends column `j`: each row's context candidate or drafted token, with its signals."""
+            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
+            row_signals = batch_token_signals(probs, token, j, predictions)
+            column = [pad] * n
+            for b in range(n):
+                if in_context[b]:
+                    column[b] = runs[b][j]
+                elif draft_rows[b] and open_rows[b]:
+                    column[b] = token_ids[b]
+                    position = j - context[b]
+                    signal = row_signals[b]
+                    signals[b].append(signal if position == j else replace(signal, position=position))
+            columns.append(column)
+            valid_columns.append(list(open_rows))
+            if speculative:
+                drafts.probs.append(probs)
+            for b in range(n):
+                lasts[b] = (lasts[b][1], column[b])
+                if not open_rows[b]:
+                    continue
+                if column[b] in settings.eos_token_ids or j + 1 >= caps[b]:
+                    open_rows[b] = drafting[b] = False
+                elif draft_rows[b] and drafting[b]:
+                    drafting[b] = ask(b)
+
         start = self.clock.now()
         while True:
             j = len(columns)
@@ -310,43 +340,39 @@ class _Loop:
                             open_rows[b] = drafting[b] = False
                 continue
             # From here on some row drafts in this column (the loop continued above otherwise): one draft forward.
-            logits = self._feed(batch, columns, valid_columns, fed)
-            fed = j
+            guesses = self._guesses(rows, columns, open_rows, draft_rows, caps) if self.guides else None
+            logits = self._feed(batch, columns, valid_columns, fed, guesses)
             drafts.forwards += 1
             views = self._views(rows)
             if views and columns:
                 views = [v + [c[b] for c in columns] for b, v in enumerate(views)]
-            processed = settings.processing(logits[:, None], views, None, rows)[:, 0]
+            guessed = torch.tensor(guesses[0], dtype=batch.ids.dtype, device=logits.device) if guesses else None
+            processed = settings.processing(logits, views, guessed, rows)
             if settings.coupled:
                 # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
                 at = [len(self.generated[r]) + j for r in rows]
-                processed = processed + self._noise(processed).at(rows, at)
+                processed = processed + self._noise(processed).span(rows, at, processed.shape[1])
             probs = torch.softmax(processed, dim=-1)
-            token = torch.multinomial(probs, 1)[:, 0] if speculative else probs.argmax(-1)
-            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
-            row_signals = batch_token_signals(probs, token, j, predictions)
-            token_ids = token.tolist()
-            column = [pad] * n
-            for b in range(n):
-                if in_context[b]:
-                    column[b] = runs[b][j]
-                elif draft_rows[b]:
-                    column[b] = token_ids[b]
-                    position = j - context[b]
-                    signal = row_signals[b]
-                    signals[b].append(signal if position == j else replace(signal, position=position))
-            columns.append(column)
-            valid_columns.append(list(open_rows))
             if speculative:
-                drafts.probs.append(probs)
-            for b in range(n):
-                lasts[b] = (lasts[b][1], column[b])
-                if not open_rows[b]:
-                    continue
-                if column[b] in settings.eos_token_ids or j + 1 >= caps[b]:
-                    open_rows[b] = drafting[b] = False
-                elif draft_rows[b] and drafting[b]:
-                    drafting[b] = ask(b)
+                flat = probs.reshape(-1, probs.shape[-1])
+                token = torch.multinomial(flat, 1)[:, 0].view(probs.shape[:2])
+            else:
+                token = probs.argmax(-1)
+            token_ids = token.tolist()
+            # Position i's token is the draft's own wherever the guesses before it were its tokens: take positions
+            # while every open row's token equals its guess (the draft fed it), and the first one that does not.
+            taken = 0
+            for i in range(probs.shape[1]):
+                take(j + i, in_context, draft_rows, probs[:, i], token[:, i], [t[i] for t in token_ids])
+                taken += 1
+                if guesses is None or i == len(guesses[0][0]) or not any(open_rows):
+                    break
+                if any(open_rows[b] and token_ids[b][i] != guesses[0][b][i] for b in range(n)):
+                    break
+            fed = j + taken - 1  # the columns the draft has seen: the guesses it confirmed, not the last token
+            if guesses is not None:
+                self._forget_guesses(batch, len(guesses[0][0]) - (taken - 1))
+                self._count_guessed(rows, [valid_columns[j + i] for i in range(1, taken)])
             now = self.clock.now()
             if drafts.forwards == 1:
                 drafts.times.first_draft = now - start
@@ -384,20 +410,83 @@ class _Loop:
             for token in tail[-2:]:
                 lasts[b] = (lasts[b][1], token)
 
-    def _feed(self, batch: kv_cache.RowLayout, columns: list[list[int]], valid: list[list[bool]], fed: int):
+    def _guesses(
+        self, rows: list[int], columns: list[list[int]], open_rows: list[bool], draft_rows: list[bool], caps: list[int]
+    ) -> tuple[list[list[int]], list[bool]] | None:
+        """What the context proposes for the columns after the one the draft is about to draft, per row, as guesses
+        of the draft's own next tokens (None where some open row has none, or is inside its context run).
+
+        The draft forward that drafts column `j` also runs over the guesses: its token at `j + 1` is its own
+        wherever the guess at `j` was its token at `j`, so a confirmed guess is a drafted token that cost no forward
+        of its own. The guesses are cut to the shortest row's and to each row's room; rows that ended get pad,
+        masked (the second list says which rows' guesses are real)."""
+        j = len(columns)
+        room = self.max_guesses
+        for b, is_open in enumerate(open_rows):
+            if is_open:
+                if not draft_rows[b]:
+                    return None
+                room = min(room, caps[b] - j - 1)
+        if room < 1:
+            return None
+        pad = self.settings.pad_token_id
+        guesses: list[list[int] | None] = []
+        for b, r in enumerate(rows):
+            if not open_rows[b]:
+                guesses.append(None)  # a row that ended: pad, masked
+                continue
+            proposal = self.sources[r].propose(room, [c[b] for c in columns])
+            if not proposal.tokens:
+                return None
+            guesses.append(list(proposal.tokens))
+            room = min(room, len(proposal))
+        return [g[:room] if g is not None else [pad] * room for g in guesses], [g is not None for g in guesses]
+
+    def _count_guessed(self, rows: list[int], valid: list[list[bool]]) -> None:
+        """Counts the drafted tokens that confirmed guesses gave (`valid`: their columns' validity), per row too."""
+        stats = self.call.stats
+        for column in valid:
+            for b, is_valid in enumerate(column):
+                if is_valid:
+                    stats.guessed_tokens += 1
+                    if stats.rows:
+                        stats.rows[rows[b]].guessed_tokens += 1
+
+    def _forget_guesses(self, batch: kv_cache.RowLayout, count: int) -> None:
+        """Drops the draft cache's last `count` columns (guesses the draft did not confirm)."""
+        if count > 0:
+            batch.draft_len -= count
+            kv_cache.crop(batch.draft_cache, batch.draft_len)
+
+    def _feed(
+        self,
+        batch: kv_cache.RowLayout,
+        columns: list[list[int]],
+        valid: list[list[bool]],
+        fed: int,
+        guesses: tuple[list[list[int]], list[bool]] | None = None,
+    ) -> torch.Tensor:
         """Runs the draft over what it has not seen (the verified tokens its cache lacks on the step's first
-        forward, then this step's columns from `fed` on) and returns its logits for the next column."""
+        forward, then this step's columns from `fed` on, then the guesses) and returns its logits for the next
+        column and one more per guess (`(rows, 1 + guesses, vocab)`)."""
         device = batch.ids.device
         start = batch.draft_len
         parts = [batch.ids[:, start:]] if start < batch.ids.shape[1] else []
         if fed < len(columns):
             parts.append(torch.tensor(columns[fed:], dtype=batch.ids.dtype, device=device).T)
-        feed = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         mask = batch.mask
         if valid:
             mask = torch.cat((mask, torch.tensor(valid, dtype=mask.dtype, device=device).T), 1)
-        padded = batch.padded or not all(all(column) for column in valid)
-        logits = self._draft_forward(batch, feed, mask, start, padded)
+        keep = 1
+        if guesses is not None:
+            tokens, real = guesses
+            keep += len(tokens[0])
+            parts.append(torch.tensor(tokens, dtype=batch.ids.dtype, device=device))
+            flags = torch.tensor(real, dtype=mask.dtype, device=device)[:, None].expand(-1, keep - 1)
+            mask = torch.cat((mask, flags), 1)
+        feed = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        padded = batch.padded or not all(all(column) for column in valid) or not bool(mask[:, -keep:].all())
+        logits = self._draft_forward(batch, feed, mask, start, padded, keep)
         batch.draft_len = start + feed.shape[1]
         return logits
 
@@ -431,9 +520,10 @@ class _Loop:
         return [self.prompts[r] + self.generated[r] for r in rows]
 
     def _draft_forward(
-        self, batch: kv_cache.RowLayout, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool
+        self, batch: kv_cache.RowLayout, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool, keep=1
     ) -> torch.Tensor:
-        """Draft logits for the position after `new_ids` (`(rows, vocab)`); `mask` covers the whole sequence."""
+        """Draft logits of the last `keep` positions of `new_ids` (`(rows, keep, vocab)`); `mask` covers the whole
+        sequence."""
         kwargs: dict[str, Any] = {
             "input_ids": new_ids.to(self.draft_device),
             self.draft_kwarg: batch.draft_cache,
@@ -442,11 +532,11 @@ class _Loop:
         if padded:
             kwargs["attention_mask"] = mask.to(self.draft_device)
             kwargs["position_ids"] = batch.positions(mask, start).to(self.draft_device)
-        if new_ids.shape[1] > 1 and self.draft_keeps_logits:
-            kwargs["logits_to_keep"] = 1
+        if new_ids.shape[1] > keep and self.draft_keeps_logits:
+            kwargs["logits_to_keep"] = keep
         outputs = self.draft(**kwargs)
         self.call.stats.draft_forwards += 1
-        return outputs.logits[:, -1].to(batch.ids.device)
+        return outputs.logits[:, -keep:].to(batch.ids.device)
 
     # -- verification ---------------------------------------------------------------------------------------------
     def _verify(self, batch: kv_cache.RowLayout, drafts: _Drafts) -> tuple[torch.Tensor, torch.Tensor]:

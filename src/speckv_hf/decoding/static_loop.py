@@ -153,6 +153,7 @@ class _StaticLoop(_Loop):
         self.compiled = compiled
         self.lengths = compiled.options.lengths
         self.max_candidates = compiled.options.max_candidates
+        self.max_guesses, self.guides = 0, False  # guesses would need feeds of any length: not compiled
         self.graphs = compiled.graphs  # graphs compiled before the current step
 
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
@@ -228,10 +229,10 @@ class _StaticLoop(_Loop):
                 self.call.stats.draft_forwards += 1
         batch.draft_end = batch.end if self.uses_draft else 0
 
-    def _feed(self, batch: StaticLayout, columns: list[list[int]], valid: list[list[bool]], fed: int):
+    def _feed(self, batch: StaticLayout, columns: list[list[int]], valid: list[list[bool]], fed: int, guesses=None):
         """Writes this step's columns from `fed` on after each row's last token and runs the draft over every
         column it has not seen, in feeds of the compiled lengths; returns its logits for the next column of each
-        open row (`(rows, vocab)`)."""
+        open row (`(rows, 1, vocab)`)."""
         first = batch.end + 1  # the step's first candidate column
         if fed < len(columns):
             batch.write(first + fed, *self._full(batch, columns[fed:], valid[fed:]))
@@ -247,7 +248,7 @@ class _StaticLoop(_Loop):
         batch.draft_end = stop
         if logits is None:  # cannot happen: the draft has at least each row's last token to see
             raise RuntimeError("the compiled loop ran no draft forward for a column that drafts.")
-        return (logits if batch.full else logits[batch.rows]).to(batch.tokens.device)
+        return (logits if batch.full else logits[batch.rows])[:, None].to(batch.tokens.device)
 
     def _full(self, batch: StaticLayout, columns: list[list[int]], valid: list[list[bool]]):
         """Columns given for the open rows as `(batch_size, n)` tokens and validity (pad, invalid elsewhere)."""

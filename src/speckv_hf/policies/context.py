@@ -129,6 +129,10 @@ class ContextPolicy(DraftPolicy):
             estimated acceptance stays at or above this.
         explore_every: take every `explore_every`-th run that drafting alone was preferred to anyway, so that the
             estimate of context tokens stays current (0 never does).
+        max_guesses: where a step drafts, the most tokens the context proposes after the candidates so far that
+            the draft forward also runs over, as guesses of the draft's own next tokens: each guess the draft
+            confirms makes its next token without a forward of its own (0 feeds none). The candidates stay the
+            draft's own tokens, so this changes what a step costs, never what it proposes.
         acceptance: the learned acceptance of context tokens (fresh by default).
     """
 
@@ -136,6 +140,7 @@ class ContextPolicy(DraftPolicy):
     max_context_tokens: int = 16
     warmup_acceptance: float = 0.3
     explore_every: int = 8
+    max_guesses: int = 8
     acceptance: ContextAcceptance = field(default_factory=ContextAcceptance)
     name: ClassVar[str] = "context"
     uses_context: ClassVar[bool] = True
@@ -145,6 +150,8 @@ class ContextPolicy(DraftPolicy):
         self._declined = 0
         if not isinstance(self.explore_every, int) or self.explore_every < 0:
             raise ValueError(f"explore_every must be an integer >= 0, got {self.explore_every!r}.")
+        if not isinstance(self.max_guesses, int) or self.max_guesses < 0:
+            raise ValueError(f"max_guesses must be an integer >= 0, got {self.max_guesses!r}.")
         if not isinstance(self.max_context_tokens, int) or self.max_context_tokens < 1:
             raise ValueError(f"max_context_tokens must be an integer >= 1, got {self.max_context_tokens!r}.")
         if not 0 <= self.warmup_acceptance <= 1:
@@ -257,4 +264,4 @@ class ContextPolicy(DraftPolicy):
         inner = self.draft_policy.config() if self.draft_policy is not None else {"name": None}
         name = "context" if inner["name"] is None else f"context+{inner['name']}"
         settings = {k: v for k, v in inner.items() if k != "name"}
-        return {"name": name, **settings, "max_context_tokens": self.max_context_tokens}
+        return {"name": name, **settings, "max_context_tokens": self.max_context_tokens, "max_guesses": self.max_guesses}
