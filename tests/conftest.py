@@ -163,4 +163,3 @@ class GuessOnly(ContextPolicy):
 
     def plan_context(self, proposal, state):
         return NO_CONTEXT
-

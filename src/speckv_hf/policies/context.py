@@ -264,4 +264,5 @@ class ContextPolicy(DraftPolicy):
         inner = self.draft_policy.config() if self.draft_policy is not None else {"name": None}
         name = "context" if inner["name"] is None else f"context+{inner['name']}"
         settings = {k: v for k, v in inner.items() if k != "name"}
-        return {"name": name, **settings, "max_context_tokens": self.max_context_tokens, "max_guesses": self.max_guesses}
+        own = {"max_context_tokens": self.max_context_tokens, "max_guesses": self.max_guesses}
+        return {"name": name, **settings, **own}
