@@ -415,7 +415,10 @@ def test_min_new_tokens_with_several_eos_ids_per_row(llama_pairs):
     assert torch.equal(out, expected)
 
 
-def test_prefix_allowed_tokens_fn_sees_each_rows_index(llama_pairs):
+@pytest.mark.parametrize("policy", ["fixed:3", GuessOnly(FixedPolicy(3))], ids=["fixed:3", "guesses"])
+def test_prefix_allowed_tokens_fn_sees_each_rows_index(llama_pairs, policy):
+    """Each row's prefix function gets the row's own index. With one, the draft runs over no context guesses (a
+    prefix function may allow no token after a guess, which transformers refuses)."""
     target, draft = llama_pairs["llama-noisy"]
     ids, mask = left_padded([5, 3, 6], seed=7)
     seen: set[int] = set()
@@ -427,9 +430,26 @@ def test_prefix_allowed_tokens_fn_sees_each_rows_index(llama_pairs):
     kwargs = dict(attention_mask=mask, max_new_tokens=12, eos_token_id=None, prefix_allowed_tokens_fn=allowed)
     expected = greedy(target, ids, **kwargs)
     seen.clear()
-    out = greedy(target, ids, assistant_model=draft, candidate_generator=SpecKVGenerator("fixed:3"), **kwargs)
+    generator = SpecKVGenerator(policy)
+    out = greedy(target, ids, assistant_model=draft, candidate_generator=generator, **kwargs)
     assert torch.equal(out, expected)
     assert seen == {0, 1, 2}
+    assert generator.last_stats.guessed_tokens == 0
+
+
+def test_processing_knows_a_prefix_function():
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        PrefixConstrainedLogitsProcessor,
+        TopKLogitsWarper,
+    )
+
+    from speckv_hf.decoding.verification import Processing
+
+    prefix = PrefixConstrainedLogitsProcessor(lambda batch_id, sent: [1, 2], num_beams=1)
+    assert Processing(LogitsProcessorList([TopKLogitsWarper(5), prefix])).constrains_prefix
+    assert not Processing(LogitsProcessorList([TopKLogitsWarper(5)])).constrains_prefix
+    assert not Processing(None).constrains_prefix
 
 
 def test_stateful_processors_refused_before_any_forward(llama_pairs, monkeypatch):

@@ -64,7 +64,7 @@ def test_greedy_matches_target_alone(all_pairs, paper_checkpoint, pair_name, pol
             assert stats.context_tokens > 0
             assert (stats.draft_forwards > 0) == policy.uses_draft
         if isinstance(policy, GuessOnly):
-            assert stats.context_tokens == 0 and stats.guessed_tokens <= stats.drafted_tokens
+            assert stats.context_tokens == 0
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +95,11 @@ def test_confirmed_guesses_save_draft_forwards_and_stay_lossless(demo_pair, rows
     assert torch.equal(out, expected)
     stats = generator.last_stats
     assert stats.guessed_tokens > 0 and stats.context_tokens == 0
+    # The draft is the target: any misplaced cache entry, position or mask after the guesses would show as a
+    # rejected token.
+    assert stats.accepted_tokens == stats.drafted_tokens
     if rows == 1:  # each draft forward drafts one token, and one more per guess it confirms
         assert stats.draft_forwards == stats.drafted_tokens - stats.guessed_tokens
-    else:
-        assert sum(row.guessed_tokens for row in stats.rows) == stats.guessed_tokens
 
 
 @pytest.mark.parametrize("policy", CONTEXT_POLICIES)

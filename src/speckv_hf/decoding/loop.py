@@ -163,7 +163,7 @@ class _Loop:
         self.max_candidates = settings.max_new_tokens  # candidates one step may verify (the compiled loop bounds it)
         # Context guesses fed with a draft forward (policies that take context candidates and draft, this loop only)
         self.max_guesses = int(getattr(policy, "max_guesses", 0) or 0) if self.uses_context and self.uses_draft else 0
-        self.guides = self.max_guesses > 0
+        self.guides = self.max_guesses > 0 and not settings.processing.constrains_prefix
         self.step_timed = True  # whether the step's times measure its costs
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -353,6 +353,11 @@ class _Loop:
                 at = [len(self.generated[r]) + j for r in rows]
                 processed = processed + self._noise(processed).span(rows, at, processed.shape[1])
             probs = torch.softmax(processed, dim=-1)
+            if guesses is not None:
+                # A processor may forbid every token after a guess (the position is then never taken): keep the
+                # distribution valid for sampling.
+                ok = probs.isfinite().all(-1, keepdim=True)
+                probs = torch.where(ok, probs, torch.full_like(probs, 1.0 / probs.shape[-1]))
             if speculative:
                 flat = probs.reshape(-1, probs.shape[-1])
                 token = torch.multinomial(flat, 1)[:, 0].view(probs.shape[:2])
@@ -365,7 +370,7 @@ class _Loop:
             for i in range(probs.shape[1]):
                 take(j + i, in_context, draft_rows, probs[:, i], token[:, i], [t[i] for t in token_ids])
                 taken += 1
-                if guesses is None or i == len(guesses[0][0]) or not any(open_rows):
+                if guesses is None or i == probs.shape[1] - 1 or not any(open_rows):
                     break
                 if any(open_rows[b] and token_ids[b][i] != guesses[0][b][i] for b in range(n)):
                     break
@@ -413,13 +418,13 @@ class _Loop:
     def _guesses(
         self, rows: list[int], columns: list[list[int]], open_rows: list[bool], draft_rows: list[bool], caps: list[int]
     ) -> tuple[list[list[int]], list[bool]] | None:
-        """What the context proposes for the columns after the one the draft is about to draft, per row, as guesses
-        of the draft's own next tokens (None where some open row has none, or is inside its context run).
+        """What the context proposes for the column the draft is about to draft and the ones after it, per row, as
+        guesses of the draft's own tokens (None where some open row has none, or is inside its context run).
 
         The draft forward that drafts column `j` also runs over the guesses: its token at `j + 1` is its own
-        wherever the guess at `j` was its token at `j`, so a confirmed guess is a drafted token that cost no forward
-        of its own. The guesses are cut to the shortest row's and to each row's room; rows that ended get pad,
-        masked (the second list says which rows' guesses are real)."""
+        wherever the guess for `j` was its token at `j`, so a confirmed guess gives a drafted token that cost no
+        forward of its own. The guesses are cut to the shortest row's and to each row's room; rows that ended get
+        pad, masked (the second list says which rows' guesses are real)."""
         j = len(columns)
         room = self.max_guesses
         for b, is_open in enumerate(open_rows):

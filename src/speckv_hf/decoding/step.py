@@ -77,8 +77,9 @@ class StepTimes:
         draft: from the step's start to its candidates (context planning, draft forwards, signals, policy).
         verify: the target's verification (forward, logits processing, acceptance).
         first_draft: to the first drafted token, the catch-up forward included (0 when nothing was drafted).
-        later_draft: the later drafted tokens, `later_tokens` of them.
-        later_tokens: drafted tokens after the first.
+        later_draft: the later draft forwards, `later_tokens` of them.
+        later_tokens: draft forwards after the first: one per drafted token, except that a forward whose context
+            guesses the draft confirmed drafted several (see `ContextPolicy(max_guesses=...)`).
     """
 
     overhead: float = 0.0

@@ -81,6 +81,9 @@ class Processing:
                 )
         self.processors = processors if processors is not None and len(processors) else None
         self.scores_only = self.processors is None or all(type(p) in _SCORES_ONLY for p in self.processors)
+        # A prefix function may allow no token after a prefix the draft would never take (raising in transformers):
+        # the loop runs the draft over no context guesses then.
+        self.constrains_prefix = any(isinstance(p, PrefixConstrainedLogitsProcessor) for p in self.processors or ())
         self.batch_size = batch_size
         self._per_row: dict[int, LogitsProcessorList] = {}
 

@@ -130,9 +130,10 @@ class ContextPolicy(DraftPolicy):
         explore_every: take every `explore_every`-th run that drafting alone was preferred to anyway, so that the
             estimate of context tokens stays current (0 never does).
         max_guesses: where a step drafts, the most tokens the context proposes after the candidates so far that
-            the draft forward also runs over, as guesses of the draft's own next tokens: each guess the draft
-            confirms makes its next token without a forward of its own (0 feeds none). The candidates stay the
-            draft's own tokens, so this changes what a step costs, never what it proposes.
+            the draft forward also runs over, as guesses of the draft's own tokens: each guess the draft confirms
+            gives a drafted token without a forward of its own (0 feeds none). The candidates stay the draft's own
+            tokens (its greedy choices, or samples from its distributions); the confirmed ones are taken whatever
+            `draft_policy` says, so a step may verify more of them than the policy asked for.
         acceptance: the learned acceptance of context tokens (fresh by default).
     """
 
