@@ -159,7 +159,7 @@ class GuessOnly(ContextPolicy):
     the draft's next tokens (so steps mix forward-drafted and guess-confirmed tokens, whatever the timings)."""
 
     def __init__(self, draft_policy, max_guesses: int = 8) -> None:
-        super().__init__(draft_policy=draft_policy, max_guesses=max_guesses)
+        super().__init__(draft_policy=draft_policy, max_guesses=max_guesses, guess_floor=0.0)
 
     def plan_context(self, proposal, state):
         return NO_CONTEXT

@@ -441,10 +441,10 @@ class _Loop:
                 guesses.append(None)  # a row that ended: pad, masked
                 continue
             proposal = self.sources[r].propose(room, [c[b] for c in columns])
-            if not proposal.tokens:
+            room = min(room, self.call.policies[r].plan_guesses(proposal, room)) if proposal.tokens else 0
+            if room < 1:
                 return None
             guesses.append(list(proposal.tokens))
-            room = min(room, len(proposal))
         return [g[:room] if g is not None else [pad] * room for g in guesses], [g is not None for g in guesses]
 
     def _count_guessed(self, rows: list[int], valid: list[list[bool]]) -> None:

@@ -158,6 +158,19 @@ class DraftPolicy(ABC):
         """
         return NO_CONTEXT
 
+    def plan_guesses(self, proposal: ContextProposal, limit: int) -> int:
+        """How many of the context's proposed tokens (at most `limit`) a draft forward also runs over, as guesses
+        of the draft's own next tokens (see [`ContextPolicy`][speckv_hf.policies.context.ContextPolicy]).
+
+        Called before each draft forward, for policies with `uses_context` and a `max_guesses` above 0. The default
+        feeds none.
+
+        Args:
+            proposal: what the sequence's earlier text, followed by the step's candidates so far, proposes.
+            limit: the most guesses the step has room for.
+        """
+        return 0
+
     def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
         """Learns from a verified step. The default does nothing."""
 

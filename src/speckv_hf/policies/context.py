@@ -134,6 +134,9 @@ class ContextPolicy(DraftPolicy):
             gives a drafted token without a forward of its own (0 feeds none). The candidates stay the draft's own
             tokens (its greedy choices, or samples from its distributions); the confirmed ones are taken whatever
             `draft_policy` says, so a step may verify more of them than the policy asked for.
+        guess_floor: guesses are fed while the estimated probability that they are all right (the learned
+            acceptance of context tokens, as for a run) stays at or above this: guess columns make every draft
+            forward dearer, so they are fed only where the text repeats.
         acceptance: the learned acceptance of context tokens (fresh by default).
     """
 
@@ -142,6 +145,7 @@ class ContextPolicy(DraftPolicy):
     warmup_acceptance: float = 0.3
     explore_every: int = 8
     max_guesses: int = 8
+    guess_floor: float = 0.3
     acceptance: ContextAcceptance = field(default_factory=ContextAcceptance)
     name: ClassVar[str] = "context"
     uses_context: ClassVar[bool] = True
@@ -155,6 +159,8 @@ class ContextPolicy(DraftPolicy):
             raise ValueError(f"max_guesses must be an integer >= 0, got {self.max_guesses!r}.")
         if not isinstance(self.max_context_tokens, int) or self.max_context_tokens < 1:
             raise ValueError(f"max_context_tokens must be an integer >= 1, got {self.max_context_tokens!r}.")
+        if not 0 <= self.guess_floor <= 1:
+            raise ValueError(f"guess_floor must be in [0, 1], got {self.guess_floor!r}.")
         if not 0 <= self.warmup_acceptance <= 1:
             raise ValueError(f"warmup_acceptance must be in [0, 1], got {self.warmup_acceptance!r}.")
         if self.draft_policy is not None and not isinstance(self.draft_policy, DraftPolicy):
@@ -206,6 +212,18 @@ class ContextPolicy(DraftPolicy):
             if not self.explore_every or self._declined % self.explore_every:
                 return NO_CONTEXT
         return ContextPlan(count, product)
+
+    def plan_guesses(self, proposal: ContextProposal, limit: int) -> int:
+        """How many of `proposal`'s tokens (at most `limit` and `max_guesses`) the draft forward runs over as
+        guesses: while the estimated probability that they are all right stays at `guess_floor` or more."""
+        n, history = proposal.match_length, ContextAcceptance.history(proposal)
+        count, product = 0, 1.0
+        for position in range(min(len(proposal), limit, self.max_guesses)):
+            product *= self.acceptance.probability(n, position, history)
+            if product < self.guess_floor:
+                break
+            count += 1
+        return count
 
     def _draft_first_acceptance(self) -> float | None:
         """The estimated acceptance of a step's first drafted token (None for the context alone)."""
@@ -266,4 +284,6 @@ class ContextPolicy(DraftPolicy):
         name = "context" if inner["name"] is None else f"context+{inner['name']}"
         settings = {k: v for k, v in inner.items() if k != "name"}
         own = {"max_context_tokens": self.max_context_tokens, "max_guesses": self.max_guesses}
+        if self.max_guesses:
+            own["guess_floor"] = self.guess_floor
         return {"name": name, **settings, **own}

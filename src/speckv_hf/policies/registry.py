@@ -98,7 +98,7 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
     return policy_object
 
 
-_CONTEXT_SETTINGS = ("max_context_tokens", "warmup_acceptance", "explore_every", "max_guesses")
+_CONTEXT_SETTINGS = ("max_context_tokens", "warmup_acceptance", "explore_every", "max_guesses", "guess_floor")
 
 
 def _context_policy(spec: str, kwargs: dict[str, Any]) -> ContextPolicy:
