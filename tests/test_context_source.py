@@ -232,16 +232,20 @@ def test_deterministic_proposal_keeps_the_target_distribution():
     assert chisquare(counts.numpy(), (wrong / wrong.sum() * counts.sum()).numpy()).pvalue < 1e-6
 
 
-def test_guesses_follow_the_learned_acceptance_of_context_tokens():
-    """Guesses are fed while the context is estimated right: none on a one-token match at first, several once the
-    text has been seen to repeat, and never more than `max_guesses` or the step's room."""
-    policy = ContextPolicy(draft_policy=FixedPolicy(3), max_guesses=4)
+def test_guesses_stop_where_the_draft_seldom_confirms_them():
+    """Guesses are fed while the draft confirms first guesses often enough; below `guess_floor`, on every
+    `explore_every`-th forward only; never more than `max_guesses` or the step's room."""
+    policy = ContextPolicy(draft_policy=FixedPolicy(3), max_guesses=4, explore_every=4)
     proposal = ContextProposal(tokens=(5, 6, 7, 8, 9, 10), match_length=1, occurrences=1, agreeing=1, distance=6)
-    assert policy.plan_guesses(proposal, limit=8) == 0
-    for _ in range(200):  # every context token accepted
-        policy.acceptance.update(match_length=1, taken=6, num_accepted=6)
     assert policy.plan_guesses(proposal, limit=8) == 4
     assert policy.plan_guesses(proposal, limit=2) == 2
+    for _ in range(100):
+        policy.observe_guesses(False)
+    fed = [policy.plan_guesses(proposal, limit=8) for _ in range(8)]
+    assert fed == [0, 0, 0, 4, 0, 0, 0, 4]
+    for _ in range(100):
+        policy.observe_guesses(True)
+    assert policy.plan_guesses(proposal, limit=8) == 4
     assert ContextPolicy(draft_policy=FixedPolicy(3), max_guesses=0).plan_guesses(proposal, limit=8) == 0
     with pytest.raises(ValueError, match="guess_floor"):
         ContextPolicy(draft_policy=FixedPolicy(3), guess_floor=1.5)

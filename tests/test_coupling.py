@@ -19,7 +19,7 @@ from speckv_hf.bench.methods import Method, parse_methods
 from speckv_hf.decoding.coupling import GumbelNoise
 from speckv_hf.policies.base import FixedPolicy
 
-from .conftest import AlwaysContext, GuessOnly, llama_config, prompt
+from .conftest import AlwaysContext, llama_config, prompt
 from .test_bench import _prompts
 from .test_sampling import SAMPLES, VOCAB, _chi_square_pvalue, _two_token_distribution, first_two_token_counts
 
@@ -83,7 +83,6 @@ def test_coupled_output_is_the_target_gumbel_sample_for_every_policy_and_draft(l
             "speckv",
             "context+adaptive",
             AlwaysContext(FixedPolicy(2)),
-            GuessOnly(FixedPolicy(3)),
         ):
             out, stats = _coupled(target, draft, ids, policy, seed=11, cost_ratio=0.05, verify_slope=0.0)
             outputs[name, policy] = out[0, ids.shape[1] :].tolist()

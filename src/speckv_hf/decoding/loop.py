@@ -161,9 +161,10 @@ class _Loop:
         self.uses_context = bool(getattr(policy, "uses_context", False))
         self.uses_draft = draft is not None and bool(getattr(policy, "uses_draft", True))
         self.max_candidates = settings.max_new_tokens  # candidates one step may verify (the compiled loop bounds it)
-        # Context guesses fed with a draft forward (policies that take context candidates and draft, this loop only)
+        # Context guesses fed with a draft forward: policies that take context candidates and draft, greedy calls of
+        # this loop (sampled, the draft's tokens match them too seldom to pay for their columns), no prefix function.
         self.max_guesses = int(getattr(policy, "max_guesses", 0) or 0) if self.uses_context and self.uses_draft else 0
-        self.guides = self.max_guesses > 0 and not settings.processing.constrains_prefix
+        self.guides = self.max_guesses > 0 and not settings.do_sample and not settings.processing.constrains_prefix
         self.step_timed = True  # whether the step's times measure its costs
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -378,6 +379,9 @@ class _Loop:
             if guesses is not None:
                 self._forget_guesses(batch, len(guesses[0][0]) - (taken - 1))
                 self._count_guessed(rows, [valid_columns[j + i] for i in range(1, taken)])
+                for b, (guess, real) in enumerate(zip(*guesses, strict=True)):
+                    if real:  # each row's policy learns how often the draft confirms its first guess
+                        self.call.policies[rows[b]].observe_guesses(token_ids[b][0] == guess[0])
             now = self.clock.now()
             if drafts.forwards == 1:
                 drafts.times.first_draft = now - start

@@ -171,6 +171,10 @@ class DraftPolicy(ABC):
         """
         return 0
 
+    def observe_guesses(self, confirmed: bool) -> None:  # noqa: B027 - optional hook
+        """Learns whether the draft confirmed the first guess of a forward that carried guesses for this row (after
+        [`DraftPolicy.plan_guesses`][] fed some). The default does nothing."""
+
     def observe(self, outcome: StepOutcome) -> None:  # noqa: B027 - optional hook
         """Learns from a verified step. The default does nothing."""
 

@@ -129,14 +129,15 @@ class ContextPolicy(DraftPolicy):
             estimated acceptance stays at or above this.
         explore_every: take every `explore_every`-th run that drafting alone was preferred to anyway, so that the
             estimate of context tokens stays current (0 never does).
-        max_guesses: where a step drafts, the most tokens the context proposes after the candidates so far that
-            the draft forward also runs over, as guesses of the draft's own tokens: each guess the draft confirms
-            gives a drafted token without a forward of its own (0 feeds none). The candidates stay the draft's own
-            tokens (its greedy choices, or samples from its distributions); the confirmed ones are taken whatever
-            `draft_policy` says, so a step may verify more of them than the policy asked for.
-        guess_floor: guesses are fed while the estimated probability that they are all right (the learned
-            acceptance of context tokens, as for a run) stays at or above this: guess columns make every draft
-            forward dearer, so they are fed only where the text repeats.
+        max_guesses: where a step of a greedy call drafts, the most tokens the context proposes after the
+            candidates so far that the draft forward also runs over, as guesses of the draft's own tokens: each
+            guess the draft confirms gives a drafted token without a forward of its own (0 feeds none). The
+            candidates stay the draft's own greedy tokens; the confirmed ones are taken whatever `draft_policy`
+            says, so a step may verify more of them than the policy asked for. Sampled calls feed none.
+        guess_floor: guesses are fed while the draft confirms the first guess of at least this share of the
+            forwards that carried some (learned online, over about the last 50): guess columns make every draft
+            forward dearer, so where the draft seldom confirms them, they are fed on every `explore_every`-th
+            forward only, to notice when that changes.
         acceptance: the learned acceptance of context tokens (fresh by default).
     """
 
@@ -145,7 +146,7 @@ class ContextPolicy(DraftPolicy):
     warmup_acceptance: float = 0.3
     explore_every: int = 8
     max_guesses: int = 8
-    guess_floor: float = 0.3
+    guess_floor: float = 0.4
     acceptance: ContextAcceptance = field(default_factory=ContextAcceptance)
     name: ClassVar[str] = "context"
     uses_context: ClassVar[bool] = True
@@ -153,6 +154,8 @@ class ContextPolicy(DraftPolicy):
     def __post_init__(self) -> None:
         self._draft_first = _Rate()
         self._declined = 0
+        self._guess_rate = _Rate()  # share of guess-carrying draft forwards whose first guess the draft confirmed
+        self._guesses_skipped = 0
         if not isinstance(self.explore_every, int) or self.explore_every < 0:
             raise ValueError(f"explore_every must be an integer >= 0, got {self.explore_every!r}.")
         if not isinstance(self.max_guesses, int) or self.max_guesses < 0:
@@ -215,15 +218,16 @@ class ContextPolicy(DraftPolicy):
 
     def plan_guesses(self, proposal: ContextProposal, limit: int) -> int:
         """How many of `proposal`'s tokens (at most `limit` and `max_guesses`) the draft forward runs over as
-        guesses: while the estimated probability that they are all right stays at `guess_floor` or more."""
-        n, history = proposal.match_length, ContextAcceptance.history(proposal)
-        count, product = 0, 1.0
-        for position in range(min(len(proposal), limit, self.max_guesses)):
-            product *= self.acceptance.probability(n, position, history)
-            if product < self.guess_floor:
-                break
-            count += 1
-        return count
+        guesses: all of them while the draft confirms first guesses often enough (`guess_floor`), else none but
+        on every `explore_every`-th forward."""
+        count = min(len(proposal), limit, self.max_guesses)
+        if count < 1 or self._guess_rate.mean >= self.guess_floor:
+            return max(count, 0)
+        self._guesses_skipped += 1
+        return count if self.explore_every and self._guesses_skipped % self.explore_every == 0 else 0
+
+    def observe_guesses(self, confirmed: bool) -> None:
+        self._guess_rate.update(confirmed)
 
     def _draft_first_acceptance(self) -> float | None:
         """The estimated acceptance of a step's first drafted token (None for the context alone)."""
