@@ -355,8 +355,8 @@ class _Loop:
                 processed = processed + self._noise(processed).span(rows, at, processed.shape[1])
             probs = torch.softmax(processed, dim=-1)
             if guesses is not None:
-                # A processor may forbid every token after a guess (the position is then never taken): keep the
-                # distribution valid for sampling.
+                # A processor may forbid every token after a guess that is not the draft's (the position is never
+                # taken then): keep a distribution there, not NaNs.
                 ok = probs.isfinite().all(-1, keepdim=True)
                 probs = torch.where(ok, probs, torch.full_like(probs, 1.0 / probs.shape[-1]))
             if speculative:
