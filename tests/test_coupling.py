@@ -76,14 +76,7 @@ def test_coupled_output_is_the_target_gumbel_sample_for_every_policy_and_draft(l
     expected = _gumbel_reference(target, [ids[0].tolist()], seed=11)[0]
     outputs, accepted = {}, {}
     for name, draft in (("close", close), ("unrelated", unrelated)):
-        for policy in (
-            "fixed:1",
-            "fixed:4",
-            "adaptive",
-            "speckv",
-            "context+adaptive",
-            AlwaysContext(FixedPolicy(2)),
-        ):
+        for policy in ("fixed:1", "fixed:4", "adaptive", "speckv", "context+adaptive", AlwaysContext(FixedPolicy(2))):
             out, stats = _coupled(target, draft, ids, policy, seed=11, cost_ratio=0.05, verify_slope=0.0)
             outputs[name, policy] = out[0, ids.shape[1] :].tolist()
             accepted[name, policy] = stats.accepted_tokens

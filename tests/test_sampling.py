@@ -42,9 +42,8 @@ def _chi_square_pvalue(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     return float(chisquare(obs.numpy(), exp.numpy()).pvalue)
 
 
-def first_two_token_counts(target, draft, input_ids, generator, guessed=None) -> tuple[torch.Tensor, int, int]:
-    """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens
-    (`guessed`, a list, gets each call's guess-confirmed drafted tokens)."""
+def first_two_token_counts(target, draft, input_ids, generator) -> tuple[torch.Tensor, int, int]:
+    """Counts of the first two sampled tokens over `SAMPLES` seeded calls, and the drafted and accepted tokens."""
     counts = torch.zeros(VOCAB, VOCAB)
     drafted = accepted = 0
     start = input_ids.shape[1]
@@ -68,8 +67,6 @@ def first_two_token_counts(target, draft, input_ids, generator, guessed=None) ->
         counts[t1, t2] += 1
         drafted += generator.last_stats.drafted_tokens
         accepted += generator.last_stats.accepted_tokens
-        if guessed is not None:
-            guessed.append(generator.last_stats.guessed_tokens)
     return counts, drafted, accepted
 
 
