@@ -2,7 +2,8 @@
 
 A prompt that ends where the answer copies from it (continue a table), generated three ways on the embedded pair:
 the draft alone (`adaptive`), context candidates then drafted tokens (`context+adaptive`), and context candidates
-alone, with no draft model at all (`context`). All three give the target's own greedy output.
+alone, with no draft model at all (`context`). All three give the target's own greedy output. Then the same prompt
+asked twice of a generator that remembers earlier calls (`context_memory`): the second call copies the first.
 
     python examples/context_candidates.py [--max-new-tokens 64]
 """
@@ -33,6 +34,16 @@ def main() -> None:
             f"{policy:17} same as the target alone: {torch.equal(out, alone)}; "
             f"{stats.tokens_per_target_forward:.2f} tokens per target forward, {stats.draft_forwards} draft forwards, "
             f"{stats.context_accepted} of {stats.context_tokens} context tokens kept"
+        )
+    remembering = SpecKVGenerator("context+adaptive", context_memory=4096)
+    for call in ("first", "second"):
+        out = target.generate(
+            **inputs, assistant_model=draft, candidate_generator=remembering, max_new_tokens=args.max_new_tokens
+        )
+        stats = remembering.last_stats
+        print(
+            f"with memory, {call} call: same as the target alone: {torch.equal(out, alone)}; "
+            f"{stats.tokens_per_target_forward:.2f} tokens per target forward"
         )
 
 

@@ -118,16 +118,17 @@ def test_encode_prompts_refuses_empty_prompt():
 
 def test_run_benchmark_counts_and_interleaves(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
-    methods = parse_methods("hf-fixed-2,fixed:2,oracle")
+    methods = parse_methods("hf-fixed-2,fixed:2,oracle,context+oracle")
+    assert [m.kind for m in methods[-2:]] == ["oracle", "oracle"]
     saved = draft.generation_config.num_assistant_tokens
     seen: list[str] = []
     records, reference = run_benchmark(
         target, draft, _prompts(2), methods, max_new_tokens=12, repeats=2, progress=seen.append
     )
     assert draft.generation_config.num_assistant_tokens == saved  # settings restored
-    assert len(records) == 2 * 2 * 4 and len(seen) == len(records) + 4  # measured calls + one warm-up prompt
+    assert len(records) == 2 * 2 * 5 and len(seen) == len(records) + 5  # measured calls + one warm-up prompt
     # The order rotates from prompt to prompt.
-    firsts = [records[i].method for i in range(0, len(records), 4)]
+    firsts = [records[i].method for i in range(0, len(records), 5)]
     assert len(set(firsts)) > 1
     for record in records:
         assert record.new_tokens == 12 and record.seconds > 0
@@ -137,7 +138,11 @@ def test_run_benchmark_counts_and_interleaves(llama_pairs):
     assert all(r.drafted is None and r.draft_forwards > 0 for r in by_method["hf-fixed-2"])
     ours = by_method["fixed:2"]
     assert all(r.drafted > 0 and max(r.gamma_histogram) <= 2 and r.target_forwards < 12 for r in ours)
-    assert all(r.accepted == r.drafted for r in by_method["oracle"])  # the oracle drafts only what is accepted
+    # The oracles propose only what is accepted; the context's takes the draft's runs too, so it never needs more
+    # target forwards.
+    assert all(r.accepted == r.drafted for r in by_method["oracle"] + by_method["context+oracle"])
+    for both, draft_only in zip(by_method["context+oracle"], by_method["oracle"], strict=True):
+        assert both.target_forwards <= draft_only.target_forwards
     assert all(r.target_seconds is not None and r.target_seconds <= r.seconds for r in records)
 
 

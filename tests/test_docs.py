@@ -55,7 +55,10 @@ def test_snippets_render_from_summaries_alone(docs_figures, tmp_path):
     assert "| target alone | **1.00×**" in table
 
 
-@pytest.mark.parametrize(("script", "data"), [("context_candidates", "context"), ("compiled_loop", "compiled")])
+@pytest.mark.parametrize(
+    ("script", "data"),
+    [("context_candidates", "context"), ("compiled_loop", "compiled"), ("context_memory", "memory")],
+)
 def test_benchmark_snippets_are_what_their_data_renders(tmp_path, script, data):
     spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)

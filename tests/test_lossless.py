@@ -121,6 +121,34 @@ def test_context_candidates_on_text_that_repeats_are_lossless_and_used(demo_pair
         assert (stats.draft_forwards == 0) == (policy == "context")
 
 
+def test_context_runs_in_a_batch_follow_the_quorum(demo_pair):
+    """Every column widens the whole batch's verification: with `batch_quorum=1.0` a context column is taken only
+    where every open row has one, so the rows' runs are cut to the same length; with a tiny quorum they are not.
+    Outputs stay target-alone batched greedy either way."""
+    from speckv_hf.demo import load_prompts
+
+    target, draft, tokenizer = demo_pair
+    texts = [load_prompts("prose")[0].text, load_prompts("math")[0].text]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    expected = greedy(target, **batch, max_new_tokens=48, eos_token_id=None)
+    taken = {}
+    for quorum in (1.0, 0.01):
+        generator = SpecKVGenerator("context+fixed:2", batch_quorum=quorum, plain_fallback=False)
+        out = greedy(target, **batch, assistant_model=draft, candidate_generator=generator, max_new_tokens=48,
+                     eos_token_id=None)  # fmt: skip
+        assert torch.equal(out, expected)
+        rows = generator.last_stats.rows
+        per_step = [{s.step: s.context_tokens for s in row.steps} for row in rows]
+        both = sorted(set(per_step[0]) & set(per_step[1]))
+        taken[quorum] = [(per_step[0][k], per_step[1][k]) for k in both]
+    assert all(a == b for a, b in taken[1.0]), taken[1.0]
+    assert any(a != b for a, b in taken[0.01]), taken[0.01]
+
+
 def test_no_draft_model_needs_a_context_policy(llama_pairs):
     target, _ = llama_pairs["llama-noisy"]
     with pytest.raises(ValueError, match="SpecKVGenerator\\('context'\\)"):

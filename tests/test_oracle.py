@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speckv_hf import SpecKVGenerator
-from speckv_hf.policies.oracle import ForwardCosts, OraclePolicy, acceptance_runs, oracle_steps
+from speckv_hf.policies.oracle import (
+    ContextOraclePolicy,
+    ForwardCosts,
+    OraclePolicy,
+    acceptance_runs,
+    oracle_steps,
+)
 
 from .conftest import VOCAB, greedy, prompt
 
@@ -84,6 +90,33 @@ def test_noisy_draft_oracle_beats_every_constant(llama_pairs):
         generator = SpecKVGenerator(f"fixed:{gamma}")
         greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=NEW_TOKENS)
         assert stats.target_forwards <= generator.last_stats.target_forwards
+
+
+def test_context_oracle_takes_every_kept_context_token_then_the_drafts_run(llama_pairs):
+    """On a prompt that repeats, the context's oracle proposes context tokens and drafted tokens that are all
+    accepted, and needs no more target forwards than the draft's oracle or `context+fixed:K`."""
+    target, draft = llama_pairs["llama-noisy"]
+    input_ids = torch.tensor([[3, 9, 4, 7, 8, 11, 5] * 4])
+    expected = greedy(target, input_ids, max_new_tokens=24, eos_token_id=None)
+    continuation = expected[0, input_ids.shape[1] :].tolist()
+    runs = acceptance_runs(draft, input_ids, continuation)
+    forwards = {}
+    for name, policy in (
+        ("context+oracle", ContextOraclePolicy(runs, input_ids.shape[1], continuation)),
+        ("oracle", OraclePolicy(runs, input_ids.shape[1])),
+        *((f"context+fixed:{k}", f"context+fixed:{k}") for k in (1, 4)),
+    ):
+        generator = SpecKVGenerator(policy, warm_start=False, plain_fallback=False)
+        out = greedy(target, input_ids, assistant_model=draft, candidate_generator=generator, max_new_tokens=24,
+                     eos_token_id=None)  # fmt: skip
+        assert torch.equal(out, expected)
+        forwards[name] = generator.last_stats.target_forwards
+        if name == "context+oracle":
+            stats = generator.last_stats
+            assert stats.accepted_tokens == stats.drafted_tokens and stats.context_accepted == stats.context_tokens > 0
+    assert forwards["context+oracle"] <= min(forwards.values()), forwards
+    with pytest.raises(ValueError, match="continuation"):
+        ContextOraclePolicy(runs, input_ids.shape[1], continuation[:-1])
 
 
 def test_acceptance_runs_refuses_a_batch(llama_pairs):

@@ -21,9 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from speckv_hf.cli import app
+from speckv_hf.core.context_source import ContextProposal
 from speckv_hf.core.signals import StepSignals, TokenSignals
 from speckv_hf.core.stats import GenerationStats, StepRecord
 from speckv_hf.demo import pair_path
+from speckv_hf.training.dataset import load_tokens
 from speckv_hf.training.plan import SETTINGS_FILE
 from speckv_hf.training.profile import profile
 from speckv_hf.training.records import (
@@ -39,7 +41,7 @@ from speckv_hf.training.records import (
 
 from .conftest import llama_config, noisy_copy
 
-TOKEN_KEY = ["prompt_id", "compression", "setting", "step", "position"]
+TOKEN_KEY = ["prompt_id", "compression", "setting", "step", "candidate"]
 STEP_KEY = ["prompt_id", "compression", "setting", "step"]
 TIMING = {"draft_ms", "target_ms", "cost_ratio", "draft_seconds", "verify_seconds", "overhead_seconds"}
 
@@ -154,6 +156,80 @@ def test_call_rows_match_a_hand_computation():
     assert (tokens[0]["draft_ms"], tokens[0]["target_ms"], tokens[0]["cost_ratio"]) == pytest.approx((3.0, 6.0, 0.5))
 
 
+def test_call_rows_put_context_candidates_first():
+    drafted = tuple(TokenSignals(0.9, 0.9, 0.1, 0.8, p) for p in range(3))
+    proposal = ContextProposal((5, 6, 7), match_length=3, occurrences=2, agreeing=2, distance=10)
+    step = StepRecord(
+        step=0,
+        gamma=5,
+        accepted=3,
+        tokens_produced=4,
+        signals=StepSignals.from_tokens(drafted),
+        tokens=drafted,
+        draft_seconds=0.0,
+        verify_seconds=0.01,
+        overhead_seconds=0.0,
+        context_tokens=2,
+        context=proposal,
+    )
+    call = CallContext("p", "prose", "fp32", "context+fixed:3", False, "t | d")
+    tokens, steps = call_rows(GenerationStats(steps=[step]), call)
+    assert [(t["candidate"], t["position"], t["source"]) for t in tokens] == [
+        (0, 0, "context"), (1, 1, "context"), (2, 0, "draft"), (3, 1, "draft"), (4, 2, "draft"),
+    ]  # fmt: skip
+    assert [(t["accepted"], t["reached"]) for t in tokens] == [
+        (True, True), (True, True), (True, True), (False, True), (False, False),
+    ]  # fmt: skip
+    matches = [(t["match_length"], t["occurrences"], t["agreeing"], t["distance"]) for t in tokens]
+    assert matches[:2] == [(3, 2, 2, 10)] * 2
+    assert all(t["match_length"] is None and t["confidence"] == pytest.approx(0.9) for t in tokens[2:])
+    assert all(t["confidence"] is None and t["hidden_state"] is None for t in tokens[:2])
+    assert {t["context_tokens"] for t in tokens} == {2} and steps[0]["context_tokens"] == 2
+    # Hidden states are indexed by candidate: the drafted rows get those after the context run.
+    hidden = [[[float(c)] for c in range(5)]]
+    tokens, _ = call_rows(GenerationStats(steps=[step]), call, hidden)
+    assert [t["hidden_state"] for t in tokens] == [None, None, [2.0], [3.0], [4.0]]
+
+
+def test_profiled_context_candidates(pair_dirs, tmp_path):
+    """A context policy profiles: its candidates' rows come first in each step, the labels add up to the step's
+    acceptance, and training reads the drafted rows only."""
+    prompts = tmp_path / "repeats.jsonl"
+    text = "one two three four five six seven. one two three four five six seven. one two three"
+    prompts.write_text(json.dumps({"task": "prose", "prompt": text}) + "\n", encoding="utf-8")
+    out = tmp_path / "records"
+    profile(
+        out,
+        target=str(pair_dirs / "target"),
+        draft=str(pair_dirs / "draft"),
+        prompts=prompts,
+        settings=["context+fixed:3"],
+        sampling=["greedy"],
+        max_new_tokens=16,
+        hidden_states=True,
+        device="cpu",
+        progress=False,
+    )
+    tokens, steps = read_records(out)
+    by_step = {}
+    for row in tokens.to_pylist():
+        by_step.setdefault(row["step"], []).append(row)
+    for step in steps.to_pylist():
+        rows = sorted(by_step.get(step["step"], []), key=lambda t: t["candidate"])
+        c = step["context_tokens"]
+        assert [t["candidate"] for t in rows] == list(range(step["gamma"]))
+        assert [t["source"] for t in rows] == ["context"] * c + ["draft"] * (step["gamma"] - c)
+        assert [t["position"] for t in rows] == [*range(c), *range(step["gamma"] - c)]
+        assert sum(t["accepted"] for t in rows) == step["accepted"]
+        assert [t["reached"] for t in rows] == [k <= step["accepted"] for k in range(step["gamma"])]
+        assert all(t["match_length"] >= 1 and t["hidden_state"] is None for t in rows[:c])
+        assert all(t["match_length"] is None and len(t["hidden_state"]) == 64 for t in rows[c:])
+    sources = Counter(tokens.column("source").to_pylist())
+    assert sources["context"] > 0 and sources["draft"] > 0, sources
+    rows, info = load_tokens(out, "portable")
+    assert len(rows.accepted) == sources["draft"] and info["rows_read"] == sources["draft"]
+
+
 def test_profiled_rows_are_consistent(profiled, pair_dirs):
     out, summary = profiled
     assert (summary.done, summary.skipped, summary.units) == (12, 0, 12)
@@ -176,8 +252,9 @@ def test_profiled_rows_are_consistent(profiled, pair_dirs):
         call_tokens = token_calls.get(key, [])
         prev, drafted, accepted = 1.0, 0, 0
         for step in call_steps:
-            rows = sorted((t for t in call_tokens if t["step"] == step["step"]), key=lambda t: t["position"])
-            assert [t["position"] for t in rows] == list(range(step["gamma"]))
+            rows = sorted((t for t in call_tokens if t["step"] == step["step"]), key=lambda t: t["candidate"])
+            assert [t["candidate"] for t in rows] == [t["position"] for t in rows] == list(range(step["gamma"]))
+            assert {t["source"] for t in rows} <= {"draft"} and step["context_tokens"] == 0
             assert sum(t["accepted"] for t in rows) == step["accepted"]
             assert [t["reached"] for t in rows] == [p <= step["accepted"] for p in range(step["gamma"])]
             for t in rows:
@@ -327,7 +404,6 @@ def test_rerun_with_other_settings_fails_naming_the_setting(profiled, pair_dirs,
         (["--out", "{tmp}/r", "--settings", "nope"], "bad setting 'nope'"),
         (["--out", "{tmp}/r", "--settings", "fixed:x"], "bad setting 'fixed:x'"),
         (["--out", "{tmp}/r", "--settings", "fixed:2+sample"], "--sampling sample"),
-        (["--out", "{tmp}/r", "--settings", "context+fixed:2"], "draft-only policies"),
         (["--out", "{tmp}/r", "--sampling", "beam"], "bad sampling"),
         (["--out", "{tmp}/r", "--prompts", "{tmp}/missing.jsonl"], "not found"),
         (["--out", "{tmp}/r", "--prompts", "{tmp}/bad.jsonl"], "line 1"),

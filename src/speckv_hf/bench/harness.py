@@ -21,7 +21,7 @@ import torch
 from ..decoding._transformers import compile_everywhere_config
 from ..decoding.coupling import SAMPLING_SETTINGS
 from ..decoding.generator import SpecKVGenerator
-from ..policies.oracle import OraclePolicy, acceptance_runs
+from ..policies.oracle import ContextOraclePolicy, OraclePolicy, acceptance_runs
 from .measure import ForwardCounter
 from .methods import DEFAULT_METHODS, HF_DEFAULTS, Method, parse_methods
 from .prompts import PromptItem
@@ -150,6 +150,7 @@ class _Harness:
     warmed: set[str] = field(default_factory=set)
     generators: dict[str, SpecKVGenerator] = field(default_factory=dict)
     oracles: dict[str, list[int]] = field(default_factory=dict)
+    continuations: dict[str, list[int]] = field(default_factory=dict)
 
     def call(self, method: Method, prompt: EncodedPrompt, index: int, repeat: int) -> CallRecord:
         kwargs: dict[str, Any] = {
@@ -189,8 +190,11 @@ class _Harness:
                         max_new_tokens=self.max_new_tokens,
                     )
         elif method.kind == "oracle":
-            runs = self.oracles[prompt.item.id]
-            policy = OraclePolicy(runs, prompt.input_ids.shape[1])
+            runs, length = self.oracles[prompt.item.id], prompt.input_ids.shape[1]
+            if method.name.removeprefix("compiled:") == "context+oracle":
+                policy = ContextOraclePolicy(runs, length, self.continuations[prompt.item.id])
+            else:
+                policy = OraclePolicy(runs, length)
             generator = SpecKVGenerator(policy, warm_start=False, compile=method.compiled)
             if method.compiled:  # the graphs are shared by every oracle call: the first one compiles them
                 generator.warmup(
@@ -305,6 +309,7 @@ def run_benchmark(
                     do_sample=False,
                 )
                 reference[prompt.item.id] = out[0, prompt.input_ids.shape[1] :].tolist()
+                harness.continuations[prompt.item.id] = reference[prompt.item.id]
                 if any(m.kind == "oracle" for m in methods):
                     harness.oracles[prompt.item.id] = acceptance_runs(
                         draft, prompt.input_ids, reference[prompt.item.id]

@@ -42,8 +42,8 @@ class Method:
 
     Attributes:
         name: the name in tables and JSON (`target-only`, `hf-default`, `hf-heuristic`, `hf-fixed-K`,
-            `hf-prompt-lookup`, `hf-prompt-lookup-N`, a SpecKV policy spec such as `adaptive` or `fixed:K`, or
-            `oracle`).
+            `hf-prompt-lookup`, `hf-prompt-lookup-N`, a SpecKV policy spec such as `adaptive` or `fixed:K`,
+            `oracle` or `context+oracle`).
         kind: `"target"`, `"hf"` (transformers' assisted generation or prompt lookup), `"speckv"` or `"oracle"`.
         hf_settings: for `"hf"` with a draft model, the assistant's generation-config settings.
         policy: for `"speckv"`, the policy given to `SpecKVGenerator`.
@@ -61,6 +61,11 @@ class Method:
     sampling: str | None = None
     prompt_lookup_num_tokens: int | None = None
     compiled: bool = False
+
+
+#: The hindsight oracles: the draft's runs (`oracle`), and the context's tokens the target keeps then the draft's runs
+#: (`context+oracle`, the ceiling of the context policies).
+_ORACLES = ("oracle", "context+oracle")
 
 
 def _hf_method(name: str) -> Method:
@@ -103,6 +108,8 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
             run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
             compiled; `compiled:POLICY` (and `compiled:fixed:A-B`, `compiled:oracle`) runs in the compiled loop.
+            `oracle` drafts the draft's runs known in hindsight; `context+oracle` takes the context's tokens the
+            target keeps, then those runs (the ceiling of the context policies).
             `Method` objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
@@ -151,7 +158,7 @@ def _expand(spec: str) -> list[Method]:
         return [Method(spec, "target", compiled=True)]
     if spec.startswith("compiled:"):
         inner = spec.removeprefix("compiled:")
-        if inner == "oracle":
+        if inner in _ORACLES:
             return [Method(spec, "oracle", compiled=True)]
         if inner in {"target-only", "target-compiled"} or inner.startswith(("hf-", "compiled:")):
             raise ValueError(f"bad method {spec!r}: compiled: takes a SpecKV policy, e.g. compiled:adaptive.")
@@ -159,7 +166,7 @@ def _expand(spec: str) -> list[Method]:
             Method(f"compiled:{method.name}", "speckv", policy=method.policy, compiled=True)
             for method in _expand(inner)
         ]
-    if spec == "oracle":
+    if spec in _ORACLES:
         return [Method(spec, "oracle")]
     if spec.startswith("hf-"):
         return [_hf_method(spec)]
@@ -172,7 +179,7 @@ def _expand(spec: str) -> list[Method]:
     except ValueError:
         raise ValueError(
             f"unknown method {spec!r}: use target-only, target-compiled, hf-default, hf-heuristic, hf-fixed-K, "
-            "hf-prompt-lookup, hf-prompt-lookup-N, oracle, or a SpecKV "
+            "hf-prompt-lookup, hf-prompt-lookup-N, oracle, context+oracle, or a SpecKV "
             "policy (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; context for context candidates "
             "alone, context+POLICY for context candidates then POLICY's drafts; speckv@PATH for a trained predictor; "
             "compiled:POLICY for POLICY in the compiled loop)."

@@ -50,7 +50,8 @@ def bench(
         DEFAULT_METHODS,
         help="Comma-separated methods: target-only, hf-default, hf-heuristic, hf-fixed-K (transformers' assisted "
         "generation), hf-prompt-lookup, hf-prompt-lookup-N (transformers' prompt lookup, no draft model: 10 or N "
-        "tokens), oracle, and SpecKV policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; "
+        "tokens), oracle (the draft's runs in hindsight), context+oracle (the context's kept tokens, then the "
+        "draft's runs), and SpecKV policies (adaptive, heuristic, confidence, fixed:K; fixed:A-B for a range; "
         "context: context candidates alone, no draft model; context+POLICY: context candidates, then POLICY's "
         "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH); target-compiled (the target "
         "alone, static cache, compiled) and compiled:POLICY / compiled:oracle (the compiled loop, warmed up "
@@ -107,11 +108,13 @@ def bench(
 
         pair_sources(target, draft)  # a missing folder is one line, before any progress or loading
     method_specs = split_list(methods)
-    if do_sample and "oracle" in method_specs:
+    oracles = [spec for spec in method_specs if spec.removeprefix("compiled:") in ("oracle", "context+oracle")]
+    if do_sample and oracles:
         if methods == DEFAULT_METHODS:
             method_specs.remove("oracle")
         else:
-            fail("the oracle is defined on greedy output: drop 'oracle' from --methods with --do-sample.")
+            dropped = ", ".join(map(repr, oracles))
+            fail(f"the oracle is defined on greedy output: drop {dropped} from --methods with --do-sample.")
     try:
         method_list = parse_methods(method_specs)
         if prompts is None:

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .context_memory import ContextMemory
 
 __all__ = ["ContextProposal", "ContextSource"]
 
@@ -52,17 +56,27 @@ class ContextSource:
         tokens: the sequence so far (e.g. the prompt's ids without padding).
         max_ngram: the longest tail matched (longer matches are more often right).
         min_ngram: the shortest tail matched.
+        memory: earlier calls' sequences ([`ContextMemory`][speckv_hf.core.context_memory.ContextMemory]), proposed
+            from where they match a longer tail than the sequence itself does; read only.
 
     Raises:
         ValueError: for `min_ngram < 1` or `max_ngram < min_ngram`.
     """
 
-    __slots__ = ("_ends", "_tokens", "max_ngram", "min_ngram")
+    __slots__ = ("_ends", "_tokens", "max_ngram", "memory", "min_ngram")
 
-    def __init__(self, tokens: Iterable[int] = (), *, max_ngram: int = 4, min_ngram: int = 1) -> None:
+    def __init__(
+        self,
+        tokens: Iterable[int] = (),
+        *,
+        max_ngram: int = 4,
+        min_ngram: int = 1,
+        memory: ContextMemory | None = None,
+    ) -> None:
         if min_ngram < 1 or max_ngram < min_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got min_ngram={min_ngram}, max_ngram={max_ngram}.")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.memory = memory
         self._tokens: list[int] = []
         # n-gram -> (index of the token that followed its most recent occurrence, occurrences with a follower, how
         # many of the most recent occurrences in a row had that same follower)
@@ -76,6 +90,12 @@ class ContextSource:
     def tokens(self) -> list[int]:
         """The sequence so far (read-only by convention)."""
         return self._tokens
+
+    @property
+    def index(self) -> dict[tuple[int, ...], tuple[int, int, int]]:
+        """n-gram -> (index of the token that followed its most recent occurrence, its occurrences with a follower,
+        how many of the most recent ones in a row had that same follower); read-only by convention."""
+        return self._ends
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Appends verified tokens: each one is the continuation of the n-grams that end just before it.
@@ -106,22 +126,32 @@ class ContextSource:
                 and the continuation is copied from the sequence itself.
 
         Returns:
-            The proposal; empty when `max_tokens < 1` or no tail of `min_ngram` tokens or more occurred before.
+            The proposal; empty when `max_tokens < 1` or no tail of `min_ngram` tokens or more occurred before (in
+            the sequence, or in the memory). The memory's proposal wins where it matched a longer tail.
         """
         seq = self._tokens
         if max_tokens < 1:
             return _NO_PROPOSAL
         tail = [*seq[-self.max_ngram :], *after] if after else seq
         length, end = len(seq) + len(after), len(tail)
+        proposal = _NO_PROPOSAL
         for n in range(min(self.max_ngram, length), self.min_ngram - 1, -1):
             found = self._ends.get(tuple(tail[end - n :]))
             if found is not None:
                 start, occurrences, agreeing = found
-                return ContextProposal(
+                proposal = ContextProposal(
                     tokens=tuple(seq[start : start + max_tokens]),
                     match_length=n,
                     occurrences=occurrences,
                     agreeing=agreeing,
                     distance=length - start,
                 )
-        return _NO_PROPOSAL
+                break
+        if self.memory is not None and proposal.match_length < self.max_ngram:
+            earlier = self.memory.lookup(tail[-self.max_ngram :], max_tokens, longer_than=proposal.match_length)
+            if earlier is not None:
+                return ContextProposal(
+                    earlier.tokens, earlier.match_length, earlier.occurrences, earlier.agreeing,
+                    length + earlier.distance,
+                )  # fmt: skip
+        return proposal

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..compression.detection import CompressionInfo
+from .context_source import ContextProposal
 from .signals import StepSignals, TokenSignals
 
 __all__ = ["GenerationStats", "StepRecord"]
@@ -34,6 +35,8 @@ class StepRecord:
         context_tokens: how many of the step's candidates came from the context (the first ones; see
             `speckv_hf.core.context_source`), free of draft forwards; `gamma` counts them, `tokens` holds the signals
             of the drafted tokens only.
+        context: the proposal the context candidates were taken from (its match length and history), or None when
+            the step took none.
     """
 
     step: int
@@ -47,6 +50,7 @@ class StepRecord:
     overhead_seconds: float
     drafted_ids: tuple[int, ...] = ()
     context_tokens: int = 0
+    context: ContextProposal | None = None
 
     @property
     def acceptance_rate(self) -> float:
@@ -81,6 +85,8 @@ class StepRecord:
             "draft_seconds": self.draft_seconds,
             "verify_seconds": self.verify_seconds,
             "overhead_seconds": self.overhead_seconds,
+            "context_tokens": self.context_tokens,
+            "context_match_length": self.context.match_length if self.context is not None else 0,
         }
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..compression.detection import CompressionInfo, detect_compression
+from ..core.context_memory import ContextMemory
 from ..core.cost import Clock, CostModel, CostSettings
 from ..core.stats import GenerationStats
 from ..core.validation import validate_pair
@@ -113,6 +114,10 @@ class SpecKVGenerator:
             (see [`SpecKVGenerator.warmup`][]); `last_stats.compiled_graphs` and `.compile_seconds` say how much.
             Own loop only (not `loop="transformers"`); calls never fall back to plain decoding, which would run
             uncompiled; a step verifies at most `lengths[-1] - 1` candidates.
+        context_memory: with a context policy (`"context+adaptive"`, ...), keep up to this many tokens of earlier
+            calls' prompts and outputs (`speckv_hf.core.context_memory`), and propose from them too where they match
+            a longer tail than the row's own sequence does; 0 (the default) keeps none. The oldest calls are dropped
+            first; [`SpecKVGenerator.clear_context_memory`][] forgets them all.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -134,6 +139,7 @@ class SpecKVGenerator:
         sampling: str = "auto",
         batch_quorum: float = 0.5,
         compile: bool | CompileOptions = False,
+        context_memory: int = 0,
         **policy_kwargs: Any,
     ) -> None:
         install()  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
@@ -161,6 +167,15 @@ class SpecKVGenerator:
                 f"policy {self.policy.config()['name']!r} proposes context candidates, which run in speckv-hf's own "
                 "loop only: drop loop='transformers', or use a policy without 'context'."
             )
+        if not isinstance(context_memory, int) or isinstance(context_memory, bool) or context_memory < 0:
+            raise ValueError(f"context_memory must be an integer >= 0 (tokens kept), got {context_memory!r}.")
+        if context_memory and not self.policy.uses_context:
+            raise ValueError(
+                f"context_memory keeps earlier calls' tokens for context candidates, which policy "
+                f"{self.policy.config()['name']!r} does not take: use a context policy, e.g. "
+                "SpecKVGenerator('context+adaptive', context_memory=...)."
+            )
+        self._memory = ContextMemory(context_memory) if context_memory else None
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
@@ -290,6 +305,17 @@ class SpecKVGenerator:
     def clear_last_stats(self) -> None:
         """Forgets the current thread's `last_stats` (the hook calls it when a call starts)."""
         self._local.stats = None
+
+    @property
+    def context_memory(self) -> ContextMemory | None:
+        """The tokens of earlier calls kept for context candidates (`context_memory=`), or None."""
+        return self._memory
+
+    def clear_context_memory(self) -> None:
+        """Forgets the earlier calls' tokens kept for context candidates (a no-op without `context_memory`)."""
+        if self._memory is not None:
+            with self._lock:
+                self._memory.clear()
 
     def reset(self) -> None:
         """Forgets the costs and policy state learned by earlier calls."""
@@ -538,6 +564,7 @@ class SpecKVGenerator:
             record_steps=self.record_steps,
             key=key,
             compiled=self._compiled,
+            memory=self._memory,
         )
 
     def finish_loop(self, call: LoopCall) -> GenerationStats:
@@ -549,4 +576,7 @@ class SpecKVGenerator:
         Returns:
             The call's statistics.
         """
+        if self._memory is not None and call.sequences:
+            with self._lock:
+                self._memory.add(call.sequences)
         return self._collect(call.stats, call.cost, call.policies[0], call.key)

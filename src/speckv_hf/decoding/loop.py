@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.context_memory import ContextMemory
 from ..core.context_source import ContextProposal, ContextSource
 from ..core.cost import Clock, CostModel
 from ..core.ngram import NgramIndex
@@ -83,6 +84,9 @@ class LoopCall:
         key: what the generator files the call's learned state under (target, draft, batch size).
         compiled: the generator's compiled forwards and static caches, for a call of the compiled loop
             (`speckv_hf.decoding.static_loop`); None for the eager loop.
+        memory: earlier calls' sequences the rows' context sources also propose from (read only), or None.
+        sequences: set by the loop when the call ends, where `memory` is given: each row's prompt (unpadded) and
+            new tokens, for the generator to remember.
     """
 
     cost: CostModel
@@ -92,6 +96,8 @@ class LoopCall:
     record_steps: bool = True
     key: tuple[int, ...] = ()
     compiled: CompiledModels | None = None
+    memory: ContextMemory | None = None
+    sequences: list[list[int]] = field(default_factory=list)
 
 
 def run_loop(
@@ -223,7 +229,8 @@ class _Loop:
         self.generated: list[list[int]] = [[] for _ in range(self.batch_size)]
         unpadded = [ids[len(ids) - int(m.sum()) :] for ids, m in zip(self.prompts, mask, strict=True)]
         self.contexts = [NgramIndex(ids) for ids in unpadded]
-        self.sources = [ContextSource(ids) for ids in unpadded] if self.uses_context else []
+        memory = self.call.memory
+        self.sources = [ContextSource(ids, memory=memory) for ids in unpadded] if self.uses_context else []
         self.streamed = 0
         self.noise: GumbelNoise | None = None
 
@@ -264,6 +271,8 @@ class _Loop:
             for b in range(n):
                 if caps[b] > 0:
                     runs[b], proposals[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
+            runs, proposals = self._quorum_runs(runs, proposals, caps)
+            prefix = [p if run else 1.0 for p, run in zip(prefix, runs, strict=True)]
         context = [len(run) for run in runs]
         signals: list[list[TokenSignals]] = [[] for _ in range(n)]
 
@@ -393,6 +402,25 @@ class _Loop:
             drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
             drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
         return drafts
+
+    def _quorum_runs(
+        self, runs: list[tuple[int, ...]], proposals: list[ContextProposal | None], caps: list[int]
+    ) -> tuple[list[tuple[int, ...]], list[ContextProposal | None]]:
+        """The rows' context runs, cut where fewer than `quorum` of the open rows still have one.
+
+        Every candidate column widens the whole batch's verification, as a drafted column does, so context columns
+        follow the batch's rule for drafting (`_continue`): a column is taken while at least `quorum` of the open
+        rows want it. A row whose run was cut drafts after it as its policy decides."""
+        open_rows = sum(cap > 0 for cap in caps)
+        if open_rows < 2:
+            return runs, proposals
+        lengths = sorted((len(run) for run in runs), reverse=True)
+        needed = max(self.settings.quorum * open_rows, 1)
+        width = max((w for w in range(1, lengths[0] + 1) if sum(n >= w for n in lengths) >= needed), default=0)
+        if width >= lengths[0]:
+            return runs, proposals
+        cut = [run[:width] for run in runs]
+        return cut, [p if run else None for p, run in zip(proposals, cut, strict=True)]
 
     def _context_columns(
         self,
@@ -712,6 +740,7 @@ class _Loop:
                     times=times,
                     candidate_ids=candidate_rows[b][: candidates[b]],
                     context_tokens=context[b],
+                    context=drafts.proposals[b],
                 )
             row_stats = stats.rows[r] if stats.rows else stats
             if row_stats is stats:
@@ -755,6 +784,8 @@ class _Loop:
         self.streamed = max(self.streamed, ready)
 
     def _output(self, input_ids: torch.LongTensor, prompt_length: int) -> torch.LongTensor:
+        if self.call.memory is not None:
+            self.call.sequences = [list(source.tokens) for source in self.sources]
         longest = max(len(g) for g in self.generated)
         out = torch.full(
             (input_ids.shape[0], prompt_length + longest),

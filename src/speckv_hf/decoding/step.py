@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.context_source import ContextProposal
 from ..core.cost import Clock, CostModel
 from ..core.signals import StepSignals, TokenSignals
 from ..core.stats import GenerationStats, StepRecord
@@ -148,6 +149,7 @@ def step_record(
     times: StepTimes,
     candidate_ids: Any,
     context_tokens: int = 0,
+    context: ContextProposal | None = None,
 ) -> StepRecord:
     """The record of one row's step.
 
@@ -160,6 +162,7 @@ def step_record(
         times: the step's times.
         candidate_ids: the candidates' ids.
         context_tokens: how many of the candidates came from the context (the first ones).
+        context: the proposal they were taken from (None when the step took none).
     """
     return StepRecord(
         step=step,
@@ -173,4 +176,5 @@ def step_record(
         overhead_seconds=times.overhead,
         drafted_ids=tuple(candidate_ids),
         context_tokens=context_tokens,
+        context=context if context_tokens else None,
     )

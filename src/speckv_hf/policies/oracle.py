@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .base import DraftPolicy, DraftState
+from ..core.context_source import ContextProposal
+from .base import NO_CONTEXT, ContextPlan, DraftPolicy, DraftState
 
-__all__ = ["ForwardCosts", "OraclePolicy", "acceptance_runs", "oracle_steps"]
+__all__ = ["ContextOraclePolicy", "ForwardCosts", "OraclePolicy", "acceptance_runs", "oracle_steps"]
 
 
 @torch.no_grad()
@@ -106,6 +107,51 @@ class OraclePolicy(DraftPolicy):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "prompt_length": self.prompt_length, "positions": len(self.runs)}
+
+
+class ContextOraclePolicy(OraclePolicy):
+    """Both sources in hindsight: at every step, the context's proposed tokens that the target will emit, then the
+    draft's run from there (known in hindsight, as [`OraclePolicy`][] knows it).
+
+    A context token the target keeps costs a verification slot and no draft forward, and the draft's run after it
+    is the one the draft has from that position: so the step takes every such token, then drafts exactly what will
+    be accepted. It is the ceiling of the context policies (`context+adaptive`, ...) on a prompt, as [`OraclePolicy`][]
+    is of the draft's. Use it with `SpecKVGenerator(ContextOraclePolicy(...), warm_start=False)` and greedy decoding.
+
+    Args:
+        runs: the output of [`acceptance_runs`][] for the prompt.
+        prompt_length: length of the prompt the runs were computed for.
+        continuation: the target's greedy tokens after the prompt (what `runs` was computed along).
+
+    Raises:
+        ValueError: as [`OraclePolicy`][], and for a continuation of another length than `runs`.
+    """
+
+    name: ClassVar[str] = "context+oracle"
+    uses_context: ClassVar[bool] = True
+
+    def __init__(self, runs: Sequence[int], prompt_length: int, continuation: Sequence[int]) -> None:
+        super().__init__(runs, prompt_length)
+        if len(continuation) != len(self.runs):
+            raise ValueError(
+                f"continuation has {len(continuation)} tokens but runs {len(self.runs)}: pass the continuation the "
+                "runs were computed along (acceptance_runs)."
+            )
+        self.continuation = [int(t) for t in continuation]
+
+    def plan_context(self, proposal: ContextProposal, state: DraftState) -> ContextPlan:
+        position = state.sequence_length - self.prompt_length
+        count = 0
+        for token in proposal.tokens[: state.max_tokens]:
+            if not 0 <= position + count < len(self.continuation) or token != self.continuation[position + count]:
+                break
+            count += 1
+        return ContextPlan(count, 1.0) if count else NO_CONTEXT
+
+    def should_draft(self, state: DraftState) -> bool:
+        position = state.sequence_length - self.prompt_length + state.prefix_tokens
+        allowed = self.runs[position] if 0 <= position < len(self.runs) else 0
+        return len(state.tokens) < allowed
 
 
 @dataclass(frozen=True)

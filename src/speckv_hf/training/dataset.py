@@ -29,6 +29,7 @@ _STEP_KEYS = ("prompt_id", "compression", "setting", "step")
 _RAW_COLUMNS = (
     *_STEP_KEYS,
     "pair",
+    "source",
     "accepted",
     "reached",
     *(name for name in RECORDED_FEATURES if name not in _STEP_KEYS),
@@ -95,11 +96,14 @@ def _read_tokens(records_dir: Path, hidden: bool) -> pa.Table:
                 f"version {RECORDS_SCHEMA_VERSION}: profile again with this speckv-hf into a new --out folder"
             )
         tables.append(pq.read_table(path, columns=columns).replace_schema_metadata(None))
-    return pa.concat_tables(tables)
+    table = pa.concat_tables(tables)
+    # A predictor learns the acceptance of drafted tokens; context candidates carry none of the draft's signals.
+    return table.filter(pc.equal(table.column("source"), "draft"))
 
 
 def load_tokens(records_dir: Path, kind: str) -> tuple[TokenRows, dict[str, Any]]:
-    """Reads the token rows, drops steps with a missing value, sorts by step and position.
+    """Reads the drafted tokens' rows (context candidates' rows are left out), drops steps with a missing value, sorts
+    by step and position.
 
     Args:
         records_dir: the `--out` folder of `speckv profile` (its `tokens/*.parquet` shards).
@@ -115,7 +119,10 @@ def load_tokens(records_dir: Path, kind: str) -> tuple[TokenRows, dict[str, Any]
     """
     table = _read_tokens(records_dir, hidden=kind == "pair")
     if table.num_rows == 0:
-        raise TrainingDataError(f"the token shards of {records_dir} hold no rows: profile with more prompts")
+        raise TrainingDataError(
+            f"the token shards of {records_dir} hold no drafted tokens: profile with more prompts, and with a policy "
+            "that drafts (e.g. --settings fixed:8)"
+        )
     features = feature_matrix({name: _floats(table, name) for name in RECORDED_FEATURES})
     accepted, reached = _floats(table, "accepted"), _floats(table, "reached")
     keys = pc.binary_join_element_wise(*(pc.cast(table.column(k), pa.string()) for k in _STEP_KEYS), "\x1f")

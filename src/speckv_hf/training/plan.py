@@ -188,11 +188,7 @@ def plan_profile(
         try:
             if _SAMPLE_SUFFIX in spec:
                 raise ValueError(f"pick sampled runs with --sampling sample, not {_SAMPLE_SUFFIX!r} in the setting")
-            if SpecKVGenerator(spec).policy.uses_context:
-                raise ValueError(
-                    "records describe drafted tokens only: profile with draft-only policies (e.g. fixed:8), "
-                    "not context ones"
-                )
+            SpecKVGenerator(spec)
         except ValueError as error:
             raise ValueError(f"bad setting {spec!r}: {error}") from None
     modes = {"greedy": False, "sample": True}

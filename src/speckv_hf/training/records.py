@@ -5,11 +5,16 @@ token), each a set of Parquet shards readable with `pyarrow.dataset.dataset(fold
 `prompt_id, compression, setting, step` (tokens add `position`); `setting` names the γ setting or policy profiled
 (e.g. `fixed:8`, `fixed:8+sample`). Every shard carries `RECORDS_SCHEMA_VERSION` in its schema metadata.
 
-Token rows carry the portable features of `speckv_hf.predictor.features` under the same column names, so training
-selects them by name, and the label: `accepted` (the target accepted the token) and `reached` (every earlier token of
-the step was accepted, so `accepted` is the label of the conditional acceptance the predictor learns; rows after the
-first rejection have `reached = False`). Step rows carry the SpecKV paper's columns (entropies in nats here; the
-paper's are in bits) plus timings.
+Token rows carry one row per candidate of a step, `candidate` its index among them (`0..gamma-1`): `source` tells a
+candidate the context proposed (`"context"`, the step's first `context_tokens` candidates, with the proposal's
+`match_length`, `occurrences`, `agreeing` and `distance`, see `speckv_hf.core.context_source`) from one the draft
+drafted (`"draft"`). Drafted rows carry the portable features of `speckv_hf.predictor.features` under the same column
+names, so training selects them by name (`position` is the token's position among the step's drafted tokens, as the
+policy sees it); context rows leave the draft's signals null. Every row has the label: `accepted` (the target
+accepted the candidate) and `reached` (every earlier candidate of the step was accepted, so `accepted` is the label of
+the conditional acceptance a predictor learns; rows after the first rejection have `reached = False`). Step rows
+carry the SpecKV paper's columns (entropies in nats here; the paper's are in bits) plus timings and the step's
+`context_tokens`.
 
 This module also turns one call's stats into rows ([`call_rows`][]), writes a unit's shards atomically under names
 derived from its key ([`unit_shard_name`][], [`write_shard`][]), keeps resume bookkeeping ([`completed_shards`][],
@@ -53,7 +58,7 @@ __all__ = [
     "write_shard",
 ]
 
-RECORDS_SCHEMA_VERSION = 2  # 2: ngram_found, ngram_agrees
+RECORDS_SCHEMA_VERSION = 3  # 2: ngram_found, ngram_agrees; 3: context candidates (candidate, source, ...)
 
 _KEYS = [
     pa.field("prompt_id", pa.string(), nullable=False),
@@ -77,8 +82,15 @@ _CONTEXT = [
 TOKEN_SCHEMA = pa.schema(
     [
         *_KEYS,
-        pa.field("position", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # among the step's drafted tokens (context: in its run)
+        pa.field("candidate", pa.int32(), nullable=False),  # among the step's candidates, context ones first
+        pa.field("source", pa.string(), nullable=False),  # "draft" or "context"
         *_CONTEXT,
+        pa.field("context_tokens", pa.int32()),  # the step's context candidates (before its drafted ones)
+        pa.field("match_length", pa.int32()),  # context rows: tail tokens the proposal matched (null for drafted)
+        pa.field("occurrences", pa.int32()),  # context rows: earlier occurrences of the matched n-gram
+        pa.field("agreeing", pa.int32()),  # context rows: latest occurrences in a row followed by the first token
+        pa.field("distance", pa.int32()),  # context rows: tokens between the copied occurrence and the sequence end
         pa.field("confidence", pa.float32()),
         pa.field("max_prob", pa.float32()),
         pa.field("entropy", pa.float32()),
@@ -102,6 +114,7 @@ STEP_SCHEMA = pa.schema(
         pa.field("accepted", pa.int32()),
         pa.field("acceptance_rate", pa.float32()),
         pa.field("tokens_produced", pa.int32()),
+        pa.field("context_tokens", pa.int32()),
         pa.field("mean_draft_entropy", pa.float32()),
         pa.field("mean_draft_confidence", pa.float32()),
         pa.field("max_draft_entropy", pa.float32()),
@@ -119,6 +132,10 @@ def schema_metadata() -> dict[bytes, bytes]:
 
 
 # -- rows: one generate() call's stats as token and step rows ------------------------------------------------------
+_NO_SIGNALS = dict.fromkeys(("confidence", "max_prob", "entropy", "margin", "ngram_found", "ngram_agrees"))
+_NO_PROPOSAL = dict.fromkeys(("match_length", "occurrences", "agreeing", "distance"))
+
+
 @dataclass(frozen=True)
 class CallContext:
     """What the rows of one profiled `generate()` call share besides its stats.
@@ -174,15 +191,17 @@ def call_rows(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Turns one call's per-step records into token rows and step rows.
 
-    Per drafted token: `accepted` is `position < step.accepted`, `reached` is `position <= step.accepted`;
-    `prev_accepted_fraction` is accepted / drafted of the latest earlier step that drafted anything (1.0 before
-    any), `running_acceptance` the call's accepted / drafted over its earlier steps (1.0 before any drafted token).
+    Per candidate (the step's context candidates first, then its drafted tokens): `accepted` is
+    `candidate < step.accepted`, `reached` is `candidate <= step.accepted`; `prev_accepted_fraction` is accepted /
+    candidates of the latest earlier step that had any (1.0 before any), `running_acceptance` the call's accepted /
+    candidates over its earlier steps (1.0 before any).
 
     Args:
         stats: the call's stats (`SpecKVGenerator(record_steps=True)`, the default).
         context: what the rows share.
-        hidden_states: per step, per drafted token, the draft's last hidden state that produced the token's
-            distribution (`hidden_size` floats); None for null `hidden_state` columns.
+        hidden_states: per step, per candidate, the draft's last hidden state at the candidate's position
+            (`hidden_size` floats), as [`draft_hidden_states`][speckv_hf.training.profile.draft_hidden_states] gives
+            them; drafted rows carry theirs, context rows none; None for null `hidden_state` columns.
 
     Returns:
         `(token_rows, step_rows)`: dictionaries with the columns of `TOKEN_SCHEMA` and `STEP_SCHEMA`.
@@ -208,23 +227,47 @@ def call_rows(
     prev_fraction, drafted_so_far, accepted_so_far = 1.0, 0, 0
     for index, step in enumerate(stats.steps):
         running = accepted_so_far / drafted_so_far if drafted_so_far else 1.0
-        for token in step.tokens:
-            hidden = hidden_states[index][token.position] if hidden_states is not None else None
+        labels = {
+            **shared,
+            "step": step.step,
+            "context_tokens": step.context_tokens,
+            "prev_accepted_fraction": prev_fraction,
+            "running_acceptance": running,
+        }
+        match = step.context
+        proposal = _NO_PROPOSAL if match is None else {name: getattr(match, name) for name in _NO_PROPOSAL}
+        for j in range(step.context_tokens):
             token_rows.append(
                 {
-                    **shared,
-                    "step": step.step,
+                    **labels,
+                    **_NO_SIGNALS,
+                    **proposal,
+                    "position": j,
+                    "candidate": j,
+                    "source": "context",
+                    "accepted": j < step.accepted,
+                    "reached": j <= step.accepted,
+                    "hidden_state": None,
+                }
+            )
+        for token in step.tokens:
+            candidate = step.context_tokens + token.position
+            hidden = hidden_states[index][candidate] if hidden_states is not None else None
+            token_rows.append(
+                {
+                    **labels,
+                    **_NO_PROPOSAL,
                     "position": token.position,
+                    "candidate": candidate,
+                    "source": "draft",
                     "confidence": token.confidence,
                     "max_prob": token.max_prob,
                     "entropy": token.entropy,
                     "margin": token.margin,
                     "ngram_found": token.ngram_found,
                     "ngram_agrees": token.ngram_agrees,
-                    "prev_accepted_fraction": prev_fraction,
-                    "running_acceptance": running,
-                    "accepted": token.position < step.accepted,
-                    "reached": token.position <= step.accepted,
+                    "accepted": candidate < step.accepted,
+                    "reached": candidate <= step.accepted,
                     "hidden_state": None if hidden is None else list(hidden),
                 }
             )
@@ -237,6 +280,7 @@ def call_rows(
                 "accepted": step.accepted,
                 "acceptance_rate": step.acceptance_rate,
                 "tokens_produced": step.tokens_produced,
+                "context_tokens": step.context_tokens,
                 "mean_draft_entropy": signals.mean_entropy,
                 "mean_draft_confidence": signals.mean_confidence,
                 "max_draft_entropy": signals.max_entropy,
