@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "data" / "memory"
 GENERATED = ROOT / "docs" / "_generated"
 REFERENCE = "no memory"
+ORDER = (REFERENCE, "memory", "adaptive")
 
 
 def _git(*args: str) -> str:
@@ -111,7 +112,8 @@ def report(document: dict[str, Any]) -> str:
     settings, calls = document["settings"], document["calls"]
     seconds = {(c["method"], c["round"], c["prompt_id"]): c["seconds"] for c in calls}
     tasks = sorted({c["task"] for c in calls})
-    methods = list(dict.fromkeys(c["method"] for c in calls))
+    found = list(dict.fromkeys(c["method"] for c in calls))
+    methods = [m for m in ORDER if m in found] + [m for m in found if m not in ORDER]
     mismatches = sum(not c["matches_target"] for c in calls)
     lines = [
         f"{settings['compression']}, greedy: {len({c['prompt_id'] for c in calls})} prompts x {settings['rounds']} "

@@ -31,6 +31,7 @@ from ..core.signals import TokenSignals, batch_token_signals
 from ..core.stats import GenerationStats
 from ..policies.base import DraftPolicy, DraftState, StepOutcome
 from . import kv_cache
+from .context_candidates import context_columns, count_guessed, guesses_for, plan_run, quorum_runs
 from .coupling import GumbelNoise
 from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
 from .verification import Processing, accept_greedy, accept_sampled
@@ -237,20 +238,13 @@ class _Loop:
     # -- candidates -----------------------------------------------------------------------------------------------
     def _plan_context(self, b: int, rows: list[int], step: int, cap: int, bar: float | None, length: int):
         """The row's context candidates: what its context source proposes, as much of it as its policy takes
-        (cut after an EOS)."""
+        (`plan_run`; the policy's time counts as the policy's)."""
         proposal = self.sources[rows[b]].propose(cap)
-        if not proposal.tokens:
-            return (), None, 1.0
         state = DraftState(step=step, tokens=[], max_tokens=cap, throughput=bar, sequence_length=length)
         start = self.clock.now()
-        plan = self.call.policies[rows[b]].plan_context(proposal, state)
+        planned = plan_run(proposal, self.call.policies[rows[b]], state, self.settings.eos_token_ids)
         self.call.stats.policy_seconds += self.clock.now() - start
-        tokens = proposal.tokens[: max(0, min(plan.count, cap))]
-        for i, token in enumerate(tokens):
-            if token in self.settings.eos_token_ids:
-                tokens = tokens[: i + 1]
-                break
-        return tokens, (proposal if tokens else None), plan.acceptance
+        return planned
 
     def _draft(self, batch: kv_cache.RowLayout, step: int) -> _Drafts:
         """The step's candidates, column by column: each row's context run, then drafted tokens.
@@ -271,7 +265,7 @@ class _Loop:
             for b in range(n):
                 if caps[b] > 0:
                     runs[b], proposals[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
-            runs, proposals = self._quorum_runs(runs, proposals, caps)
+            runs, proposals = quorum_runs(runs, proposals, caps, settings.quorum)
             prefix = [p if run else 1.0 for p, run in zip(prefix, runs, strict=True)]
         context = [len(run) for run in runs]
         signals: list[list[TokenSignals]] = [[] for _ in range(n)]
@@ -342,7 +336,9 @@ class _Loop:
                     break
             if not any(draft_rows):
                 # Every open row is inside its context run: take the columns up to the first run's end at once.
-                self._context_columns(columns, valid_columns, drafts, runs, open_rows, lasts)
+                added = context_columns(columns, valid_columns, runs, open_rows, lasts, pad)
+                if speculative:
+                    drafts.probs.extend([None] * added)
                 for b in range(n):
                     if open_rows[b] and len(columns) == context[b]:
                         last = runs[b][-1]
@@ -350,7 +346,10 @@ class _Loop:
                             open_rows[b] = drafting[b] = False
                 continue
             # From here on some row drafts in this column (the loop continued above otherwise): one draft forward.
-            guesses = self._guesses(rows, columns, open_rows, draft_rows, caps) if self.guides else None
+            guesses = None
+            if self.guides:
+                sources, policies = [self.sources[r] for r in rows], [call.policies[r] for r in rows]
+                guesses = guesses_for(sources, policies, columns, open_rows, draft_rows, caps, self.max_guesses, pad)
             logits = self._feed(batch, columns, valid_columns, fed, guesses)
             drafts.forwards += 1
             views = self._views(rows)
@@ -387,7 +386,7 @@ class _Loop:
             fed = j + taken - 1  # the columns the draft has seen: the guesses it confirmed, not the last token
             if guesses is not None:
                 self._forget_guesses(batch, len(guesses[0][0]) - (taken - 1))
-                self._count_guessed(rows, [valid_columns[j + i] for i in range(1, taken)])
+                count_guessed(call.stats, rows, [valid_columns[j + i] for i in range(1, taken)])
                 for b, (guess, real) in enumerate(zip(*guesses, strict=True)):
                     if real:  # each row's policy learns how often the draft confirms its first guess
                         self.call.policies[rows[b]].observe_guesses(token_ids[b][0] == guess[0])
@@ -402,92 +401,6 @@ class _Loop:
             drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
             drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
         return drafts
-
-    def _quorum_runs(
-        self, runs: list[tuple[int, ...]], proposals: list[ContextProposal | None], caps: list[int]
-    ) -> tuple[list[tuple[int, ...]], list[ContextProposal | None]]:
-        """The rows' context runs, cut where fewer than `quorum` of the open rows still have one.
-
-        Every candidate column widens the whole batch's verification, as a drafted column does, so context columns
-        follow the batch's rule for drafting (`_continue`): a column is taken while at least `quorum` of the open
-        rows want it. A row whose run was cut drafts after it as its policy decides."""
-        open_rows = sum(cap > 0 for cap in caps)
-        if open_rows < 2:
-            return runs, proposals
-        lengths = sorted((len(run) for run in runs), reverse=True)
-        needed = max(self.settings.quorum * open_rows, 1)
-        width = max((w for w in range(1, lengths[0] + 1) if sum(n >= w for n in lengths) >= needed), default=0)
-        if width >= lengths[0]:
-            return runs, proposals
-        cut = [run[:width] for run in runs]
-        return cut, [p if run else None for p, run in zip(proposals, cut, strict=True)]
-
-    def _context_columns(
-        self,
-        columns: list[list[int]],
-        valid_columns: list[list[bool]],
-        drafts: _Drafts,
-        runs: list[tuple[int, ...]],
-        open_rows: list[bool],
-        lasts: list[tuple[int | None, int | None]],
-    ) -> None:
-        """Appends the columns from the current one to the end of the shortest open context run, where no row
-        drafts (so no forward runs)."""
-        start = len(columns)
-        end = min(len(runs[b]) for b, is_open in enumerate(open_rows) if is_open)
-        pad = self.settings.pad_token_id
-        valid = list(open_rows)
-        for j in range(start, end):
-            columns.append([run[j] if is_open else pad for run, is_open in zip(runs, open_rows, strict=True)])
-            valid_columns.append(valid)
-        if self.settings.do_sample and not self.settings.coupled:
-            drafts.probs.extend([None] * (end - start))
-        for b, is_open in enumerate(open_rows):
-            tail = runs[b][max(start, end - 2) : end] if is_open else [pad] * (end - start)
-            for token in tail[-2:]:
-                lasts[b] = (lasts[b][1], token)
-
-    def _guesses(
-        self, rows: list[int], columns: list[list[int]], open_rows: list[bool], draft_rows: list[bool], caps: list[int]
-    ) -> tuple[list[list[int]], list[bool]] | None:
-        """What the context proposes for the column the draft is about to draft and the ones after it, per row, as
-        guesses of the draft's own tokens (None where some open row has none, or is inside its context run).
-
-        The draft forward that drafts column `j` also runs over the guesses: its token at `j + 1` is its own
-        wherever the guess for `j` was its token at `j`, so a confirmed guess gives a drafted token that cost no
-        forward of its own. The guesses are cut to the shortest row's and to each row's room; rows that ended get
-        pad, masked (the second list says which rows' guesses are real)."""
-        j = len(columns)
-        room = self.max_guesses
-        for b, is_open in enumerate(open_rows):
-            if is_open:
-                if not draft_rows[b]:
-                    return None
-                room = min(room, caps[b] - j - 1)
-        if room < 1:
-            return None
-        pad = self.settings.pad_token_id
-        guesses: list[list[int] | None] = []
-        for b, r in enumerate(rows):
-            if not open_rows[b]:
-                guesses.append(None)  # a row that ended: pad, masked
-                continue
-            proposal = self.sources[r].propose(room, [c[b] for c in columns])
-            room = min(room, self.call.policies[r].plan_guesses(proposal, room)) if proposal.tokens else 0
-            if room < 1:
-                return None
-            guesses.append(list(proposal.tokens))
-        return [g[:room] if g is not None else [pad] * room for g in guesses], [g is not None for g in guesses]
-
-    def _count_guessed(self, rows: list[int], valid: list[list[bool]]) -> None:
-        """Counts the drafted tokens that confirmed guesses gave (`valid`: their columns' validity), per row too."""
-        stats = self.call.stats
-        for column in valid:
-            for b, is_valid in enumerate(column):
-                if is_valid:
-                    stats.guessed_tokens += 1
-                    if stats.rows:
-                        stats.rows[rows[b]].guessed_tokens += 1
 
     def _forget_guesses(self, batch: kv_cache.RowLayout, count: int) -> None:
         """Drops the draft cache's last `count` columns (guesses the draft did not confirm)."""
