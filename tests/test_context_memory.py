@@ -28,21 +28,23 @@ def test_lookup_copies_a_kept_sequence_and_never_spans_two(added, max_tokens, ta
     memory = ContextMemory(max_tokens)
     for sequence in added:
         memory.add([sequence])
-    # What is kept: the newest sequences whose total fits, a sequence too long keeping its end.
-    kept, total = [], 0
-    for sequence in reversed([s[-max_tokens:] for s in added if s]):
-        if total + len(sequence) > max_tokens:
-            break
-        kept.insert(0, sequence)
-        total += len(sequence)
+    # What is kept: each sequence's last `max_tokens` tokens; past `max_tokens`, the oldest go until three quarters
+    # of it (or the newest sequence alone) are left.
+    kept: list[list[int]] = []
+    for sequence in (s[-max_tokens:] for s in added if s):
+        kept.append(sequence)
+        if sum(map(len, kept)) > max_tokens:
+            while sum(map(len, kept)) > max(max_tokens * 3 // 4, len(sequence)):
+                kept.pop(0)
+    total = sum(map(len, kept))
     assert (len(memory), memory.sequences) == (total, len(kept))
     found = memory.lookup(tail, want, longer_than=longer_than)
     # Brute force over the kept sequences, each followed by a separator: the longest tail with an earlier
-    # occurrence, its most recent one, the continuation up to the separator.
+    # occurrence that a token follows, its most recent one, the continuation up to the separator.
     flat = [t for s in kept for t in (*s, -1)]
     expected = None
     for n in range(min(4, len(tail)), max(2, longer_than + 1) - 1, -1):
-        ends = [i for i in range(n, len(flat)) if flat[i - n : i] == tail[len(tail) - n :]]
+        ends = [i for i in range(n, len(flat)) if flat[i - n : i] == tail[len(tail) - n :] and flat[i] != -1]
         if ends:
             continuation = flat[ends[-1] : ends[-1] + want]
             continuation = continuation[: continuation.index(-1)] if -1 in continuation else continuation
@@ -56,11 +58,16 @@ def test_memory_drops_the_oldest_and_clears():
     memory.add([[1, 2, 3, 4], [5, 6, 7]])
     assert memory.lookup([1, 2], 5).tokens == (3, 4)  # stops at its sequence's end
     assert memory.lookup([6, 7], 5) is None  # a sequence's end continues nowhere
-    memory.add([[8, 9, 10, 11]])  # 11 tokens: the oldest goes
+    memory.add([[8, 9, 10, 11]])  # 11 tokens: the oldest go, down to 7 (three quarters of 10)
     assert (len(memory), memory.sequences) == (7, 2)
     assert memory.lookup([1, 2], 5) is None and memory.lookup([8, 9], 2).tokens == (10, 11)
     memory.add([list(range(20, 40))])  # longer than the memory: its end is kept
     assert (len(memory), memory.lookup([30, 31], 3).tokens) == (10, (32, 33, 34))
+    # An n-gram whose latest occurrence ends a sequence still proposes its earlier one.
+    memory = ContextMemory(100)
+    memory.add([[1, 2, 3, 9, 8], [5, 1, 2, 3]])
+    found = memory.lookup([1, 2, 3], 3)
+    assert (found.tokens, found.match_length, found.occurrences) == ((9, 8), 3, 1)
     memory.clear()
     assert (len(memory), memory.lookup([30, 31], 3)) == (0, None)
     with pytest.raises(ValueError, match="positive integer"):
@@ -97,12 +104,12 @@ def test_generator_remembers_earlier_calls_and_stays_lossless(llama_pairs):
             assert torch.equal(out, reference)
         stats = generator.last_stats
         taken[name] = (stats.target_forwards, stats.context_accepted)
-    assert len(remembering.context_memory) == 2 * reference.shape[1]  # both calls' prompts and outputs
+    assert len(remembering.context_memory_of(target)) == 2 * reference.shape[1]  # both calls' prompts and outputs
     # The second call's prompt matches the first call's sequence: its output is proposed from there, and accepted.
     assert taken["remembering"][0] < taken["forgetful"][0] / 2, taken
     assert taken["remembering"][1] > taken["forgetful"][1], taken
     remembering.clear_context_memory()
-    assert len(remembering.context_memory) == 0
+    assert remembering.context_memory_of(target) is None
 
 
 def test_context_memory_needs_a_context_policy():
@@ -110,4 +117,26 @@ def test_context_memory_needs_a_context_policy():
         SpecKVGenerator("adaptive", context_memory=100)
     with pytest.raises(ValueError, match="integer >= 0"):
         SpecKVGenerator("context+adaptive", context_memory=-1)
-    assert SpecKVGenerator("adaptive").context_memory is None
+    assert SpecKVGenerator("adaptive").context_memory == 0
+
+
+def test_each_target_has_its_own_memory(llama_pairs):
+    """Token ids mean nothing across tokenizers: a call on a smaller vocabulary never gets the other target's ids."""
+    from transformers import LlamaForCausalLM
+
+    from .conftest import llama_config, noisy_copy
+
+    big, big_draft = llama_pairs["llama-noisy"]
+    torch.manual_seed(0)
+    small = LlamaForCausalLM(llama_config(vocab=40)).eval()
+    small_draft = noisy_copy(small, 0.02)
+    generator = SpecKVGenerator("context+fixed:2", context_memory=1000, plain_fallback=False)
+    with torch.no_grad():
+        big_ids = torch.tensor([[3, 9, 4, 7, 90, 91, 92, 93, 94, 95, 90, 91, 92, 93]])
+        big.generate(big_ids, assistant_model=big_draft, candidate_generator=generator, max_new_tokens=8)
+        small_ids = torch.tensor([[5, 6, 3, 9, 4, 7]])  # its tail matches the big call's prompt
+        expected = small.generate(small_ids, max_new_tokens=8, do_sample=False)
+        out = small.generate(small_ids, assistant_model=small_draft, candidate_generator=generator, max_new_tokens=8)
+    assert torch.equal(out, expected)
+    assert len(generator.context_memory_of(big)) == big_ids.shape[1] + 8
+    assert len(generator.context_memory_of(small)) == small_ids.shape[1] + 8

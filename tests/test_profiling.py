@@ -191,6 +191,35 @@ def test_call_rows_put_context_candidates_first():
     assert [t["hidden_state"] for t in tokens] == [None, None, [2.0], [3.0], [4.0]]
 
 
+def test_call_features_count_what_the_draft_policy_learns_from():
+    """Behind a context run, a draft policy learns from its drafted tokens, and nothing from a step whose run was
+    rejected: so do the rows' `prev_accepted_fraction` and `running_acceptance`."""
+    proposal = ContextProposal((5, 6), match_length=2, occurrences=1, agreeing=1)
+
+    def step(index, context, drafted, accepted):
+        tokens = tuple(TokenSignals(0.9, 0.9, 0.1, 0.8, p) for p in range(drafted))
+        return StepRecord(
+            step=index,
+            gamma=context + drafted,
+            accepted=accepted,
+            tokens_produced=accepted + 1,
+            signals=StepSignals.from_tokens(tokens),
+            tokens=tokens,
+            draft_seconds=0.0,
+            verify_seconds=0.01,
+            overhead_seconds=0.0,
+            context_tokens=context,
+            context=proposal if context else None,
+        )
+
+    # Run accepted, 1 of 3 drafted; run rejected (nothing learnt); 2 of 2 drafted.
+    steps = [step(0, 2, 3, 3), step(1, 2, 2, 1), step(2, 0, 2, 2), step(3, 0, 1, 0)]
+    tokens, _ = call_rows(GenerationStats(steps=steps), CallContext("p", "prose", "fp32", "c", False, "t | d"))
+    by_step = {t["step"]: (t["prev_accepted_fraction"], t["running_acceptance"]) for t in tokens}
+    third = pytest.approx(1 / 3)
+    assert by_step == {0: (1.0, 1.0), 1: (third, third), 2: (third, third), 3: (1.0, pytest.approx(3 / 5))}
+
+
 def test_profiled_context_candidates(pair_dirs, tmp_path):
     """A context policy profiles: its candidates' rows come first in each step, the labels add up to the step's
     acceptance, and training reads the drafted rows only."""

@@ -8,7 +8,9 @@ memory matches a longer tail than the row's own sequence does (SuffixDecoding ke
 outputs for the same reason).
 
 Sequences are stored one after another with a separator no token equals, so no match spans two of them, and a
-continuation stops at its sequence's end. The generator (`SpecKVGenerator(context_memory=...)`) adds each call's
+continuation stops at its sequence's end. Once the memory is full, adding a call drops the oldest sequences until
+three quarters of `max_tokens` are left and rebuilds the index over them, so the rebuild's cost is spread over the
+quarter of the memory added before the next one. The generator (`SpecKVGenerator(context_memory=...)`) adds each call's
 rows when the call ends, under its lock; calls only read the memory.
 """
 
@@ -28,7 +30,8 @@ class ContextMemory:
     """The token sequences of earlier calls, indexed for context candidates.
 
     Args:
-        max_tokens: the most tokens kept (the oldest sequences are dropped first; a longer sequence keeps its end).
+        max_tokens: the most tokens kept (the oldest sequences are dropped first, down to three quarters of it; a
+            longer sequence keeps its end).
         max_ngram: the longest tail matched.
         min_ngram: the shortest tail matched (a single token's continuation in a large memory is mostly noise).
 
@@ -38,7 +41,10 @@ class ContextMemory:
 
     def __init__(self, max_tokens: int, *, max_ngram: int = 4, min_ngram: int = 2) -> None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer (tokens kept), got {max_tokens!r}.")
+            raise ValueError(
+                f"max_tokens must be a positive integer (tokens kept), got {max_tokens!r}; to keep no memory, leave "
+                "SpecKVGenerator(context_memory=0), its default."
+            )
         self.max_tokens = max_tokens
         self._source = ContextSource(max_ngram=max_ngram, min_ngram=min_ngram)
         self._sequences: deque[list[int]] = deque()
@@ -54,7 +60,8 @@ class ContextMemory:
         return len(self._sequences)
 
     def add(self, sequences: Sequence[Sequence[int]]) -> None:
-        """Keeps these sequences (each a row's prompt and output), dropping the oldest beyond `max_tokens`.
+        """Keeps these sequences (each a row's prompt and output); beyond `max_tokens`, drops the oldest down to
+        three quarters of it.
 
         Args:
             sequences: token ids, one list per sequence; empty ones are skipped.
@@ -67,15 +74,21 @@ class ContextMemory:
             self._kept += len(sequence)
         if self._kept <= self.max_tokens:
             for sequence in added:
-                self._source.extend([*sequence, _SEPARATOR])
+                self._append(self._source, sequence)
             return
-        while self._kept > self.max_tokens:
+        # Dropping from the front means rebuilding the index: down to three quarters, so that the next rebuild
+        # waits for a quarter of the memory to be added.
+        keep = max(self.max_tokens * 3 // 4, len(self._sequences[-1]))
+        while self._kept > keep:
             self._kept -= len(self._sequences.popleft())
-        # Dropping from the front: rebuild the index over what is kept (amortized, as it happens once the memory is
-        # full and then every time it overflows).
         self._source = ContextSource(max_ngram=self._source.max_ngram, min_ngram=self._source.min_ngram)
         for sequence in self._sequences:
-            self._source.extend([*sequence, _SEPARATOR])
+            self._append(self._source, sequence)
+
+    @staticmethod
+    def _append(source: ContextSource, sequence: list[int]) -> None:
+        source.extend(sequence)
+        source.end_sequence(_SEPARATOR)
 
     def clear(self) -> None:
         """Forgets every sequence."""
@@ -108,7 +121,6 @@ class ContextMemory:
             continuation = tokens[start : start + max_tokens]
             if _SEPARATOR in continuation:
                 continuation = continuation[: continuation.index(_SEPARATOR)]
-            if not continuation:
-                return None
-            return ContextProposal(tuple(continuation), n, occurrences, agreeing, len(tokens) - start)
+            if continuation:  # never empty: no n-gram is indexed as followed by a separator
+                return ContextProposal(tuple(continuation), n, occurrences, agreeing, len(tokens) - start)
         return None

@@ -117,6 +117,15 @@ class ContextSource:
                     ends[key] = (i, previous[1] + 1, same)
             seq.append(token)
 
+    def end_sequence(self, separator: int) -> None:
+        """Appends `separator`, a token no proposal continues into: the n-grams before it keep their earlier
+        occurrences, and n-grams spanning it never match a tail without it (a boundary between sequences).
+
+        Args:
+            separator: an id no token has (e.g. -1).
+        """
+        self._tokens.append(int(separator))
+
     def propose(self, max_tokens: int, after: Sequence[int] = ()) -> ContextProposal:
         """The continuation of the longest earlier occurrence of the sequence's tail.
 

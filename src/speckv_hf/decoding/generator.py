@@ -12,6 +12,7 @@ import copy
 import threading
 import time
 import warnings
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +116,11 @@ class SpecKVGenerator:
             Own loop only (not `loop="transformers"`); calls never fall back to plain decoding, which would run
             uncompiled; a step verifies at most `lengths[-1] - 1` candidates.
         context_memory: with a context policy (`"context+adaptive"`, ...), keep up to this many tokens of earlier
-            calls' prompts and outputs (`speckv_hf.core.context_memory`), and propose from them too where they match
-            a longer tail than the row's own sequence does; 0 (the default) keeps none. The oldest calls are dropped
-            first; [`SpecKVGenerator.clear_context_memory`][] forgets them all.
+            calls' prompts and outputs (`speckv_hf.core.context_memory`), one memory per target model (token ids
+            mean nothing across tokenizers), and propose from them too where they match a longer tail than the row's
+            own sequence does; 0 (the default) keeps none. The oldest calls are dropped first;
+            [`SpecKVGenerator.context_memory_of`][] gives a target's memory, and
+            [`SpecKVGenerator.clear_context_memory`][] forgets them all.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.
 
     Raises:
@@ -175,7 +178,9 @@ class SpecKVGenerator:
                 f"{self.policy.config()['name']!r} does not take: use a context policy, e.g. "
                 "SpecKVGenerator('context+adaptive', context_memory=...)."
             )
-        self._memory = ContextMemory(context_memory) if context_memory else None
+        self.context_memory = context_memory
+        # One memory per target, kept no longer than the target is (a memory holds that tokenizer's ids).
+        self._memories: weakref.WeakKeyDictionary[Any, ContextMemory] = weakref.WeakKeyDictionary()
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
@@ -306,19 +311,20 @@ class SpecKVGenerator:
         """Forgets the current thread's `last_stats` (the hook calls it when a call starts)."""
         self._local.stats = None
 
-    @property
-    def context_memory(self) -> ContextMemory | None:
-        """The tokens of earlier calls kept for context candidates (`context_memory=`), or None."""
-        return self._memory
+    def context_memory_of(self, target: PreTrainedModel) -> ContextMemory | None:
+        """The earlier calls' tokens kept for context candidates on `target` (`context_memory=`), or None before
+        any call on it or without `context_memory`."""
+        with self._lock:
+            return self._memories.get(target)
 
     def clear_context_memory(self) -> None:
-        """Forgets the earlier calls' tokens kept for context candidates (a no-op without `context_memory`)."""
-        if self._memory is not None:
-            with self._lock:
-                self._memory.clear()
+        """Forgets the earlier calls' tokens kept for context candidates, on every target (`reset()` keeps them)."""
+        with self._lock:
+            self._memories.clear()
 
     def reset(self) -> None:
-        """Forgets the costs and policy state learned by earlier calls."""
+        """Forgets the costs and policy state learned by earlier calls (not the context memory: see
+        [`SpecKVGenerator.clear_context_memory`][])."""
         with self._lock:
             self._warm = None
 
@@ -564,8 +570,18 @@ class SpecKVGenerator:
             record_steps=self.record_steps,
             key=key,
             compiled=self._compiled,
-            memory=self._memory,
+            memory=self._memory_for(target),
         )
+
+    def _memory_for(self, target: PreTrainedModel) -> ContextMemory | None:
+        """The target's context memory, created on its first call (None without `context_memory`)."""
+        if not self.context_memory:
+            return None
+        with self._lock:
+            memory = self._memories.get(target)
+            if memory is None:
+                memory = self._memories[target] = ContextMemory(self.context_memory)
+            return memory
 
     def finish_loop(self, call: LoopCall) -> GenerationStats:
         """Collects a finished loop call: stats for `last_stats`, learned costs and policy state for the next call.
@@ -576,7 +592,7 @@ class SpecKVGenerator:
         Returns:
             The call's statistics.
         """
-        if self._memory is not None and call.sequences:
+        if call.memory is not None and call.sequences:
             with self._lock:
-                self._memory.add(call.sequences)
+                call.memory.add(call.sequences)
         return self._collect(call.stats, call.cost, call.policies[0], call.key)

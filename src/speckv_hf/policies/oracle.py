@@ -115,8 +115,10 @@ class ContextOraclePolicy(OraclePolicy):
 
     A context token the target keeps costs a verification slot and no draft forward, and the draft's run after it
     is the one the draft has from that position: so the step takes every such token, then drafts exactly what will
-    be accepted. It is the ceiling of the context policies (`context+adaptive`, ...) on a prompt, as [`OraclePolicy`][]
-    is of the draft's. Use it with `SpecKVGenerator(ContextOraclePolicy(...), warm_start=False)` and greedy decoding.
+    be accepted. It is the measuring stick of the context policies (`context+adaptive`, ...), as [`OraclePolicy`][]
+    is of the draft's, though not a strict ceiling: it feeds the draft no guesses, and a greedy context policy's
+    confirmed guesses save draft forwards it pays. Use it with `SpecKVGenerator(ContextOraclePolicy(...),
+    warm_start=False)` and greedy decoding.
 
     Args:
         runs: the output of [`acceptance_runs`][] for the prompt.

@@ -225,7 +225,8 @@ def draft_hidden_states(
     steps: Sequence[StepRecord],
     drafted_ids: Sequence[Sequence[int]],
 ) -> list[list[list[float]]]:
-    """The draft's last-layer hidden state that produced each drafted token's distribution, computed post hoc.
+    """The draft's last-layer hidden state at each candidate's position (for a drafted token, the state that produced
+    its distribution), computed post hoc.
 
     The token drafted at sequence index `i` was drafted from the hidden state at `i - 1`. Tokens up to the first
     rejection of a step read only tokens the call kept, so one teacher-forced draft forward over the final sequence
@@ -237,10 +238,10 @@ def draft_hidden_states(
         sequence (`torch.LongTensor` of shape `(length,)`): the prompt and the generated tokens.
         prompt_length: tokens of the prompt.
         steps: the call's step records.
-        drafted_ids: per step, the drafted token ids (`len == step.gamma`).
+        drafted_ids: per step, the candidate token ids, context candidates first (`len == step.gamma`).
 
     Returns:
-        Per step, per drafted token, the hidden state (`hidden_size` floats, as the LM head reads it).
+        Per step, per candidate, the hidden state (`hidden_size` floats, as the LM head reads it).
 
     Raises:
         RuntimeError: when the steps do not add up to the sequence (the states would be misaligned).

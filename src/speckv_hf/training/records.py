@@ -192,9 +192,10 @@ def call_rows(
     """Turns one call's per-step records into token rows and step rows.
 
     Per candidate (the step's context candidates first, then its drafted tokens): `accepted` is
-    `candidate < step.accepted`, `reached` is `candidate <= step.accepted`; `prev_accepted_fraction` is accepted /
-    candidates of the latest earlier step that had any (1.0 before any), `running_acceptance` the call's accepted /
-    candidates over its earlier steps (1.0 before any).
+    `candidate < step.accepted`, `reached` is `candidate <= step.accepted`. `prev_accepted_fraction` and
+    `running_acceptance` are what a draft policy learns from, as `ContextPolicy` passes it on: drafted tokens only,
+    of the steps that drafted some after an accepted context run (or none): accepted / drafted of the latest earlier
+    such step (1.0 before any), and the call's accepted / drafted over its earlier such steps (1.0 before any).
 
     Args:
         stats: the call's stats (`SpecKVGenerator(record_steps=True)`, the default).
@@ -290,10 +291,13 @@ def call_rows(
                 "overhead_seconds": step.overhead_seconds,
             }
         )
-        if step.gamma:
-            prev_fraction = step.accepted / step.gamma
-            drafted_so_far += step.gamma
-            accepted_so_far += step.accepted
+        # What a draft policy behind a context run learns from (`ContextPolicy.observe`): the step's drafted tokens,
+        # where the run before them was accepted.
+        drafted = step.gamma - step.context_tokens
+        if drafted > 0 and step.accepted >= step.context_tokens:
+            prev_fraction = (step.accepted - step.context_tokens) / drafted
+            drafted_so_far += drafted
+            accepted_so_far += step.accepted - step.context_tokens
     return token_rows, step_rows
 
 
