@@ -64,7 +64,7 @@ class Method:
 
 
 #: The hindsight oracles: the draft's runs (`oracle`), and the context's tokens the target keeps then the draft's runs
-#: (`context+oracle`, the ceiling of the context policies).
+#: (`context+oracle`, the measuring stick of the context policies).
 _ORACLES = ("oracle", "context+oracle")
 
 
@@ -109,7 +109,7 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
             compiled; `compiled:POLICY` (and `compiled:fixed:A-B`, `compiled:oracle`) runs in the compiled loop.
             `oracle` drafts the draft's runs known in hindsight; `context+oracle` takes the context's tokens the
-            target keeps, then those runs (the ceiling of the context policies).
+            target keeps, then those runs (the measuring stick of the context policies).
             `Method` objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:

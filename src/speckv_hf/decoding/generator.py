@@ -118,7 +118,8 @@ class SpecKVGenerator:
         context_memory: with a context policy (`"context+adaptive"`, ...), keep up to this many tokens of earlier
             calls' prompts and outputs (`speckv_hf.core.context_memory`), one memory per target model (token ids
             mean nothing across tokenizers), and propose from them too where they match a longer tail than the row's
-            own sequence does; 0 (the default) keeps none. The oldest calls are dropped first;
+            own sequence does; 0 (the default) keeps none. Once full, the oldest calls are dropped, down to three
+            quarters of it;
             [`SpecKVGenerator.context_memory_of`][] gives a target's memory, and
             [`SpecKVGenerator.clear_context_memory`][] forgets them all.
         **policy_kwargs: settings for the named policy, e.g. `SpecKVGenerator("fixed", num_tokens=4)`.

@@ -240,6 +240,8 @@ class _Loop:
         """The row's context candidates: what its context source proposes, as much of it as its policy takes
         (`plan_run`; the policy's time counts as the policy's)."""
         proposal = self.sources[rows[b]].propose(cap)
+        if not proposal.tokens:  # nothing to ask the policy (and no clock to read: on CUDA, a read syncs)
+            return (), None, 1.0
         state = DraftState(step=step, tokens=[], max_tokens=cap, throughput=bar, sequence_length=length)
         start = self.clock.now()
         planned = plan_run(proposal, self.call.policies[rows[b]], state, self.settings.eos_token_ids)
