@@ -108,19 +108,13 @@ class ContextMemory:
             The proposal (its `distance` counts from the memory's end), or None when no tail longer than
             `longer_than` occurred, or its continuation is empty (the end of a sequence).
         """
-        if max_tokens < 1:
-            return None
         source = self._source
-        tokens, ends = source.tokens, source.index
-        end = len(tail)
-        for n in range(min(source.max_ngram, end), max(source.min_ngram, longer_than + 1) - 1, -1):
-            found = ends.get(tuple(tail[end - n :]))
-            if found is None:
-                continue
-            start, occurrences, agreeing = found
-            continuation = tokens[start : start + max_tokens]
-            if _SEPARATOR in continuation:
-                continuation = continuation[: continuation.index(_SEPARATOR)]
-            if continuation:  # never empty: no n-gram is indexed as followed by a separator
-                return ContextProposal(tuple(continuation), n, occurrences, agreeing, len(tokens) - start)
-        return None
+        found = source.find(tail, shortest=longer_than + 1) if max_tokens >= 1 else None
+        if found is None:
+            return None
+        start, n, occurrences, agreeing = found
+        # Never empty: no n-gram is indexed as followed by a separator.
+        continuation = source.tokens[start : start + max_tokens]
+        if _SEPARATOR in continuation:
+            continuation = continuation[: continuation.index(_SEPARATOR)]
+        return ContextProposal(tuple(continuation), n, occurrences, agreeing, len(source) - start)

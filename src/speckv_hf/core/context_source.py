@@ -91,11 +91,25 @@ class ContextSource:
         """The sequence so far (read-only by convention)."""
         return self._tokens
 
-    @property
-    def index(self) -> dict[tuple[int, ...], tuple[int, int, int]]:
-        """n-gram -> (index of the token that followed its most recent occurrence, its occurrences with a follower,
-        how many of the most recent ones in a row had that same follower); read-only by convention."""
-        return self._ends
+    def find(self, tail: Sequence[int], shortest: int | None = None) -> tuple[int, int, int, int] | None:
+        """The longest end of `tail` that occurred in this sequence with a token after it.
+
+        Args:
+            tail: the tokens to match the end of (from `max_ngram` down to `shortest` of them).
+            shortest: the shortest end matched (`min_ngram` by default).
+
+        Returns:
+            `(start, n, occurrences, agreeing)`: where the continuation of its most recent occurrence starts in
+            this sequence, the matched length, and that n-gram's occurrences and agreeing followers (see
+            [`ContextProposal`][]); None when no end of `shortest` tokens or more occurred.
+        """
+        end = len(tail)
+        lowest = self.min_ngram if shortest is None else max(shortest, self.min_ngram)
+        for n in range(min(self.max_ngram, end), lowest - 1, -1):
+            found = self._ends.get(tuple(tail[end - n :]))
+            if found is not None:
+                return found[0], n, found[1], found[2]
+        return None
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Appends verified tokens: each one is the continuation of the n-grams that end just before it.
@@ -142,20 +156,13 @@ class ContextSource:
         if max_tokens < 1:
             return _NO_PROPOSAL
         tail = [*seq[-self.max_ngram :], *after] if after else seq
-        length, end = len(seq) + len(after), len(tail)
+        length = len(seq) + len(after)
         proposal = _NO_PROPOSAL
-        for n in range(min(self.max_ngram, length), self.min_ngram - 1, -1):
-            found = self._ends.get(tuple(tail[end - n :]))
-            if found is not None:
-                start, occurrences, agreeing = found
-                proposal = ContextProposal(
-                    tokens=tuple(seq[start : start + max_tokens]),
-                    match_length=n,
-                    occurrences=occurrences,
-                    agreeing=agreeing,
-                    distance=length - start,
-                )
-                break
+        found = self.find(tail)
+        if found is not None:
+            start, n, occurrences, agreeing = found
+            tokens = tuple(seq[start : start + max_tokens])
+            proposal = ContextProposal(tokens, n, occurrences, agreeing, length - start)
         if self.memory is not None and proposal.match_length < self.max_ngram:
             earlier = self.memory.lookup(tail[-self.max_ngram :], max_tokens, longer_than=proposal.match_length)
             if earlier is not None:
