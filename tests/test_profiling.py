@@ -31,13 +31,12 @@ from speckv_hf.training.profile import profile
 from speckv_hf.training.records import (
     STEP_SCHEMA,
     TOKEN_SCHEMA,
-    CallContext,
     RecordsSchemaError,
-    call_rows,
     read_records,
     schema_metadata,
     unit_shard_name,
 )
+from speckv_hf.training.rows import CallContext, call_rows
 
 from .conftest import llama_config, noisy_copy
 

@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM
 
 from speckv_hf import SpecKVGenerator, detect_compression
 from speckv_hf.compression.detection import quantization_config
-from speckv_hf.training.records import CallContext, call_rows
+from speckv_hf.training.rows import CallContext, call_rows
 
 from .conftest import greedy, llama_config, noisy_copy, prompt
 

@@ -37,14 +37,13 @@ from .plan import SETTINGS_FILE, ProfilePlan, Unit, check_earlier_run, plan_prof
 from .records import (
     STEP_SCHEMA,
     TOKEN_SCHEMA,
-    CallContext,
-    call_rows,
     completed_shards,
     records_folders,
     records_table,
     remove_orphans,
     write_shard,
 )
+from .rows import CallContext, call_rows
 
 __all__ = ["ProfileSummary", "draft_hidden_states", "profile", "run_profile"]
 
