@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
 from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
-from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods
+from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods, split_methods
 from speckv_hf.bench.prompts import PromptItem
 from speckv_hf.bench.summary import summarize
 
@@ -44,6 +46,43 @@ def test_parse_methods_defaults_and_ranges():
     assert parse_methods("hf-fixed-3")[1].hf_settings["num_assistant_tokens"] == 3
 
 
+def test_methods_take_generator_and_policy_settings_in_brackets():
+    spec = "fixed:2-3[warm_start=False],context+adaptive[max_guesses=0, guess_floor=0.5],adaptive[loop=transformers]"
+    methods = parse_methods(spec + ",adaptive[sampling=coupled],compiled:fixed:2[batch_quorum=1.0]")[1:]
+    assert [m.name for m in methods] == [
+        "fixed:2[warm_start=False]",
+        "fixed:3[warm_start=False]",
+        "context+adaptive[max_guesses=0,guess_floor=0.5]",
+        "adaptive[loop=transformers]",
+        "adaptive[sampling=coupled]",
+        "compiled:fixed:2[batch_quorum=1.0]",
+    ]
+    assert methods[0].policy == "fixed:2" and methods[0].settings == {"warm_start": False}
+    assert methods[2].settings == {"max_guesses": 0, "guess_floor": 0.5}  # literals parsed, not strings
+    assert methods[3].settings == {"loop": "transformers"}  # a bare word is text
+    assert methods[4].sampling == "coupled" and methods[4].settings == {}
+    assert methods[5].compiled and methods[5].settings == {"batch_quorum": 1.0}
+    # The same name with and without settings are two methods, side by side.
+    assert [m.name for m in parse_methods("adaptive,adaptive[max_tokens=3]")[1:]] == [
+        "adaptive",
+        "adaptive[max_tokens=3]",
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["adaptive", "fixed:2", "context+adaptive", "hf-default"]),
+            st.lists(st.sampled_from(["a=1", "b=0.5", "c=x"]), max_size=3),
+        ),
+        max_size=5,
+    )
+)
+def test_split_methods_keeps_commas_inside_settings(specs):
+    written = [name + (f"[{','.join(items)}]" if items else "") for name, items in specs]
+    assert split_methods(" , ".join(written)) == list(dict.fromkeys(written))
+
+
 def test_parse_prompt_lookup_methods():
     methods = parse_methods("hf-prompt-lookup,hf-prompt-lookup-4")
     assert [(m.name, m.kind, m.prompt_lookup_num_tokens) for m in methods[1:]] == [
@@ -62,6 +101,18 @@ def test_parse_prompt_lookup_methods():
         ("hf-prompt-lookup-0", "hf-prompt-lookup-N with N >= 1"),
         ("hf-prompt-lookup-x", "hf-prompt-lookup-N with N >= 1"),
         ("hf-nope", "hf-prompt-lookup"),
+        ("adaptive[max_tokens]", "write key=value"),
+        ("adaptive[max_tokens=4", r"NAME\[key=value,...\]"),
+        ("adaptive[[max_tokens=4]]", r"NAME\[key=value,...\]"),
+        ("[max_tokens=4]", r"NAME\[key=value,...\]"),
+        ("adaptive[max_tokens=4,max_tokens=5]", "given twice"),
+        ("adaptive[compile=True]", "compiled:POLICY"),
+        ("oracle[max_tokens=4]", "apply to SpecKV policies"),
+        ("hf-default[max_tokens=4]", "apply to SpecKV policies"),
+        ("adaptive[max_guesses=0]", "unexpected keyword argument 'max_guesses'"),
+        ("adaptive[context_memory=64]", "use a context policy"),
+        ("adaptive[sampling=nope]", "sampling must be one of"),
+        ("compiled:adaptive[loop=transformers]", "drop loop='transformers'"),
     ],
 )
 def test_parse_methods_errors_name_the_fix(spec, match):
@@ -144,6 +195,30 @@ def test_run_benchmark_counts_and_interleaves(llama_pairs):
     for both, draft_only in zip(by_method["context+oracle"], by_method["oracle"], strict=True):
         assert both.target_forwards <= draft_only.target_forwards
     assert all(r.target_seconds is not None and r.target_seconds <= r.seconds for r in records)
+
+
+def test_a_methods_settings_reach_its_generator(llama_pairs, monkeypatch):
+    import speckv_hf.bench.harness as harness
+
+    built = {}
+
+    class Recording(harness.SpecKVGenerator):
+        def __init__(self, policy, **kwargs):
+            super().__init__(policy, **kwargs)
+            built[self.policy.config()["name"], self.loop, self.policy.config().get("max_guesses")] = kwargs
+
+    monkeypatch.setattr(harness, "SpecKVGenerator", Recording)
+    target, draft = llama_pairs["llama-noisy"]
+    methods = parse_methods("context+fixed:2,context+fixed:2[max_guesses=0],fixed:2[loop=transformers]")
+    records, reference = run_benchmark(target, draft, _prompts(2), methods, max_new_tokens=10)
+    assert all(r.output == reference[r.prompt_id] for r in records)
+    assert len(records) == 2 * 4
+    assert set(built) == {
+        ("context+fixed", "speckv", 8),
+        ("context+fixed", "speckv", 0),
+        ("fixed", "transformers", None),
+    }
+    assert built["fixed", "transformers", None]["loop"] == "transformers"
 
 
 def test_run_benchmark_refuses_bad_settings(llama_pairs):

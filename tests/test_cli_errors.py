@@ -115,6 +115,15 @@ def test_missing_predictor_folder_in_bench_methods_is_one_line(capsys, monkeypat
     assert "no such folder: /missing/predictor" in lines[0]
 
 
+def test_a_bad_method_setting_is_one_line_before_any_model_loads(capsys, monkeypatch):
+    # The comma inside the brackets belongs to the method: the error names the setting, not a method "guess_floor".
+    spec = "fixed:2,context+adaptive[max_guesses=0,guess_flor=0.5]"
+    status, _, err = run(capsys, monkeypatch, "bench", "--methods", spec)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, err
+    assert "context+adaptive[max_guesses=0,guess_flor=0.5]" in lines[0] and "guess_flor" in lines[0]
+
+
 def test_usage_errors_and_success_keep_their_status(capsys, monkeypatch):
     assert run(capsys, monkeypatch, "bench", "--no-such-option")[0] == 2
     status, out, _ = run(capsys, monkeypatch, "--debug", "--version")

@@ -180,7 +180,9 @@ class _Harness:
             generator = self.generators.get(method.name)
             if generator is None:
                 sampling = method.sampling or self.sampling
-                generator = SpecKVGenerator(method.policy, sampling=sampling, compile=method.compiled)
+                generator = SpecKVGenerator(
+                    method.policy, sampling=sampling, compile=method.compiled, **method.settings
+                )
                 self.generators[method.name] = generator
                 if method.compiled:  # every feed length now, so that no measured call compiles
                     generator.warmup(

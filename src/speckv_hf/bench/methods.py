@@ -3,6 +3,7 @@ and prompt lookup, SpecKV policies (in the eager or the compiled loop) and the o
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 
-__all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "HF_PROMPT_LOOKUP_TOKENS", "Method", "parse_methods"]
+__all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "HF_PROMPT_LOOKUP_TOKENS", "Method", "parse_methods", "split_methods"]
 
 #: What `speckv bench` runs when `--methods` is not given (`fixed:1-8` stands for `fixed:1` ... `fixed:8`).
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -52,6 +53,8 @@ class Method:
         prompt_lookup_num_tokens: for `hf-prompt-lookup[-N]`, transformers' `prompt_lookup_num_tokens`.
         compiled: `target-compiled` (transformers' static cache, its forward compiled) or `compiled:POLICY`
             (`SpecKVGenerator(POLICY, compile=True)`, the compiled loop).
+        settings: for `"speckv"`, further keyword arguments of `SpecKVGenerator` (its own settings, such as
+            `context_memory`, or the policy's, such as `max_guesses`), written `POLICY[key=value,...]`.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Method:
     sampling: str | None = None
     prompt_lookup_num_tokens: int | None = None
     compiled: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 #: The hindsight oracles: the draft's runs (`oracle`), and the context's tokens the target keeps then the draft's runs
@@ -98,19 +102,48 @@ def _prompt_lookup_method(name: str) -> Method:
     return Method(name, "hf", prompt_lookup_num_tokens=int(length))
 
 
+def split_methods(text: str) -> list[str]:
+    """Splits a comma-separated list of method specs, keeping the commas inside a spec's settings
+    (`context+adaptive[max_guesses=0,guess_floor=0.5]`), and drops blanks and repeats."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+#: `SpecKVGenerator` arguments a method's settings cannot set: the method's name says them (`compiled:POLICY`), or
+#: the run does (`--do-sample`), or they would make the measured calls differ from the others.
+_RESERVED_SETTINGS = {
+    "compile": "write compiled:POLICY for the compiled loop",
+    "policy": "the policy is the method's name",
+    "record_steps": "every SpecKV method records its steps",
+}
+
+
 def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
     """Parses method names; `target-only` is always included, first (speedups are relative to it).
 
     Args:
-        specs: names, or one comma-separated string. `fixed:A-B` expands to `fixed:A` ... `fixed:B`, and
-            `hf-fixed-A-B` likewise. `hf-prompt-lookup` is transformers' prompt lookup (no draft model) with
-            `HF_PROMPT_LOOKUP_TOKENS` tokens, `hf-prompt-lookup-N` with N. `speckv@PATH_OR_REPO` runs a trained
-            predictor (a folder written by `speckv train` or a Hub id), so a new predictor and the shipped one can
-            run interleaved. `target-compiled` is the target alone with transformers' static cache and its forward
-            compiled; `compiled:POLICY` (and `compiled:fixed:A-B`, `compiled:oracle`) runs in the compiled loop.
-            `oracle` drafts the draft's runs known in hindsight; `context+oracle` takes the context's tokens the
-            target keeps, then those runs (the measuring stick of the context policies).
-            `Method` objects pass through (e.g. a SpecKV method with a policy object).
+        specs: names, or one comma-separated string (split by [`split_methods`][]). `fixed:A-B` expands to
+            `fixed:A` ... `fixed:B`, and `hf-fixed-A-B` likewise. `hf-prompt-lookup` is transformers' prompt lookup
+            (no draft model) with `HF_PROMPT_LOOKUP_TOKENS` tokens, `hf-prompt-lookup-N` with N.
+            `speckv@PATH_OR_REPO` runs a trained predictor (a folder written by `speckv train` or a Hub id), so a
+            new predictor and the shipped one can run interleaved. `target-compiled` is the target alone with
+            transformers' static cache and its forward compiled; `compiled:POLICY` (and `compiled:fixed:A-B`,
+            `compiled:oracle`) runs in the compiled loop. `oracle` drafts the draft's runs known in hindsight;
+            `context+oracle` takes the context's tokens the target keeps, then those runs (the measuring stick of
+            the context policies). A SpecKV method takes `SpecKVGenerator` settings in brackets,
+            `POLICY[key=value,...]` (values read as Python literals, else as text):
+            `context+adaptive[max_guesses=0]`, `context+adaptive[context_memory=4096]`,
+            `adaptive[loop=transformers]`, `adaptive[sampling=coupled]`; a range's settings go to each method in
+            it. `Method` objects pass through (e.g. a SpecKV method with a policy object).
 
     Returns:
         The methods, without duplicates, in the given order after `target-only`.
@@ -119,13 +152,75 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
         ValueError: for an unknown name, naming the accepted ones, or a predictor that cannot be loaded.
     """
     if isinstance(specs, str):
-        specs = [part.strip() for part in specs.split(",") if part.strip()]
+        specs = split_methods(specs)
     methods = [Method("target-only", "target")]
     for spec in specs:
-        for method in [spec] if isinstance(spec, Method) else _expand(spec):
+        for method in [spec] if isinstance(spec, Method) else _expand_with_settings(spec):
             if method.name not in {m.name for m in methods}:
                 methods.append(method)
     return methods
+
+
+def _expand_with_settings(spec: str) -> list[Method]:
+    """`_expand` of the spec's name, each method given the spec's settings (`NAME[key=value,...]`)."""
+    name, settings, written = _split_settings(spec)
+    methods = _expand(name)
+    if not settings:
+        return methods
+    return [_with_settings(method, settings, written, spec) for method in methods]
+
+
+def _split_settings(spec: str) -> tuple[str, dict[str, Any], str]:
+    """`NAME[key=value,...]` -> `(NAME, settings, "key=value,...")`; a spec without brackets has no settings."""
+    if "[" not in spec and "]" not in spec:
+        return spec, {}, ""
+    name, _, rest = spec.partition("[")
+    body = rest.removesuffix("]")
+    if not name or not rest.endswith("]") or "[" in body or "]" in body:
+        raise ValueError(
+            f"bad method {spec!r}: settings are written NAME[key=value,...], e.g. context+adaptive[max_guesses=0]."
+        )
+    settings: dict[str, Any] = {}
+    items = [item.strip() for item in body.split(",")]
+    for item in items:
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key.isidentifier() or not value:
+            raise ValueError(f"bad setting {item!r} in method {spec!r}: write key=value, e.g. max_guesses=0.")
+        if key in settings:
+            raise ValueError(f"setting {key!r} is given twice in method {spec!r}: keep one.")
+        if key in _RESERVED_SETTINGS:
+            raise ValueError(f"method {spec!r} cannot set {key!r}: {_RESERVED_SETTINGS[key]}.")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value  # a bare word: `loop=transformers`
+    return name, settings, ",".join(items)
+
+
+def _with_settings(method: Method, settings: dict[str, Any], written: str, spec: str) -> Method:
+    """The SpecKV `method` with `settings`, checked by building its generator once (no model is touched)."""
+    from ..decoding.generator import SpecKVGenerator
+
+    if method.kind != "speckv":
+        raise ValueError(
+            f"bad method {spec!r}: settings in brackets apply to SpecKV policies (e.g. "
+            f"context+adaptive[max_guesses=0]), not to {method.name!r}."
+        )
+    settings = dict(settings)
+    sampling = settings.pop("sampling", None)
+    try:
+        checked = {**settings, **({"sampling": sampling} if sampling is not None else {})}
+        SpecKVGenerator(method.policy, compile=method.compiled, **checked)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"method {spec!r} cannot be built: {error}") from None
+    return Method(
+        f"{method.name}[{written}]",
+        "speckv",
+        policy=method.policy,
+        sampling=sampling,
+        compiled=method.compiled,
+        settings=settings,
+    )
 
 
 def _predictor_method(spec: str) -> Method:

@@ -55,7 +55,8 @@ def bench(
         "context: context candidates alone, no draft model; context+POLICY: context candidates, then POLICY's "
         "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH); target-compiled (the target "
         "alone, static cache, compiled) and compiled:POLICY / compiled:oracle (the compiled loop, warmed up "
-        "before the first measured call).",
+        "before the first measured call). A SpecKV method takes SpecKVGenerator settings in brackets, e.g. "
+        "context+adaptive[max_guesses=0] or adaptive[loop=transformers].",
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),
@@ -87,7 +88,7 @@ def bench(
     """
     if target is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
-    from ..bench.methods import parse_methods
+    from ..bench.methods import parse_methods, split_methods
     from ..bench.pairs import check_compressions
     from ..bench.prompts import PromptsFileError, demo_prompts, first_per_task, read_prompts_jsonl
 
@@ -107,7 +108,7 @@ def bench(
         from ..bench.pairs import pair_sources
 
         pair_sources(target, draft)  # a missing folder is one line, before any progress or loading
-    method_specs = split_list(methods)
+    method_specs = split_methods(methods)
     oracles = [spec for spec in method_specs if spec.removeprefix("compiled:") in ("oracle", "context+oracle")]
     if do_sample and oracles:
         if methods == DEFAULT_METHODS:
