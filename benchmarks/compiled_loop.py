@@ -45,13 +45,6 @@ class _Call:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def warmup(args: argparse.Namespace) -> dict[str, Any]:
     """Loads the pair and warms a compiled generator up for the benchmark's sizes; prints what it took."""
     import torch
@@ -155,6 +148,7 @@ def run(args: argparse.Namespace) -> None:
     from speckv_hf.bench.methods import parse_methods
     from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
     from speckv_hf.bench.prompts import demo_prompts
+    from speckv_hf.bench.provenance import run_provenance
 
     torch.set_num_threads(args.threads)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -162,9 +156,7 @@ def run(args: argparse.Namespace) -> None:
     document: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "func")},
         "provenance": {
-            "commit": _git("rev-parse", "HEAD"),
-            "src_changed": bool(_git("status", "--porcelain", "src")),
-            "command": "python benchmarks/compiled_loop.py " + " ".join(sys.argv[1:]),
+            **run_provenance(ROOT, "python benchmarks/compiled_loop.py " + " ".join(sys.argv[1:])),
             "torch": torch.__version__,
         },
         "compressions": [],
@@ -276,13 +268,14 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def render(data: Path = DATA, out: Path = GENERATED) -> list[Path]:
     """Writes `out/compiled-<name>.md` for every `data/<name>.json`; returns the paths written."""
+    from speckv_hf.bench.provenance import provenance_line
+
     written = []
     for path in sorted(data.glob("*.json")):
         document = json.loads(path.read_text())
         provenance = document["provenance"]
         parts = [report(entry, document["settings"]) for entry in document["compressions"]]
-        dirty = " (with uncommitted changes in `src/`)" if provenance["src_changed"] else ""
-        parts.append(f"Run at commit `{provenance['commit'][:7]}`{dirty}: `{provenance['command']}`\n")
+        parts.append(provenance_line(provenance) + "\n")
         target = out / f"compiled-{path.stem}.md"
         out.mkdir(parents=True, exist_ok=True)
         target.write_text("\n".join(parts))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -46,13 +45,6 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -60,17 +52,14 @@ def run(args: argparse.Namespace) -> None:
     from speckv_hf.bench.methods import parse_methods
     from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
     from speckv_hf.bench.prompts import demo_prompts
+    from speckv_hf.bench.provenance import run_provenance
     from speckv_hf.bench.repeats import repeat_counts
 
     torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods)
     document: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "func")},
-        "provenance": {
-            "commit": _git("rev-parse", "HEAD"),
-            "src_changed": bool(_git("status", "--porcelain", "src")),
-            "command": "python benchmarks/context_candidates.py " + " ".join(sys.argv[1:]),
-        },
+        "provenance": run_provenance(ROOT, "python benchmarks/context_candidates.py " + " ".join(sys.argv[1:])),
         "compressions": [],
     }
     for compression in args.compression.split(","):
@@ -172,13 +161,14 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def render(data: Path = DATA, out: Path = GENERATED) -> list[Path]:
     """Writes `out/context-<name>.md` for every `data/<name>.json`; returns the paths written."""
+    from speckv_hf.bench.provenance import provenance_line
+
     written = []
     for path in sorted(data.glob("*.json")):
         document = json.loads(path.read_text())
         provenance = document["provenance"]
         parts = [report(entry, document["settings"]) for entry in document["compressions"]]
-        dirty = " (with uncommitted changes in `src/`)" if provenance["src_changed"] else ""
-        parts.append(f"Run at commit `{provenance['commit'][:7]}`{dirty}: `{provenance['command']}`\n")
+        parts.append(provenance_line(provenance) + "\n")
         target = out / f"context-{path.stem}.md"
         out.mkdir(parents=True, exist_ok=True)
         target.write_text("\n".join(parts))

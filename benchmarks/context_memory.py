@@ -4,9 +4,10 @@
         [--max-new-tokens 64] [--memory 16384] [--threads 1] [--json docs/data/memory/greedy.json]
     python benchmarks/context_memory.py render   # docs/data/memory/*.json -> docs/_generated/memory-*.md
 
-Each round runs every prompt of the embedded suite once per method, in an order shuffled per prompt, with one
-generator per method reused across calls (as `speckv bench` does): `context+adaptive` without memory,
-`context+adaptive` with `context_memory=--memory` tokens, and `adaptive`. The memory fills as the rounds go: in
+Each round runs every prompt of the embedded suite once per method through `speckv bench`'s harness
+(`speckv_hf.bench.harness.run_benchmark`: the order rotates from prompt to prompt, one generator per method serves
+every call, the target alone runs too), with no warm-up pass, which would fill the memory: `context+adaptive`
+without memory, `context+adaptive[context_memory=--memory]`, and `adaptive`. The memory fills as the rounds go: in
 round 1 it holds the prompts and outputs of the prompts before this one (other requests, which only resemble it);
 from round 2 on, this prompt's own earlier call too (a request asked again). The two are reported apart. Every output
 is checked against the target alone's. It prints (and with `--json` keeps, every call included) each method's median
@@ -18,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,70 +31,57 @@ REFERENCE = "no memory"
 ORDER = (REFERENCE, "memory", "adaptive")
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from speckv_hf import SpecKVGenerator
+    from speckv_hf.bench.harness import PromptDone, encode_prompts, run_benchmark
+    from speckv_hf.bench.methods import parse_methods
     from speckv_hf.bench.pairs import load_pair_for, quiet_transformers
     from speckv_hf.bench.prompts import demo_prompts
+    from speckv_hf.bench.provenance import run_provenance
 
     torch.set_num_threads(args.threads)
     pair = load_pair_for(args.compression, None, None, "cpu")
-    target, draft, tokenizer = pair.target, pair.draft, pair.tokenizer
-    settings = {
-        REFERENCE: ("context+adaptive", {}),
-        "memory": ("context+adaptive", {"context_memory": args.memory}),
-        "adaptive": ("adaptive", {}),
+    names = {
+        "context+adaptive": REFERENCE,
+        f"context+adaptive[context_memory={args.memory}]": "memory",
+        "adaptive": "adaptive",
     }
-    generators = {name: SpecKVGenerator(spec, **kwargs) for name, (spec, kwargs) in settings.items()}
-    items = demo_prompts(args.prompts_per_task)
-    calls: list[dict[str, Any]] = []
-    for round_ in range(args.rounds):
-        for index, item in enumerate(items):
-            inputs = tokenizer(item.text, return_tensors="pt")
-            with torch.no_grad(), quiet_transformers():
-                expected = target.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-            order = list(generators)
-            random.Random(round_ * 1000 + index).shuffle(order)
-            for name in order:
-                start = time.perf_counter()
-                with torch.no_grad(), quiet_transformers():
-                    out = target.generate(
-                        **inputs,
-                        assistant_model=draft,
-                        candidate_generator=generators[name],
-                        max_new_tokens=args.max_new_tokens,
-                        do_sample=False,
-                    )
-                seconds = time.perf_counter() - start
-                stats = generators[name].last_stats
-                calls.append(
-                    {
-                        "method": name,
-                        "round": round_,
-                        "prompt_id": item.id,
-                        "task": item.task,
-                        "seconds": seconds,
-                        "new_tokens": stats.tokens_emitted,
-                        "target_forwards": stats.target_forwards,
-                        "matches_target": bool(torch.equal(out, expected)),
-                    }
-                )
-        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    prompts = encode_prompts(pair.tokenizer, demo_prompts(args.prompts_per_task))
+
+    def done(prompt: PromptDone) -> None:
+        if prompt.index == prompt.prompts - 1:
+            print(f"round {prompt.repeat + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    with quiet_transformers():
+        # No warm-up pass: it would put its prompt in the memory before round 1.
+        records, reference = run_benchmark(
+            pair.target,
+            pair.draft,
+            prompts,
+            parse_methods(list(names)),
+            max_new_tokens=args.max_new_tokens,
+            repeats=args.rounds,
+            warmup_prompts=0,
+            on_prompt=done,
+        )
+    calls: list[dict[str, Any]] = [
+        {
+            "method": names[r.method],
+            "round": r.repeat,
+            "prompt_id": r.prompt_id,
+            "task": r.task,
+            "seconds": r.seconds,
+            "new_tokens": r.new_tokens,
+            "target_forwards": r.target_forwards,
+            "matches_target": r.output == reference[r.prompt_id],
+        }
+        for r in records
+        if r.method in names
+    ]
     document = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "func")},
-        "provenance": {
-            "commit": _git("rev-parse", "HEAD"),
-            "src_changed": bool(_git("status", "--porcelain", "src")),
-            "command": "python benchmarks/context_memory.py " + " ".join(sys.argv[1:]),
-        },
+        "provenance": run_provenance(ROOT, "python benchmarks/context_memory.py " + " ".join(sys.argv[1:])),
         "calls": calls,
     }
     print(report(document))
@@ -143,12 +128,12 @@ def report(document: dict[str, Any]) -> str:
 
 def render(data: Path = DATA, out: Path = GENERATED) -> list[Path]:
     """Writes `out/memory-<name>.md` for every `data/<name>.json`; returns the paths written."""
+    from speckv_hf.bench.provenance import provenance_line
+
     written = []
     for path in sorted(data.glob("*.json")):
         document = json.loads(path.read_text())
-        provenance = document["provenance"]
-        dirty = " (with uncommitted changes in `src/`)" if provenance["src_changed"] else ""
-        text = report(document) + f"\nRun at commit `{provenance['commit'][:7]}`{dirty}: `{provenance['command']}`\n"
+        text = report(document) + "\n" + provenance_line(document["provenance"]) + "\n"
         target = out / f"memory-{path.stem}.md"
         out.mkdir(parents=True, exist_ok=True)
         target.write_text(text)

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,13 +34,6 @@ STALL = 2.0  # one pass this many times slower than another of the same method a
 
 
 # --- bench: run `speckv bench`, keep every call ------------------------------------------------------------------
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 def _call_row(record: Any, compression: str, reference: Mapping[str, list[int]]) -> dict[str, Any]:
@@ -80,6 +72,7 @@ class _LoadSampler:
 def bench(arguments: Sequence[str]) -> int:
     """Runs `speckv bench ARGUMENTS` and adds `calls` and `provenance` to the JSON it writes (`--json` needed)."""
     import speckv_hf.bench.harness as harness
+    from speckv_hf.bench.provenance import git_output
     from speckv_hf.cli import app
 
     if "--json" not in arguments:
@@ -113,8 +106,8 @@ def bench(arguments: Sequence[str]) -> int:
             calls += [{**row, "compression": compression} for row in batch]
         document["calls"] = calls
     document["provenance"] = {
-        "commit": _git("log", "-1", "--format=%H", "--", "src"),  # the code measured; later commits leave it be
-        "src_dirty": bool(_git("status", "--porcelain", "--", "src")),
+        "commit": git_output(ROOT, "log", "-1", "--format=%H", "--", "src"),  # the code measured, not later docs
+        "src_dirty": bool(git_output(ROOT, "status", "--porcelain", "--", "src")),
         "command": "python benchmarks/docs_figures.py bench -- " + " ".join(arguments),
         "load_average": {
             "min": min(load.samples, default=None),

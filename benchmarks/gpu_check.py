@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -133,14 +132,6 @@ def _short(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def _git(*args: str) -> str:
-    """A read-only git command's output ("" where git or the repository is missing)."""
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -158,6 +149,8 @@ def environment(device: str) -> dict[str, Any]:
         What the JSON keeps under `environment`.
     """
     import torch
+
+    from speckv_hf.bench.provenance import git_output
 
     cuda = torch.cuda.is_available()
     index = torch.device(device).index if str(device).startswith("cuda") else None
@@ -182,8 +175,8 @@ def environment(device: str) -> dict[str, Any]:
         "inductor_cache_dir": inductor_cache,
         "torch_threads": torch.get_num_threads(),
         "command": " ".join([sys.executable, *sys.argv]),
-        "commit": _git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": git_output(ROOT, "rev-parse", "HEAD"),
+        "uncommitted_changes": bool(git_output(ROOT, "status", "--porcelain", "--untracked-files=no")),
     }
 
 

@@ -84,6 +84,8 @@ class CallRecord:
         draft_seconds: time inside draft forwards (None where not timed).
         drafted: tokens drafted (SpecKV and oracle; None for transformers' methods, whose count is not exposed).
         accepted: drafted tokens accepted (as `drafted`).
+        guessed: drafted tokens that confirmed context guesses gave, without a draft forward of their own (as
+            `drafted`; 0 for a policy without context candidates).
         gamma_histogram: γ per step -> steps (as `drafted`).
         accepted_histogram: accepted tokens per step -> steps (as `drafted`).
         output: the generated token ids.
@@ -101,6 +103,7 @@ class CallRecord:
     draft_seconds: float | None = None
     drafted: int | None = None
     accepted: int | None = None
+    guessed: int | None = None
     gamma_histogram: dict[int, int] | None = None
     accepted_histogram: dict[int, int] | None = None
     output: list[int] = field(default_factory=list)
@@ -232,6 +235,7 @@ class _Harness:
         if generator is not None:
             stats = generator.last_stats
             record.drafted, record.accepted = stats.drafted_tokens, stats.accepted_tokens
+            record.guessed = stats.guessed_tokens
             if stats.compiled:  # compiled forwards run no module hooks: the loop counted them
                 record.target_forwards, record.draft_forwards = stats.target_forwards, stats.draft_forwards
                 record.target_seconds = record.draft_seconds = None
