@@ -348,9 +348,9 @@ def test_batch_warm_start_is_per_batch_size(llama_pairs):
     generator = SpecKVGenerator()
     ids, mask = left_padded([5, 5])
     greedy(target, ids, attention_mask=mask, assistant_model=draft, candidate_generator=generator, max_new_tokens=8)
-    assert generator._warm.key == (id(target), id(draft), 2)
+    assert generator._handoff.warm.key == (id(target), id(draft), 2)
     greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=8)
-    assert generator._warm.key == (id(target), id(draft), 1)
+    assert generator._handoff.warm.key == (id(target), id(draft), 1)
 
 
 def test_unrelated_draft_batch_still_lossless_with_sampling_shapes(llama_pairs):
@@ -490,7 +490,7 @@ def test_failed_call_hands_nothing_on(llama_pairs, monkeypatch):
     target, draft = llama_pairs["llama-noisy"]
     generator = SpecKVGenerator("fixed:2")
     greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=6)
-    learned = generator._warm
+    learned = generator._handoff.warm
     calls = {"n": 0}
     original = target.forward
 
@@ -505,4 +505,4 @@ def test_failed_call_hands_nothing_on(llama_pairs, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
     assert generator.last_stats is None
-    assert generator._warm is learned
+    assert generator._handoff.warm is learned

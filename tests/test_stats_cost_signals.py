@@ -134,17 +134,17 @@ def test_warm_start_carries_costs_between_calls(llama_pairs):
     target, draft = llama_pairs["llama-noisy"]
     generator = SpecKVGenerator(plain_fallback=False)  # tiny pairs rarely pay: keep speculating
     greedy(target, prompt(8), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
-    first = generator._warm.cost.num_verify_samples
+    first = generator._handoff.warm.cost.num_verify_samples
     first_steps = generator.last_stats.target_forwards
     greedy(target, prompt(8, seed=1), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
     # The second call started from the first call's measurements and added its own steps (the prefill excluded).
-    assert generator._warm.cost.num_verify_samples == first + generator.last_stats.target_forwards - 1
+    assert generator._handoff.warm.cost.num_verify_samples == first + generator.last_stats.target_forwards - 1
     assert first == first_steps - 1
     generator.reset()
-    assert generator._warm is None
+    assert generator._handoff.warm is None
     cold = SpecKVGenerator(warm_start=False)
     greedy(target, prompt(8), assistant_model=draft, candidate_generator=cold, max_new_tokens=20)
-    assert cold._warm is None
+    assert cold._handoff.warm is None
 
 
 def test_last_stats_cleared_when_a_call_fails_before_binding(llama_pairs):

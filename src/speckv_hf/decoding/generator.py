@@ -8,13 +8,10 @@ thread). Each `generate()` call gets objects of its own: a [`LoopCall`][] for th
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 import warnings
-import weakref
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,30 +22,20 @@ from ..core.context_memory import ContextMemory
 from ..core.cost import Clock, CostModel, CostSettings
 from ..core.stats import GenerationStats
 from ..core.validation import validate_pair
-from ..policies.base import DraftPolicy, PolicyContext
+from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 from .assisted import AssistedCall, model_device
 from .compiled import CompiledModels, CompileOptions
 from .coupling import SAMPLING_SCHEMES, SAMPLING_SETTINGS
+from .handoff import Handoff
 from .hook import install
-from .loop import LoopCall
+from .loop_call import LoopCall, start_call
 from .static_loop import warm_up
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
 __all__ = ["SpecKVGenerator"]
-
-
-@dataclass
-class _Warm:
-    """What a finished call hands to the next call on the same pair: learned costs and policy state."""
-
-    key: tuple[int, int, int]  # target, draft, batch size: a batch's step costs are not a single row's
-    cost: CostModel
-    policy: DraftPolicy
-    speculation_paid: bool = True
-    plain_calls: int = 0
 
 
 _LOOPS = ("speckv", "transformers")
@@ -180,8 +167,6 @@ class SpecKVGenerator:
                 "SpecKVGenerator('context+adaptive', context_memory=...)."
             )
         self.context_memory = context_memory
-        # One memory per target, kept no longer than the target is (a memory holds that tokenizer's ids).
-        self._memories: weakref.WeakKeyDictionary[Any, ContextMemory] = weakref.WeakKeyDictionary()
         if not 0 < batch_quorum <= 1:
             raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
@@ -198,9 +183,9 @@ class SpecKVGenerator:
         self._compiled = CompiledModels.shared(compile) if compile else None
         if compile:
             self.plain_fallback = False  # plain decoding would run uncompiled
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the zero-acceptance warning's flag
         self._local = threading.local()
-        self._warm: _Warm | None = None
+        self._handoff = Handoff()  # what finished calls hand to the next ones (warm state, context memories)
         self._warned_zero_acceptance = False
 
     def __repr__(self) -> str:
@@ -315,19 +300,16 @@ class SpecKVGenerator:
     def context_memory_of(self, target: PreTrainedModel) -> ContextMemory | None:
         """The earlier calls' tokens kept for context candidates on `target` (`context_memory=`), or None before
         any call on it or without `context_memory`."""
-        with self._lock:
-            return self._memories.get(target)
+        return self._handoff.memory_of(target)
 
     def clear_context_memory(self) -> None:
         """Forgets the earlier calls' tokens kept for context candidates, on every target (`reset()` keeps them)."""
-        with self._lock:
-            self._memories.clear()
+        self._handoff.clear_memories()
 
     def reset(self) -> None:
         """Forgets the costs and policy state learned by earlier calls (not the context memory: see
         [`SpecKVGenerator.clear_context_memory`][])."""
-        with self._lock:
-            self._warm = None
+        self._handoff.reset()
 
     # -- binding (called by the hook) -------------------------------------------------------------------------------
     def bind(
@@ -378,12 +360,7 @@ class SpecKVGenerator:
     ) -> tuple[CostModel, DraftPolicy, CompressionInfo, tuple[int, int, int]]:
         """What a new call starts from: the warm-started (or fresh) costs and policy, the compression, the key."""
         key = (id(target), id(draft), batch_size)
-        with self._lock:
-            warm = self._warm
-        use_warm = self.warm_start and warm is not None and warm.key == key
-        cost = warm.cost.copy() if use_warm else CostModel()
-        cost.settings = copy.copy(self.cost_settings)  # the user's current settings win over the warm ones
-        policy = copy.deepcopy(warm.policy if use_warm else self.policy)
+        cost, policy = self._handoff.start(key, self.policy, self.cost_settings, self.warm_start)
         return cost, policy, detect_compression(target), key
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> Any:
@@ -413,10 +390,7 @@ class SpecKVGenerator:
         self._local.stats = stats
         self._warn_if_nothing_accepted(stats)
         if self.warm_start:
-            # Plain decoding only on the policy's evidence-based verdict (many steps, over calls), never on one call.
-            paid = policy.speculation_pays() is not False
-            with self._lock:
-                self._warm = _Warm(key=key, cost=cost, policy=policy, speculation_paid=paid)
+            self._handoff.keep(key, cost, policy)
         return stats
 
     def _warn_if_nothing_accepted(self, stats: GenerationStats) -> None:
@@ -455,12 +429,7 @@ class SpecKVGenerator:
             return False  # transformers' own sampling would not follow the noise: the text would change
         if not (self.plain_fallback and self.warm_start and getattr(self.policy, "can_skip_drafting", False)):
             return False
-        with self._lock:
-            warm = self._warm
-            if warm is None or warm.key != (id(target), id(draft), batch_size) or warm.speculation_paid:
-                return False
-            warm.plain_calls += 1
-            return warm.plain_calls % self.probe_every != 0
+        return self._handoff.plain_call((id(target), id(draft), batch_size), self.probe_every)
 
     def finish_plain(self, target: torch.nn.Module, prompt_tokens: int, new_tokens: int, seconds: float) -> None:
         """Records the stats of a call that ran as plain decoding.
@@ -531,58 +500,21 @@ class SpecKVGenerator:
         if verification not in _VERIFICATIONS:
             names = ", ".join(map(repr, _VERIFICATIONS))
             raise ValueError(f"verification must be one of {names}, got {verification!r}.")
-        batch_size = int(input_ids.shape[0])
-        cost, template, compression, key = self._call_state(target, draft, batch_size)
-        context = PolicyContext(
-            cost=cost, compression=compression, do_sample=verification == "speculative", has_draft=draft is not None
-        )
-        # One policy per row (policies keep per-step state), all reading the call's one cost model.
-        policies = [template] + [copy.deepcopy(template) for _ in range(batch_size - 1)]
-        for policy in policies:
-            policy.bind(context)
-        lengths = (
-            attention_mask.sum(-1).tolist() if attention_mask is not None else [int(input_ids.shape[1])] * batch_size
-        )
-        config = policies[0].config()
-        stats = GenerationStats(
-            policy=config,
+        cost, template, compression, key = self._call_state(target, draft, int(input_ids.shape[0]))
+        return start_call(
+            cost,
+            template,
             compression=compression,
-            prompt_tokens=int(sum(lengths)),
-            batch_size=batch_size,
-            loop="speckv",
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             verification=verification,
-        )
-        if batch_size > 1:
-            stats.rows = [
-                GenerationStats(
-                    policy=config,
-                    compression=compression,
-                    prompt_tokens=int(n),
-                    loop="speckv",
-                    verification=verification,
-                )
-                for n in lengths
-            ]
-        return LoopCall(
-            cost=cost,
-            policies=policies,
-            stats=stats,
+            has_draft=draft is not None,
             clock=Clock(*([model_device(draft)] if draft is not None else []), model_device(target)),
-            record_steps=self.record_steps,
             key=key,
+            record_steps=self.record_steps,
             compiled=self._compiled,
-            memory=self._memory_for(target),
+            memory=self._handoff.memory_for(target, self.context_memory),
         )
-
-    def _memory_for(self, target: PreTrainedModel) -> ContextMemory | None:
-        """The target's context memory, created on its first call (None without `context_memory`)."""
-        if not self.context_memory:
-            return None
-        with self._lock:
-            memory = self._memories.get(target)
-            if memory is None:
-                memory = self._memories[target] = ContextMemory(self.context_memory)
-            return memory
 
     def finish_loop(self, call: LoopCall) -> GenerationStats:
         """Collects a finished loop call: stats for `last_stats`, learned costs and policy state for the next call.
@@ -594,6 +526,5 @@ class SpecKVGenerator:
             The call's statistics.
         """
         if call.memory is not None and call.sequences:
-            with self._lock:
-                call.memory.add(call.sequences)
+            self._handoff.remember(call.memory, call.sequences)
         return self._collect(call.stats, call.cost, call.policies[0], call.key)

@@ -35,7 +35,8 @@ from ..core.cost import Clock
 from ..core.validation import validate_batched_call, validate_call, validate_prepared
 from ._transformers import check_transformers_version, prepared_special_tokens, supports_dynamic_cache
 from .assisted import AssistedCall, model_device
-from .loop import LoopSettings, run_loop
+from .loop import run_loop
+from .loop_call import LoopSettings
 from .static_loop import run_static_loop
 from .verification import Processing
 

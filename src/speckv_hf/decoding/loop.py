@@ -23,82 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.context_memory import ContextMemory
 from ..core.context_source import ContextProposal, ContextSource
-from ..core.cost import Clock, CostModel
 from ..core.ngram import NgramIndex
 from ..core.signals import TokenSignals, batch_token_signals
-from ..core.stats import GenerationStats
-from ..policies.base import DraftPolicy, DraftState, StepOutcome
+from ..policies.base import DraftState, StepOutcome
 from . import kv_cache
 from .context_candidates import context_columns, count_guessed, guesses_for, plan_run, quorum_runs
 from .coupling import GumbelNoise
+from .loop_call import LoopCall, LoopSettings
 from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
-from .verification import Processing, accept_greedy, accept_sampled
+from .verification import accept_greedy, accept_sampled
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from .compiled import CompiledModels
-
-__all__ = ["LoopCall", "LoopSettings", "run_loop"]
-
-
-@dataclass
-class LoopSettings:
-    """What one call of the loop needs beyond the models and the prompt (prepared by the hook).
-
-    Attributes:
-        max_new_tokens: tokens each row may add.
-        eos_token_ids: ids that end a row.
-        pad_token_id: id written after a row's end.
-        do_sample: sampling (True) or greedy matching (False).
-        coupled: (with `do_sample`) coupled sampling (`speckv_hf.decoding.coupling`: Gumbel noise per position, greedy
-            matching on the perturbed logits) instead of speculative sampling.
-        processing: the call's logits processors.
-        stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
-        streamer: transformers streamer, or None.
-        quorum: share of the open rows that must want another token for the batch to draft it (in (0, 1]).
-    """
-
-    max_new_tokens: int
-    eos_token_ids: frozenset[int]
-    pad_token_id: int
-    do_sample: bool
-    processing: Processing
-    coupled: bool = False
-    stop_checks: list[Any] = field(default_factory=list)
-    streamer: Any = None
-    quorum: float = 0.5
-
-
-@dataclass
-class LoopCall:
-    """The per-call state the generator hands to the loop: costs, one policy per row, statistics.
-
-    Attributes:
-        cost: the call's cost model (batch step times), shared by the rows' policies.
-        policies: one bound policy per row.
-        stats: the call's statistics; `stats.rows` holds one per row.
-        clock: the call's clock.
-        record_steps: keep per-step records.
-        key: what the generator files the call's learned state under (target, draft, batch size).
-        compiled: the generator's compiled forwards and static caches, for a call of the compiled loop
-            (`speckv_hf.decoding.static_loop`); None for the eager loop.
-        memory: earlier calls' sequences the rows' context sources also propose from (read only), or None.
-        sequences: set by the loop when the call ends, where `memory` is given: each row's prompt (unpadded) and
-            new tokens, for the generator to remember.
-    """
-
-    cost: CostModel
-    policies: list[DraftPolicy]
-    stats: GenerationStats
-    clock: Clock
-    record_steps: bool = True
-    key: tuple[int, ...] = ()
-    compiled: CompiledModels | None = None
-    memory: ContextMemory | None = None
-    sequences: list[list[int]] = field(default_factory=list)
+__all__ = ["run_loop"]
 
 
 def run_loop(

@@ -24,7 +24,8 @@ import torch
 
 from ._transformers import cache_kwarg, static_write_kwargs
 from .compiled import CompiledModels, bucket
-from .loop import LoopCall, LoopSettings, _Drafts, _Loop
+from .loop import _Drafts, _Loop
+from .loop_call import LoopCall, LoopSettings
 from .static_cache import StaticLayout
 
 __all__ = ["check_static_models", "run_static_loop", "static_forward", "warm_up"]
