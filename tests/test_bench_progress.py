@@ -16,7 +16,7 @@ from speckv_hf.bench.markdown import markdown_tables
 from speckv_hf.bench.pairs import LoadedPair
 from speckv_hf.bench.summary import summarize
 from speckv_hf.cli import app
-from speckv_hf.cli.bench import ProgressReport
+from speckv_hf.cli._progress import ProgressReport
 
 
 def _done(repeat=0, repeats=2):

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from ._bench_tables import repeat_table, results_table, verdict_lines
 from ._common import atomic_write_text, fail, split_list
+from ._progress import ProgressReport
 
 DEFAULT_PROMPTS_PER_TASK = 3
 # speckv_hf.decoding.coupling.SAMPLING_SETTINGS and speckv_hf.bench.methods.DEFAULT_METHODS, spelled out so that
@@ -148,10 +144,10 @@ def bench(
         )  # fmt: skip
         results += method_rows
         summaries.append(overall)
-        Console().print(_table(name, overall, method_rows, repeats))
+        Console().print(results_table(name, overall, method_rows, repeats))
         if overall.repeat_rates is not None:
-            Console().print(_repeat_table(overall.repeat_rates))
-        for line in _verdict_lines(overall, repeats):
+            Console().print(repeat_table(overall.repeat_rates))
+        for line in verdict_lines(overall, repeats):
             Console().print(line, highlight=False)
 
     settings = {
@@ -275,146 +271,3 @@ def _run_compression(
         max_new_tokens,
         prompt_tokens={p.item.id: p.input_ids[0].tolist() for p in encoded},
     )
-
-
-class ProgressReport:
-    """Progress of a run on `console` (stderr): a live bar on a terminal, else one plain line per prompt.
-
-    Logs, pipes and CI get the lines, so a run that takes minutes is never silent; the results on stdout and the
-    `--json`/`--markdown` files carry none of it.
-
-    Args:
-        console: where progress goes (stderr, so that stdout holds the results only).
-        label: what every line starts with (the compression, or `demo`).
-        total: the calls the run makes (for the bar).
-        quiet: show nothing.
-    """
-
-    def __init__(self, console: Console, label: str, total: int, quiet: bool = False) -> None:
-        self.console, self.label = console, label
-        self.lines = not quiet and not console.is_terminal
-        self._bar = None
-        if not quiet and console.is_terminal:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self._bar = Progress(*columns, console=console, transient=True)
-            self._task = self._bar.add_task(label, total=total)
-        self._start = time.monotonic()
-
-    def __enter__(self) -> ProgressReport:
-        if self._bar is not None:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(kind, error, traceback)
-
-    def _line(self, text: str) -> None:
-        elapsed = int(time.monotonic() - self._start)
-        self.console.print(f"{self.label}: {text} [{elapsed // 60}:{elapsed % 60:02d}]", markup=False, highlight=False)
-
-    def phase(self, text: str) -> None:
-        """A stage of the run begins (reference outputs, checks, ...)."""
-        if self._bar is not None:
-            self._bar.update(self._task, description=f"{self.label}: {text}")
-        elif self.lines:
-            self._line(text)
-
-    def call_done(self, method: str) -> None:
-        """One `generate()` call is done (advances the bar)."""
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"{self.label}: {method}")
-
-    def prompt_done(self, done: Any) -> None:
-        """Every method has run on a prompt (a `speckv_hf.bench.harness.PromptDone`): one line off a terminal."""
-        if not self.lines:
-            return
-        if done.repeat < 0:
-            self._line(f"warm-up prompt {done.index + 1}/{done.prompts} ({done.prompt_id}) done")
-            return
-        where = f"repeat {done.repeat + 1}/{done.repeats}, " if done.repeats > 1 else ""
-        self._line(
-            f"{where}prompt {done.index + 1}/{done.prompts} ({done.prompt_id}): {len(done.calls)} calls, "
-            f"{done.seconds:.1f} s"
-        )
-
-
-def _table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
-    # No edge and one space of padding: nine columns fit 80 characters with the longest default method name.
-    table = Table(
-        title=f"{compression} target (detected: {overall.detected})",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
-    headers = ["method", "paired", "IQR", "tok/s", "oracle", "tok/fwd", "acc", "mism"]
-    if repeats > 1:
-        headers.insert(4, "range")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "method" else "right", no_wrap=True)
-    for r in rows:
-        cells = [
-            r.method,
-            f"{r.median_speedup:.2f}x",
-            f"{r.iqr_speedup[0]:.2f}-{r.iqr_speedup[1]:.2f}",
-            f"{r.median_tokens_per_s:.1f}",
-            "-" if r.paired_of_oracle is None else f"{r.paired_of_oracle:.2f}",
-            f"{r.tokens_per_target_forward:.2f}",
-            "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
-            "-" if r.mismatches is None else _mismatch_cell(r),
-        ]
-        if repeats > 1:
-            cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}" if r.repeat_speedups else "-")
-        table.add_row(*cells)
-    return table
-
-
-def _repeat_table(rates: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"repeats in target-only's output ({rates['ngram']}-grams seen before)",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
-    for header in ("task", "calls", "new tok", "repeated", "in prompt", "own output"):
-        table.add_column(header, justify="left" if header == "task" else "right", no_wrap=True)
-    for task, row in [*rates["tasks"].items(), ("all", rates["all"])]:
-        cells = [f"{row['rate']:.0%}", f"{row['prompt_rate']:.0%}", f"{row['output_rate']:.0%}"]
-        table.add_row(task, str(row["calls"]), str(row["tokens"]), *cells)
-    return table
-
-
-def _mismatch_cell(row: Any) -> str:
-    hard = row.mismatches - row.near_tie_mismatches
-    if hard:
-        return f"[bold red]{hard}![/bold red]"
-    return f"{row.mismatches}~" if row.mismatches else "0"
-
-
-def _verdict_lines(overall: Any, repeats: int) -> list[str]:
-    from ..bench.markdown import vs_best_fixed_text
-
-    lines = []
-    if overall.best_fixed is not None:
-        lines.append(f"best constant γ of our loop: {overall.best_fixed} (highest paired speedup)")
-    for method, ratio in overall.vs_best_fixed.items():
-        lines.append(vs_best_fixed_text(method, ratio))
-    if overall.measured_oracle_tokens_per_s is not None and overall.modeled_oracle_tokens_per_s is not None:
-        lines.append(
-            f"oracle: {overall.measured_oracle_tokens_per_s:.1f} tok/s measured, "
-            f"{overall.modeled_oracle_tokens_per_s:.1f} modeled (bare forwards)"
-        )
-    for warning in overall.warnings:
-        lines.append(f"[bold yellow]warning:[/bold yellow] {escape(warning['message'])}")
-    lines.append(
-        "paired: median over calls of each call's speedup over target-only on the same prompt, run next to it; "
-        "IQR: their interquartile range; tok/s: the median call; oracle: paired, over the oracle; acc: acceptance"
-    )
-    if repeats > 1:
-        lines.append("range: lowest and highest paired speedup across repeats")
-    lines.append("mism: outputs unlike target-only's (~ at near-ties, ! elsewhere)")
-    return lines

@@ -38,7 +38,7 @@ def demo(
     from ..bench.pairs import load_pair_for, quiet_transformers
     from ..bench.prompts import demo_prompts
     from ..bench.summary import summarize
-    from .bench import ProgressReport
+    from ._progress import ProgressReport
 
     console = Console()
     with console.status("loading the embedded pair"):

@@ -1,0 +1,90 @@
+"""What `speckv bench` prints for each compression: the results table, the repeat rates, the verdict lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["repeat_table", "results_table", "verdict_lines"]
+
+
+def results_table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
+    # No edge and one space of padding: nine columns fit 80 characters with the longest default method name.
+    table = Table(
+        title=f"{compression} target (detected: {overall.detected})",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        title_justify="left",
+    )
+    headers = ["method", "paired", "IQR", "tok/s", "oracle", "tok/fwd", "acc", "mism"]
+    if repeats > 1:
+        headers.insert(4, "range")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "method" else "right", no_wrap=True)
+    for r in rows:
+        cells = [
+            r.method,
+            f"{r.median_speedup:.2f}x",
+            f"{r.iqr_speedup[0]:.2f}-{r.iqr_speedup[1]:.2f}",
+            f"{r.median_tokens_per_s:.1f}",
+            "-" if r.paired_of_oracle is None else f"{r.paired_of_oracle:.2f}",
+            f"{r.tokens_per_target_forward:.2f}",
+            "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
+            "-" if r.mismatches is None else mismatch_cell(r),
+        ]
+        if repeats > 1:
+            cells.insert(4, f"{min(r.repeat_speedups):.2f}-{max(r.repeat_speedups):.2f}" if r.repeat_speedups else "-")
+        table.add_row(*cells)
+    return table
+
+
+def repeat_table(rates: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"repeats in target-only's output ({rates['ngram']}-grams seen before)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        title_justify="left",
+    )
+    for header in ("task", "calls", "new tok", "repeated", "in prompt", "own output"):
+        table.add_column(header, justify="left" if header == "task" else "right", no_wrap=True)
+    for task, row in [*rates["tasks"].items(), ("all", rates["all"])]:
+        cells = [f"{row['rate']:.0%}", f"{row['prompt_rate']:.0%}", f"{row['output_rate']:.0%}"]
+        table.add_row(task, str(row["calls"]), str(row["tokens"]), *cells)
+    return table
+
+
+def mismatch_cell(row: Any) -> str:
+    hard = row.mismatches - row.near_tie_mismatches
+    if hard:
+        return f"[bold red]{hard}![/bold red]"
+    return f"{row.mismatches}~" if row.mismatches else "0"
+
+
+def verdict_lines(overall: Any, repeats: int) -> list[str]:
+    from ..bench.markdown import vs_best_fixed_text
+
+    lines = []
+    if overall.best_fixed is not None:
+        lines.append(f"best constant γ of our loop: {overall.best_fixed} (highest paired speedup)")
+    for method, ratio in overall.vs_best_fixed.items():
+        lines.append(vs_best_fixed_text(method, ratio))
+    if overall.measured_oracle_tokens_per_s is not None and overall.modeled_oracle_tokens_per_s is not None:
+        lines.append(
+            f"oracle: {overall.measured_oracle_tokens_per_s:.1f} tok/s measured, "
+            f"{overall.modeled_oracle_tokens_per_s:.1f} modeled (bare forwards)"
+        )
+    for warning in overall.warnings:
+        lines.append(f"[bold yellow]warning:[/bold yellow] {escape(warning['message'])}")
+    lines.append(
+        "paired: median over calls of each call's speedup over target-only on the same prompt, run next to it; "
+        "IQR: their interquartile range; tok/s: the median call; oracle: paired, over the oracle; acc: acceptance"
+    )
+    if repeats > 1:
+        lines.append("range: lowest and highest paired speedup across repeats")
+    lines.append("mism: outputs unlike target-only's (~ at near-ties, ! elsewhere)")
+    return lines
