@@ -11,7 +11,7 @@ from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
 from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
 from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods, split_methods
 from speckv_hf.bench.prompts import PromptItem
-from speckv_hf.bench.summary import summarize
+from speckv_hf.bench.summary import is_constant, summarize
 
 from .conftest import prompt
 
@@ -81,6 +81,11 @@ def test_methods_take_generator_and_policy_settings_in_brackets():
 def test_split_methods_keeps_commas_inside_settings(specs):
     written = [name + (f"[{','.join(items)}]" if items else "") for name, items in specs]
     assert split_methods(" , ".join(written)) == list(dict.fromkeys(written))
+
+
+def test_only_plain_fixed_methods_are_candidates_for_the_best_constant():
+    assert is_constant("fixed:3") and is_constant("fixed:12")
+    assert not any(map(is_constant, ["fixed:3[warm_start=False]", "compiled:fixed:3", "context+fixed:3", "fixed"]))
 
 
 def test_parse_prompt_lookup_methods():

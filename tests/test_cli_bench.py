@@ -94,6 +94,20 @@ def test_bench_own_pair_writes_valid_json_markdown_and_plots(pair_dirs, tmp_path
     ]
 
 
+def test_bench_prints_a_methods_settings_as_written(pair_dirs):
+    # Brackets are rich markup to the console: the settings must come out literally, in the table and the verdicts,
+    # and a constant with settings is compared with the best plain constant, not a candidate for it.
+    args = ["bench", "--target", str(pair_dirs / "target"), "--draft", str(pair_dirs / "draft")]
+    args += ["--prompts", str(pair_dirs / "prompts.jsonl"), "--max-new-tokens", "6", "--repeats", "1"]
+    args += ["--methods", "fixed:2,fixed:2[warm_start=False],context+fixed:2[max_guesses=0]"]
+    result = _invoke(args, columns=120)
+    assert result.exit_code == 0, result.output
+    assert "best constant γ of our loop: fixed:2 (highest paired speedup)" in result.stdout
+    for name in ("fixed:2[warm_start=False]", "context+fixed:2[max_guesses=0]"):
+        assert f"\n{name} " in result.stdout  # its table row
+        assert f"{name}: " in result.stdout and "x the best constant" in result.stdout  # its verdict line
+
+
 def test_bench_embedded_pair_default(tmp_path):
     result = _invoke(["bench", "--prompts-per-task", "1", "--max-new-tokens", "8", "--methods", "fixed:2,oracle"])
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .summary import CompressionSummary, MethodSummary
+from .summary import CompressionSummary, MethodSummary, is_constant
 
 __all__ = ["bench_figures", "bench_plots"]
 
@@ -89,7 +89,7 @@ def _histogram_figure(
             for r in results
             if r.compression == overall.compression
             and getattr(r, attribute)
-            and (not r.method.startswith("fixed:") or r.method == overall.best_fixed)
+            and (not is_constant(r.method) or r.method == overall.best_fixed)
         ]
         keys = sorted({k for r in shown for k in getattr(r, attribute) if k <= _MAX_SHOWN})
         width = 0.8 / max(len(shown), 1)

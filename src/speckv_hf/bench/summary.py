@@ -22,7 +22,7 @@ from .measure import Divergence
 from .paired import paired_ratios, quartiles
 from .repeats import repeat_rates_by_task
 
-__all__ = ["CompressionSummary", "MethodSummary", "summarize"]
+__all__ = ["CompressionSummary", "MethodSummary", "is_constant", "summarize"]
 
 
 @dataclass
@@ -96,7 +96,7 @@ class CompressionSummary:
         compression: the name asked for.
         detected: what `detect_compression` reads from the loaded target.
         best_fixed: the `fixed:K` of our own loop with the highest paired speedup over target-only (None when none
-            ran).
+            ran; a `fixed:K[...]` with settings is compared with it, not a candidate).
         best_fixed_tokens_per_s: its tokens per second (total).
         vs_best_fixed: for each other SpecKV method and the oracle, the median over prompts and repeats of its call's
             tokens per second over the best constant's call on the same prompt (`paired`, the figure to read), their
@@ -129,6 +129,13 @@ class CompressionSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     repeat_rates: dict[str, Any] | None = None
+
+
+def is_constant(method: str) -> bool:
+    """Whether `method` is a constant γ of our own loop, a candidate for the best constant: `fixed:K` as such, not
+    compiled and without settings (a `fixed:K[...]` or `compiled:fixed:K` is compared with the best one instead)."""
+    head, _, k = method.partition(":")
+    return head == "fixed" and k.isdigit()
 
 
 def _merge(histograms: Sequence[dict[int, int] | None]) -> dict[int, int] | None:
@@ -188,13 +195,13 @@ def summarize(
         for method, calls in by_method.items()
     ]
     overall = CompressionSummary(compression=compression, detected=detected, measured_oracle_tokens_per_s=oracle_rate)
-    fixed = [s for s in summaries if s.method.startswith("fixed:")]
+    fixed = [s for s in summaries if is_constant(s.method)]
     if fixed:
         # Chosen by the paired figure, so that one stalled call cannot make another constant look best.
         best = max(fixed, key=lambda s: (s.median_speedup, s.median_tokens_per_s))
         overall.best_fixed, overall.best_fixed_tokens_per_s = best.method, best.tokens_per_s
         for summary in summaries:
-            if summary.kind in {"speckv", "oracle"} and not summary.method.startswith("fixed:"):
+            if summary.kind in {"speckv", "oracle"} and not is_constant(summary.method):
                 ratios = paired_ratios(by_method[summary.method], by_method[best.method])
                 q1, median, q3 = quartiles(ratios) if ratios else (0.0, 0.0, 0.0)
                 overall.vs_best_fixed[summary.method] = {

@@ -12,6 +12,7 @@ __all__ = ["repeat_table", "results_table", "verdict_lines"]
 
 
 def results_table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
+    """One compression's results, a row per method (rich markup in the cells; method names escaped)."""
     # No edge and one space of padding: nine columns fit 80 characters with the longest default method name.
     table = Table(
         title=f"{compression} target (detected: {overall.detected})",
@@ -27,7 +28,7 @@ def results_table(compression: str, overall: Any, rows: list, repeats: int) -> T
         table.add_column(header, justify="left" if header == "method" else "right", no_wrap=True)
     for r in rows:
         cells = [
-            r.method,
+            escape(r.method),  # settings in brackets are no markup: `context+adaptive[max_guesses=0]`
             f"{r.median_speedup:.2f}x",
             f"{r.iqr_speedup[0]:.2f}-{r.iqr_speedup[1]:.2f}",
             f"{r.median_tokens_per_s:.1f}",
@@ -66,13 +67,15 @@ def mismatch_cell(row: Any) -> str:
 
 
 def verdict_lines(overall: Any, repeats: int) -> list[str]:
+    """The lines under the table: the best constant, each method against it, warnings, the legend (rich markup,
+    names escaped)."""
     from ..bench.markdown import vs_best_fixed_text
 
     lines = []
     if overall.best_fixed is not None:
-        lines.append(f"best constant γ of our loop: {overall.best_fixed} (highest paired speedup)")
+        lines.append(f"best constant γ of our loop: {escape(overall.best_fixed)} (highest paired speedup)")
     for method, ratio in overall.vs_best_fixed.items():
-        lines.append(vs_best_fixed_text(method, ratio))
+        lines.append(escape(vs_best_fixed_text(method, ratio)))
     if overall.measured_oracle_tokens_per_s is not None and overall.modeled_oracle_tokens_per_s is not None:
         lines.append(
             f"oracle: {overall.measured_oracle_tokens_per_s:.1f} tok/s measured, "

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 __all__ = ["ProgressReport"]
@@ -61,7 +62,7 @@ class ProgressReport:
     def call_done(self, method: str) -> None:
         """One `generate()` call is done (advances the bar)."""
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"{self.label}: {method}")
+            self._bar.update(self._task, advance=1, description=f"{self.label}: {escape(method)}")  # `x[k=v]`
 
     def prompt_done(self, done: Any) -> None:
         """Every method has run on a prompt (a `speckv_hf.bench.harness.PromptDone`): one line off a terminal."""
