@@ -130,19 +130,39 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
 
     for m in names:
         lines.append(f"| {m} | {paired[m]:.2f}× | " + " | ".join(by_task(m, "target-only")) + " |")
+    runs = sorted({c.repeat for c in reference})
+    held_out = len(runs) > 1  # each run against the constant best in the other runs
+    last = "; last, over the constant best in the other runs (chosen without the run's own calls):"
     lines += [
         "",
         f"Over the best constant chain of our loop (`{best}`, by paired median), paired per call: median (IQR) "
-        "pooled, then per task:",
+        "pooled, then per task" + (last if held_out else ":"),
         "",
-        "| method | all | " + " | ".join(tasks) + " |",
-        "|---|---:|" + "---:|" * len(tasks),
+        "| method | all | " + " | ".join(tasks) + " |" + (" other runs' best |" if held_out else ""),
+        "|---|---:|" + "---:|" * len(tasks) + ("---:|" if held_out else ""),
     ]
+
+    def in_run(calls: list[_Call], run: int, inside: bool = True) -> list[_Call]:
+        return [c for c in calls if (c.repeat == run) == inside]
+
+    # Per run, the constant with the best paired median over the other runs' calls.
+    chosen = {
+        run: max(constants, key=lambda k, r=run: _median(paired_ratios(in_run(by_method[k], r, False), reference)))
+        for run in runs
+    }
+
+    def other_runs_best(method: str) -> str:
+        ratios = []
+        for run in runs:
+            ratios += paired_ratios(in_run(by_method[method], run), in_run(by_method[chosen[run]], run))
+        return f" {_median(ratios):.2f}× |"
+
     for m in names:
         if m.startswith("fixed:"):
             continue
         q1, median, q3 = quartiles(paired_ratios(by_method[m], by_method[best]))
-        lines.append(f"| {m} | {median:.2f}× ({q1:.2f}–{q3:.2f}) | " + " | ".join(by_task(m, best)) + " |")
+        row = f"| {m} | {median:.2f}× ({q1:.2f}–{q3:.2f}) | " + " | ".join(by_task(m, best)) + " |"
+        lines.append(row + (other_runs_best(m) if held_out else ""))
     rates = []
     for task in tasks:
         tokens, repeated, in_prompt = entry["repeats"][task]
