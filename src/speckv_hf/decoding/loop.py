@@ -18,7 +18,7 @@ the pad token after its end.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,12 +26,12 @@ import torch
 from ..core.context_source import ContextProposal, ContextSource
 from ..core.ngram import NgramIndex
 from ..core.signals import TokenSignals, batch_token_signals
-from ..policies.base import DraftState, StepOutcome
+from ..policies.base import DraftState
 from . import kv_cache
 from .context_candidates import context_columns, count_guessed, guesses_for, plan_run, quorum_runs
 from .coupling import GumbelNoise
 from .loop_call import LoopCall, LoopSettings
-from .step import RecentRate, StepTimes, ask_policy, observe_step, step_record, throughput_bar
+from .step import RecentRate, StepCandidates, account_step, ask_policy, throughput_bar
 from .verification import accept_greedy, accept_sampled
 
 if TYPE_CHECKING:
@@ -63,32 +63,6 @@ def run_loop(
         and `pad_token_id` after its end, as target-alone `generate()` returns.
     """
     return _Loop(call, settings, target, draft).run(input_ids, attention_mask)
-
-
-@dataclass
-class _Drafts:
-    """A step's candidates (context tokens first, then drafted ones, per row), and how long drafting took.
-
-    Attributes:
-        tokens (`torch.LongTensor` of shape `(rows, k)`): the candidates (pad where `valid` is False).
-        valid (`torch.BoolTensor` of shape `(rows, k)`): which columns are candidates (a prefix per row).
-        signals: per row, the signals of its drafted tokens (context tokens have none).
-        context: per row, how many of its candidates came from the context (its first ones).
-        proposals: per row, the proposal its context candidates were taken from (None where it took none).
-        probs: per column, the processed draft distributions `(rows, vocab)` where a draft forward produced that
-            column, else None (speculative sampling only; context candidates are one-hot proposals).
-        forwards: draft forwards of the step.
-        times: the step's drafting times (first and later drafted tokens).
-    """
-
-    tokens: torch.Tensor
-    valid: torch.Tensor
-    signals: list[list[TokenSignals]]
-    context: list[int]
-    proposals: list[ContextProposal | None]
-    probs: list[torch.Tensor | None] = field(default_factory=list)
-    forwards: int = 0
-    times: StepTimes = field(default_factory=StepTimes)
 
 
 class _Loop:
@@ -150,7 +124,18 @@ class _Loop:
         times.draft, times.verify = verify_start - started, verified - verify_start
         self._verified(batch, step)
         appended, finished = self._append(batch, drafts.tokens, num_accepted, next_tokens)
-        self._record(batch, step, drafts, num_accepted, appended)
+        account_step(
+            self.call,
+            self.recent,
+            step,
+            drafts,
+            num_accepted,
+            appended,
+            rows=batch.rows.tolist(),
+            full_batch=batch.size == self.batch_size,
+            verified_width=self._verified_width(int(drafts.valid.shape[1])),
+            timed=self.step_timed,
+        )
         self._stream(batch, finished)
         return num_accepted, next_tokens, appended, finished, verified
 
@@ -187,7 +172,7 @@ class _Loop:
         self.call.stats.policy_seconds += self.clock.now() - start
         return planned
 
-    def _draft(self, batch: kv_cache.RowLayout, step: int) -> _Drafts:
+    def _draft(self, batch: kv_cache.RowLayout, step: int) -> StepCandidates:
         """The step's candidates, column by column: each row's context run, then drafted tokens.
 
         A column needs a draft forward only where a row drafts in it; the columns before it that the draft has not
@@ -225,7 +210,7 @@ class _Loop:
 
         drafting = [self.uses_draft and caps[b] > context[b] and ask(b) for b in range(n)]
         open_rows = [cap > 0 for cap in caps]  # rows whose next column is still a candidate
-        drafts = _Drafts(
+        drafts = StepCandidates(
             batch.ids.new_zeros((n, 0)), batch.ids.new_zeros((n, 0), dtype=torch.bool), signals, context, proposals
         )
         columns: list[list[int]] = []
@@ -430,7 +415,7 @@ class _Loop:
         return outputs.logits[:, -keep:].to(batch.ids.device)
 
     # -- verification ---------------------------------------------------------------------------------------------
-    def _verify(self, batch: kv_cache.RowLayout, drafts: _Drafts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _verify(self, batch: kv_cache.RowLayout, drafts: StepCandidates) -> tuple[torch.Tensor, torch.Tensor]:
         drafted, valid = drafts.tokens, drafts.valid
         k = drafted.shape[1]
         feed = torch.cat((batch.ids[:, batch.target_len :], drafted), 1)
@@ -450,7 +435,7 @@ class _Loop:
         batch.target_len = batch.ids.shape[1] + k
         return self._accept(batch, drafts, logits)
 
-    def _accept(self, batch: Any, drafts: _Drafts, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _accept(self, batch: Any, drafts: StepCandidates, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's accepted candidates and next token from the target's logits over its last token and
         candidates (`(rows, k + 1, vocab)`): greedy matching, coupled or speculative sampling.
 
@@ -469,7 +454,7 @@ class _Loop:
         return accept_greedy(processed, drafted, valid)
 
     @staticmethod
-    def _proposals(drafts: _Drafts, vocab_size: int) -> torch.Tensor | None:
+    def _proposals(drafts: StepCandidates, vocab_size: int) -> torch.Tensor | None:
         """The distributions the candidates were proposed from, `(rows, k, vocab)`: the draft's where it drafted,
         one-hot at a context candidate (a deterministic proposal: speculative sampling accepts it with probability
         `p(x)` and, on rejection, samples from `p` without `x`, renormalised)."""
@@ -533,87 +518,7 @@ class _Loop:
         """The verification width a step of `candidates` candidates pays for (its candidates, in this loop)."""
         return candidates
 
-    # -- stats, streaming, output ---------------------------------------------------------------------------------
-    def _record(
-        self,
-        batch: kv_cache.RowLayout,
-        step: int,
-        drafts: _Drafts,
-        num_accepted: torch.Tensor,
-        appended: list[list[int]],
-    ) -> None:
-        call, times = self.call, drafts.times
-        signals, context = drafts.signals, drafts.context
-        emitted = sum(len(a) for a in appended)
-        if self.step_timed:  # a step that compiled a graph (the compiled loop) is no measure of its costs
-            observe_step(
-                call.cost,
-                self.recent,
-                step,
-                candidates=self._verified_width(int(drafts.valid.shape[1])),
-                # A forward that also fed context candidates is not a drafted token's cost: only verification counts.
-                drafted=drafts.forwards > 0 and not any(context),
-                times=times,
-                tokens_per_row=emitted / batch.size,
-                forward_costs=batch.size == self.batch_size,
-            )
-        accepted = num_accepted.tolist()
-        candidates = drafts.valid.sum(-1).tolist()
-        candidate_rows = drafts.tokens.tolist() if call.record_steps else []
-        stats = call.stats
-        context_accepted = [min(a, c) for a, c in zip(accepted, context, strict=True)]
-        stats.record_step(
-            gamma=int(drafts.valid.shape[1]),
-            accepted=max(accepted),
-            tokens=emitted,
-            draft_seconds=times.draft,
-            verify_seconds=times.verify,
-            overhead_seconds=times.overhead,
-            drafted=sum(candidates),
-            accepted_tokens=sum(accepted),
-            context=sum(context),
-            context_accepted=sum(context_accepted),
-        )
-        for b, r in enumerate(batch.rows.tolist()):
-            outcome = StepOutcome(
-                step=step,
-                tokens=signals[b],
-                num_accepted=accepted[b],
-                context_tokens=context[b],
-                context=drafts.proposals[b],
-            )
-            call.policies[r].observe(outcome)
-            record = None
-            if call.record_steps:
-                record = step_record(
-                    step,
-                    candidates=candidates[b],
-                    accepted=accepted[b],
-                    produced=len(appended[b]),
-                    signals=signals[b],
-                    times=times,
-                    candidate_ids=candidate_rows[b][: candidates[b]],
-                    context_tokens=context[b],
-                    context=drafts.proposals[b],
-                )
-            row_stats = stats.rows[r] if stats.rows else stats
-            if row_stats is stats:
-                # One row: the batch's own record is the row's.
-                if record is not None:
-                    stats.steps.append(record)
-                continue
-            row_stats.record_step(
-                gamma=candidates[b],
-                accepted=accepted[b],
-                tokens=len(appended[b]),
-                draft_seconds=times.draft,
-                verify_seconds=times.verify,
-                overhead_seconds=times.overhead,
-                record=record,
-                context=context[b],
-                context_accepted=context_accepted[b],
-            )
-
+    # -- streaming, output ----------------------------------------------------------------------------------------
     def _stream(self, batch: kv_cache.RowLayout, finished: list[bool]) -> None:
         """Streams like transformers' batched decoding: one `(batch_size,)` tensor per new position, pad for rows
         that ended, once every row has that position; a single row streams each step's tokens at once."""

@@ -24,9 +24,10 @@ import torch
 
 from ._transformers import cache_kwarg, static_write_kwargs
 from .compiled import CompiledModels, bucket
-from .loop import _Drafts, _Loop
+from .loop import _Loop
 from .loop_call import LoopCall, LoopSettings
 from .static_cache import StaticLayout
+from .step import StepCandidates
 
 __all__ = ["check_static_models", "run_static_loop", "static_forward", "warm_up"]
 
@@ -261,7 +262,7 @@ class _StaticLoop(_Loop):
         flags[batch.rows] = torch.tensor(valid, dtype=torch.bool, device=device).T
         return tokens, flags
 
-    def _verify(self, batch: StaticLayout, drafts: _Drafts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _verify(self, batch: StaticLayout, drafts: StepCandidates) -> tuple[torch.Tensor, torch.Tensor]:
         k = drafts.tokens.shape[1]
         if k:
             device = batch.tokens.device

@@ -3,21 +3,36 @@ verified step teaches the cost model, and the step's record.
 
 The library's own loop (`speckv_hf.decoding.loop`) and the transformers-loop adapter
 (`speckv_hf.decoding.assisted`) draft and verify differently, but a step is accounted for the same way in both:
-change it here and both change.
+change it here and both change. The own loop's batch steps (their candidates, [`StepCandidates`][], and the whole
+accounting of one, [`account_step`][]) are here too, for its eager and compiled variants.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..core.context_source import ContextProposal
 from ..core.cost import Clock, CostModel
 from ..core.signals import StepSignals, TokenSignals
 from ..core.stats import GenerationStats, StepRecord
-from ..policies.base import DraftPolicy, DraftState
+from ..policies.base import DraftPolicy, DraftState, StepOutcome
 
-__all__ = ["RecentRate", "StepTimes", "ask_policy", "observe_step", "step_record", "throughput_bar"]
+if TYPE_CHECKING:
+    from .loop_call import LoopCall
+
+__all__ = [
+    "RecentRate",
+    "StepCandidates",
+    "StepTimes",
+    "account_step",
+    "ask_policy",
+    "observe_step",
+    "step_record",
+    "throughput_bar",
+]
 
 #: Steps before a call's own recent rate stands in for the long-run rate.
 _RECENT_MIN_STEPS = 3
@@ -178,3 +193,130 @@ def step_record(
         context_tokens=context_tokens,
         context=context if context_tokens else None,
     )
+
+
+@dataclass
+class StepCandidates:
+    """A step's candidates in the library's own loop (context tokens first, then drafted ones, per row), and how
+    long drafting took.
+
+    Attributes:
+        tokens (`torch.LongTensor` of shape `(rows, k)`): the candidates (pad where `valid` is False).
+        valid (`torch.BoolTensor` of shape `(rows, k)`): which columns are candidates (a prefix per row).
+        signals: per row, the signals of its drafted tokens (context tokens have none).
+        context: per row, how many of its candidates came from the context (its first ones).
+        proposals: per row, the proposal its context candidates were taken from (None where it took none).
+        probs: per column, the processed draft distributions `(rows, vocab)` where a draft forward produced that
+            column, else None (speculative sampling only; context candidates are one-hot proposals).
+        forwards: draft forwards of the step.
+        times: the step's drafting times (first and later drafted tokens).
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    signals: list[list[TokenSignals]]
+    context: list[int]
+    proposals: list[ContextProposal | None]
+    probs: list[torch.Tensor | None] = field(default_factory=list)
+    forwards: int = 0
+    times: StepTimes = field(default_factory=StepTimes)
+
+
+def account_step(
+    call: LoopCall,
+    recent: RecentRate,
+    step: int,
+    candidates: StepCandidates,
+    num_accepted: torch.Tensor,
+    appended: list[list[int]],
+    *,
+    rows: list[int],
+    full_batch: bool,
+    verified_width: int,
+    timed: bool = True,
+) -> None:
+    """Accounts for one verified step of the library's own loop: the cost model learns it, the call's statistics
+    (and each row's, for a batch) record it, and each row's policy observes its outcome.
+
+    Args:
+        call: the call.
+        recent: the call's recent rate.
+        step: 0-based index of the step.
+        candidates: the step's candidates.
+        num_accepted (`torch.LongTensor` of shape `(rows,)`): candidates each row accepted.
+        appended: the tokens each row appended.
+        rows: the batch rows' indices in the call.
+        full_batch: whether every row of the call is still in the batch (forward costs are learned only then).
+        verified_width: the verification width the step paid for.
+        timed: whether the step's times measure its costs (not a step that compiled a graph).
+    """
+    times, signals, context = candidates.times, candidates.signals, candidates.context
+    emitted = sum(len(a) for a in appended)
+    if timed:
+        observe_step(
+            call.cost,
+            recent,
+            step,
+            candidates=verified_width,
+            # A forward that also fed context candidates is not a drafted token's cost: only verification counts.
+            drafted=candidates.forwards > 0 and not any(context),
+            times=times,
+            tokens_per_row=emitted / len(rows),
+            forward_costs=full_batch,
+        )
+    accepted = num_accepted.tolist()
+    counts = candidates.valid.sum(-1).tolist()
+    candidate_rows = candidates.tokens.tolist() if call.record_steps else []
+    stats = call.stats
+    context_accepted = [min(a, c) for a, c in zip(accepted, context, strict=True)]
+    stats.record_step(
+        gamma=int(candidates.valid.shape[1]),
+        accepted=max(accepted),
+        tokens=emitted,
+        draft_seconds=times.draft,
+        verify_seconds=times.verify,
+        overhead_seconds=times.overhead,
+        drafted=sum(counts),
+        accepted_tokens=sum(accepted),
+        context=sum(context),
+        context_accepted=sum(context_accepted),
+    )
+    for b, r in enumerate(rows):
+        outcome = StepOutcome(
+            step=step,
+            tokens=signals[b],
+            num_accepted=accepted[b],
+            context_tokens=context[b],
+            context=candidates.proposals[b],
+        )
+        call.policies[r].observe(outcome)
+        record = None
+        if call.record_steps:
+            record = step_record(
+                step,
+                candidates=counts[b],
+                accepted=accepted[b],
+                produced=len(appended[b]),
+                signals=signals[b],
+                times=times,
+                candidate_ids=candidate_rows[b][: counts[b]],
+                context_tokens=context[b],
+                context=candidates.proposals[b],
+            )
+        row_stats = stats.rows[r] if stats.rows else stats
+        if row_stats is stats:
+            # One row: the batch's own record is the row's.
+            if record is not None:
+                stats.steps.append(record)
+            continue
+        row_stats.record_step(
+            gamma=counts[b],
+            accepted=accepted[b],
+            tokens=len(appended[b]),
+            draft_seconds=times.draft,
+            verify_seconds=times.verify,
+            overhead_seconds=times.overhead,
+            record=record,
+            context=context[b],
+            context_accepted=context_accepted[b],
+        )
