@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
 def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
     """The Markdown tables of one compression of a run."""
     from speckv_hf.bench.paired import paired_ratios, quartiles
+    from speckv_hf.bench.summary import is_constant
 
     by_method: dict[str, list[_Call]] = defaultdict(list)
     for row in entry["calls"]:
@@ -109,7 +110,7 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
     tasks = sorted({c.task for c in reference})
     names = [m for m in by_method if m != "target-only"]
     paired = {m: _median(paired_ratios(by_method[m], reference)) for m in names}
-    constants = [m for m in names if m.startswith("fixed:")]
+    constants = [m for m in names if is_constant(m)]
     best = max(constants, key=paired.get)
     mode = f"sampled ({settings['sampling']} sampling)" if settings["do_sample"] else "greedy"
     lines = [
@@ -158,7 +159,7 @@ def report(entry: dict[str, Any], settings: dict[str, Any]) -> str:
         return f" {_median(ratios):.2f}× |"
 
     for m in names:
-        if m.startswith("fixed:"):
+        if is_constant(m):
             continue
         q1, median, q3 = quartiles(paired_ratios(by_method[m], by_method[best]))
         row = f"| {m} | {median:.2f}× ({q1:.2f}–{q3:.2f}) | " + " | ".join(by_task(m, best)) + " |"

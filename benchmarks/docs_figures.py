@@ -180,7 +180,9 @@ class Run:
         per-call records; without them, the document's `best_fixed` (older harnesses picked it by totals)."""
         if not self.calls and self.overall.get(compression, {}).get("best_fixed"):
             return self.overall[compression]["best_fixed"]
-        fixed = [m for m in self.methods(compression) if m.startswith("fixed:")]
+        from speckv_hf.bench.summary import is_constant
+
+        fixed = [m for m in self.methods(compression) if is_constant(m)]
         scored = [(self.paired(compression, m, REFERENCE), m) for m in fixed]
         scored = [(q[1], m) for q, m in scored if q is not None]
         if not scored:

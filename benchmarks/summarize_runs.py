@@ -28,8 +28,10 @@ def _by_method(document: dict[str, Any], field: str) -> dict[tuple[str, str], fl
 
 def _held_out_constant(speedups: list[dict[tuple[str, str], float]], run: int, compression: str) -> str | None:
     """The `fixed:K` with the best mean speedup at `compression` over every run but `run`."""
+    from speckv_hf.bench.summary import is_constant
+
     others = [s for i, s in enumerate(speedups) if i != run]
-    constants = {m for s in others for (c, m) in s if c == compression and m.startswith("fixed:")}
+    constants = {m for s in others for (c, m) in s if c == compression and is_constant(m)}
     scores = {m: [s[(compression, m)] for s in others if (compression, m) in s] for m in constants}
     scores = {m: sum(v) / len(v) for m, v in scores.items() if len(v) == len(others)}
     return max(scores, key=scores.__getitem__) if scores else None
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="JSON files written by speckv bench --json")
     args = parser.parse_args(argv)
+    from speckv_hf.bench.summary import is_constant
+
     documents = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.runs]
     methods = sorted({m for d in documents for c in d["compressions"] for m in c["vs_best_fixed"]})
     print("| run | compression | target-only tok/s | best constant | " + " | ".join(methods) + " |")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             values = [s[(compression, method)] for s in speedups if (compression, method) in s]
             if len(values) == len(speedups):
                 means[method] = sum(values) / len(values)
-        constants = {m: v for m, v in means.items() if m.startswith("fixed:")}
+        constants = {m: v for m, v in means.items() if is_constant(m)}
         if not constants:
             continue
         best = max(constants, key=constants.__getitem__)

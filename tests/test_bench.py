@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from speckv_hf.bench.harness import CallRecord, encode_prompts, run_benchmark
 from speckv_hf.bench.measure import Divergence, first_divergence, measure_draft_forward, measure_forward_costs
-from speckv_hf.bench.methods import DEFAULT_METHODS, HF_PROMPT_LOOKUP_TOKENS, parse_methods, split_methods
+from speckv_hf.bench.methods import (
+    DEFAULT_METHODS,
+    HF_PROMPT_LOOKUP_TOKENS,
+    check_methods,
+    parse_methods,
+    split_methods,
+)
 from speckv_hf.bench.prompts import PromptItem
 from speckv_hf.bench.summary import is_constant, summarize
 
@@ -62,6 +68,10 @@ def test_methods_take_generator_and_policy_settings_in_brackets():
     assert methods[3].settings == {"loop": "transformers"}  # a bare word is text
     assert methods[4].sampling == "coupled" and methods[4].settings == {}
     assert methods[5].compiled and methods[5].settings == {"batch_quorum": 1.0}
+    # Spaces are dropped from the name; true/false/none in any case are Python's.
+    spaced = parse_methods("adaptive [ warm_start = false , cost_ratio = NONE ]")[1]
+    assert spaced.name == "adaptive[warm_start=false,cost_ratio=NONE]"
+    assert spaced.settings == {"warm_start": False, "cost_ratio": None}
     # The same name with and without settings are two methods, side by side.
     assert [m.name for m in parse_methods("adaptive,adaptive[max_tokens=3]")[1:]] == [
         "adaptive",
@@ -115,6 +125,16 @@ def test_parse_prompt_lookup_methods():
         ("oracle[max_tokens=4]", "apply to SpecKV policies"),
         ("hf-default[max_tokens=4]", "apply to SpecKV policies"),
         ("adaptive[max_guesses=0]", "unexpected keyword argument 'max_guesses'"),
+        ("adaptive[warm_start=no]", "is no Python value: .* quote text"),
+        ("adaptive[x='a,b']", "is no Python value: .* a value holds no comma"),
+        ("adaptive[warm_start=1]", "warm_start takes True or False"),
+        ("adaptive[probe_every=3.5]", "probe_every takes an integer"),
+        ("adaptive[probe_every=True]", "probe_every takes an integer"),
+        ("adaptive[cost_ratio=abc]", "is no Python value"),
+        ("adaptive[cost_ratio='abc']", "cost_ratio takes a number or None"),
+        ("fixed:4[num_tokens=2]", "sets num_tokens already"),
+        ("context+fixed:4[num_tokens=2]", "sets num_tokens already"),
+        ("fixed:2],fixed:3", r"NAME\[key=value,...\]"),
         ("adaptive[context_memory=64]", "use a context policy"),
         ("adaptive[sampling=nope]", "sampling must be one of"),
         ("compiled:adaptive[loop=transformers]", "drop loop='transformers'"),
@@ -206,24 +226,41 @@ def test_a_methods_settings_reach_its_generator(llama_pairs, monkeypatch):
     import speckv_hf.bench.harness as harness
 
     built = {}
+    original = harness.speckv_generator
 
-    class Recording(harness.SpecKVGenerator):
-        def __init__(self, policy, **kwargs):
-            super().__init__(policy, **kwargs)
-            built[self.policy.config()["name"], self.loop, self.policy.config().get("max_guesses")] = kwargs
+    def recording(method, sampling="auto"):
+        generator = original(method, sampling)
+        config = generator.policy.config()
+        built[config["name"], generator.loop, config.get("max_guesses")] = method.settings
+        return generator
 
-    monkeypatch.setattr(harness, "SpecKVGenerator", Recording)
+    monkeypatch.setattr(harness, "speckv_generator", recording)
     target, draft = llama_pairs["llama-noisy"]
     methods = parse_methods("context+fixed:2,context+fixed:2[max_guesses=0],fixed:2[loop=transformers]")
     records, reference = run_benchmark(target, draft, _prompts(2), methods, max_new_tokens=10)
     assert all(r.output == reference[r.prompt_id] for r in records)
     assert len(records) == 2 * 4
-    assert set(built) == {
-        ("context+fixed", "speckv", 8),
-        ("context+fixed", "speckv", 0),
-        ("fixed", "transformers", None),
+    assert built == {
+        ("context+fixed", "speckv", 8): {},
+        ("context+fixed", "speckv", 0): {"max_guesses": 0},
+        ("fixed", "transformers", None): {"loop": "transformers"},
     }
-    assert built["fixed", "transformers", None]["loop"] == "transformers"
+
+
+def test_settings_the_runs_sampling_refuses_fail_before_any_forward(llama_pairs):
+    methods = parse_methods("fixed:2,fixed:2[loop=transformers]")
+    check_methods(methods, "speculative")  # transformers' loop samples speculatively
+    with pytest.raises(ValueError, match=r"method 'fixed:2\[loop=transformers\]' cannot run here: .*coupled"):
+        check_methods(methods, "coupled")
+    target, draft = llama_pairs["llama-noisy"]
+    calls = []
+    handle = target.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="cannot run here"):
+            run_benchmark(target, draft, _prompts(1), methods, do_sample=True, sampling="coupled")
+    finally:
+        handle.remove()
+    assert not calls
 
 
 def test_run_benchmark_refuses_bad_settings(llama_pairs):

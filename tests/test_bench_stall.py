@@ -96,6 +96,24 @@ def test_an_oracle_below_on_the_paired_figure_is_flagged():
     assert all(w["kind"] != "stall" for w in overall.warnings)  # each call slower alike: no stall
 
 
+def test_each_oracle_is_checked_against_the_methods_it_knows_about():
+    # The context's oracle and a context method with settings, both fast: the draft's oracle is not expected to beat
+    # a context method (whatever its settings or loop), the context's oracle is expected to beat the constants.
+    renamed = {"adaptive": "context+adaptive[max_guesses=0]"}
+    records = [dataclasses.replace(r, method=renamed.get(r.method, r.method)) for r in _calls()]
+    slow = [r for r in _calls() if r.method == "oracle"]
+    records += [dataclasses.replace(r, method="context+oracle", seconds=r.seconds * 2) for r in slow]  # 1.1x
+    records += [
+        dataclasses.replace(r, method="compiled:context+adaptive", seconds=r.seconds / 4)
+        for r in _calls()
+        if r.method == "adaptive"
+    ]  # far above the draft's oracle, as context methods may be
+    rows, overall = _summary(records)
+    assert rows["context+oracle"].kind == "oracle" and rows["target-only"].kind == "target"
+    below = {(w["method"], w["other"]) for w in overall.warnings if w["kind"] == "oracle_below"}
+    assert below == {("context+oracle", "fixed:2"), ("context+oracle", "fixed:4")}
+
+
 def test_the_spread_of_legitimately_different_prompts_is_not_a_stall():
     # Prompts at 50-200 tok/s: the total (a harmonic mean) sits well below the median, within the calls' spread.
     records = [CallRecord("fixed:2", f"p{i}", "task", 0, _TOKENS / rate, _TOKENS, 10, 10) for i, rate in

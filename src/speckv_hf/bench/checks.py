@@ -119,5 +119,7 @@ def _oracle_below(
 
 
 def _uses_context(method: str) -> bool:
-    """Whether a method's candidates come from the context too (beyond what the oracle knows)."""
-    return method == "context" or method.startswith(("context+", "hf-prompt-lookup"))
+    """Whether a method's candidates come from the context too (beyond what the oracle knows), whatever its loop
+    (`compiled:`) or settings (`[...]`)."""
+    name = method.removeprefix("compiled:").partition("[")[0]
+    return name == "context" or name.startswith(("context+", "hf-prompt-lookup"))

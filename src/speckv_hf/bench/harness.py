@@ -23,7 +23,7 @@ from ..decoding.coupling import SAMPLING_SETTINGS
 from ..decoding.generator import SpecKVGenerator
 from ..policies.oracle import ContextOraclePolicy, OraclePolicy, acceptance_runs
 from .measure import ForwardCounter
-from .methods import DEFAULT_METHODS, HF_DEFAULTS, Method, parse_methods
+from .methods import DEFAULT_METHODS, HF_DEFAULTS, Method, check_methods, parse_methods, speckv_generator
 from .prompts import PromptItem
 
 __all__ = ["CallRecord", "EncodedPrompt", "PromptDone", "encode_prompts", "run_benchmark"]
@@ -182,10 +182,7 @@ class _Harness:
         elif method.kind == "speckv":
             generator = self.generators.get(method.name)
             if generator is None:
-                sampling = method.sampling or self.sampling
-                generator = SpecKVGenerator(
-                    method.policy, sampling=sampling, compile=method.compiled, **method.settings
-                )
+                generator = speckv_generator(method, self.sampling)
                 self.generators[method.name] = generator
                 if method.compiled:  # every feed length now, so that no measured call compiles
                     generator.warmup(
@@ -284,7 +281,8 @@ def run_benchmark(
         The measured calls, and the reference (target-alone greedy) output per prompt id.
 
     Raises:
-        ValueError: for the oracle with `do_sample=True`, for `repeats < 1` or no prompts, duplicate prompt ids, or
+        ValueError: for the oracle with `do_sample=True`, a SpecKV method whose settings the run's sampling refuses
+            (`check_methods`), for `repeats < 1` or no prompts, duplicate prompt ids, or
             an unknown sampling scheme.
     """
     methods = list(methods) if methods is not None else parse_methods(DEFAULT_METHODS)
@@ -293,6 +291,7 @@ def run_benchmark(
     if sampling not in SAMPLING_SETTINGS or any(m.sampling not in (None, *SAMPLING_SETTINGS) for m in methods):
         given = sorted({sampling, *(m.sampling for m in methods if m.sampling is not None)} - set(SAMPLING_SETTINGS))
         raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SETTINGS))}, got {given[0]!r}.")
+    check_methods(methods, sampling)  # every generator setting, before any forward
     if repeats < 1 or not prompts:
         raise ValueError("run_benchmark needs at least one prompt and repeats >= 1.")
     if len({p.item.id for p in prompts}) != len(prompts):

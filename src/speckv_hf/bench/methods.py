@@ -11,7 +11,16 @@ from typing import Any
 from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 
-__all__ = ["DEFAULT_METHODS", "HF_DEFAULTS", "HF_PROMPT_LOOKUP_TOKENS", "Method", "parse_methods", "split_methods"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "HF_DEFAULTS",
+    "HF_PROMPT_LOOKUP_TOKENS",
+    "Method",
+    "check_methods",
+    "parse_methods",
+    "speckv_generator",
+    "split_methods",
+]
 
 #: What `speckv bench` runs when `--methods` is not given (`fixed:1-8` stands for `fixed:1` ... `fixed:8`).
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -110,7 +119,7 @@ def split_methods(text: str) -> list[str]:
         if char == "[":
             depth += 1
         elif char == "]":
-            depth -= 1
+            depth = max(depth - 1, 0)  # a stray bracket is the spec's error, reported when it is parsed
         elif char == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
@@ -161,6 +170,31 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
     return methods
 
 
+def speckv_generator(method: Method, sampling: str = "auto") -> Any:
+    """The `SpecKVGenerator` a SpecKV method runs with: its policy and settings, in the compiled loop for
+    `compiled:`, sampling as `method.sampling` says or else as the run does (`sampling`)."""
+    from ..decoding.generator import SpecKVGenerator
+
+    return SpecKVGenerator(
+        method.policy, sampling=method.sampling or sampling, compile=method.compiled, **method.settings
+    )
+
+
+def check_methods(methods: Iterable[Method], sampling: str = "auto") -> None:
+    """Builds every SpecKV method's generator as a run with `sampling` would, so that a setting the run's sampling
+    refuses (`loop=transformers` with coupled sampling, say) fails before any model loads.
+
+    Raises:
+        ValueError: naming the method and the fix.
+    """
+    for method in methods:
+        if method.kind == "speckv":
+            try:
+                speckv_generator(method, sampling)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"method {method.name!r} cannot run here: {error}") from None
+
+
 def _expand_with_settings(spec: str) -> list[Method]:
     """`_expand` of the spec's name, each method given the spec's settings (`NAME[key=value,...]`)."""
     name, settings, written = _split_settings(spec)
@@ -171,30 +205,68 @@ def _expand_with_settings(spec: str) -> list[Method]:
 
 
 def _split_settings(spec: str) -> tuple[str, dict[str, Any], str]:
-    """`NAME[key=value,...]` -> `(NAME, settings, "key=value,...")`; a spec without brackets has no settings."""
+    """`NAME[key=value,...]` -> `(NAME, settings, "key=value,...")`; a spec without brackets has no settings.
+
+    Values are Python literals (`0`, `0.5`, `True`, `'text'`; `true`/`false`/`none` in any case too), or a bare word
+    for the generator's text settings (`loop=transformers`); the written form drops the spaces around `=` and `,`.
+    """
     if "[" not in spec and "]" not in spec:
         return spec, {}, ""
     name, _, rest = spec.partition("[")
-    body = rest.removesuffix("]")
+    name, body = name.strip(), rest.removesuffix("]")
     if not name or not rest.endswith("]") or "[" in body or "]" in body:
         raise ValueError(
             f"bad method {spec!r}: settings are written NAME[key=value,...], e.g. context+adaptive[max_guesses=0]."
         )
     settings: dict[str, Any] = {}
-    items = [item.strip() for item in body.split(",")]
-    for item in items:
+    written = []
+    for item in body.split(","):
         key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not key.isidentifier() or not value:
-            raise ValueError(f"bad setting {item!r} in method {spec!r}: write key=value, e.g. max_guesses=0.")
+            raise ValueError(
+                f"bad setting {item.strip()!r} in method {spec!r}: write key=value, e.g. max_guesses=0 (a value holds "
+                "no comma)."
+            )
         if key in settings:
             raise ValueError(f"setting {key!r} is given twice in method {spec!r}: keep one.")
         if key in _RESERVED_SETTINGS:
             raise ValueError(f"method {spec!r} cannot set {key!r}: {_RESERVED_SETTINGS[key]}.")
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value  # a bare word: `loop=transformers`
-    return name, settings, ",".join(items)
+        settings[key] = _setting_value(key, value, spec)
+        written.append(f"{key}={value}")
+    return name, settings, ",".join(written)
+
+
+_WORDS = {"true": True, "false": False, "none": None}
+
+
+def _setting_value(key: str, text: str, spec: str) -> Any:
+    """A setting's value, checked against the type `SpecKVGenerator` declares for `key` (the policy checks its own
+    settings when it is built)."""
+    import inspect
+
+    from ..decoding.generator import SpecKVGenerator
+
+    parameter = inspect.signature(SpecKVGenerator.__init__).parameters.get(key)
+    declared = str(parameter.annotation) if parameter is not None and parameter.kind is parameter.KEYWORD_ONLY else ""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.lower() in _WORDS:
+            value = _WORDS[text.lower()]
+        elif declared == "str":
+            return text  # a bare word: `loop=transformers`
+        else:
+            raise ValueError(
+                f"setting {key}={text} in method {spec!r} is no Python value: write a number, True, False or None, "
+                f"or quote text ({key}='...'); a value holds no comma."
+            ) from None
+    kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None))}
+    expected = kinds.get(declared)
+    is_bool = isinstance(value, bool)
+    if expected is not None and not (is_bool if declared == "bool" else isinstance(value, expected) and not is_bool):
+        names = {"bool": "True or False", "int": "an integer", "float": "a number", "float | None": "a number or None"}
+        raise ValueError(f"setting {key}={text} in method {spec!r}: {key} takes {names[declared]}.")
+    return value
 
 
 def _with_settings(method: Method, settings: dict[str, Any], written: str, spec: str) -> Method:

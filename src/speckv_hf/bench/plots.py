@@ -61,7 +61,7 @@ def _rate_figure(plt: Any, results: Sequence[MethodSummary], compressions: Seque
     for ax, overall in zip(axes[:, 0], compressions, strict=True):
         rows = [r for r in results if r.compression == overall.compression]
         _median_bars(ax, rows, [r.median_tokens_per_s for r in rows], [r.iqr_tokens_per_s for r in rows])
-        oracle = next((r for r in rows if r.kind == "oracle"), None)
+        oracle = next((r for r in rows if r.method == "oracle"), None)  # the draft's, which the modeled line prices
         if oracle is not None:
             ax.axhline(oracle.median_tokens_per_s, color="tab:green", ls="--", label="oracle (median call)")
         if overall.modeled_oracle_tokens_per_s:

@@ -320,8 +320,10 @@ def _model_oracle(
 
 
 def _kind(method: str) -> str:
-    if method == "target-only":
+    """The method's kind (as `Method.kind`) from its name: the two oracles in either loop are oracles, the target
+    alone eager or compiled is the target."""
+    if method in ("target-only", "target-compiled"):
         return "target"
-    if method == "oracle":
+    if method.removeprefix("compiled:") in ("oracle", "context+oracle"):
         return "oracle"
     return "hf" if method.startswith("hf-") else "speckv"

@@ -84,7 +84,7 @@ def bench(
     """
     if target is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded pair never needs the network
-    from ..bench.methods import parse_methods, split_methods
+    from ..bench.methods import check_methods, parse_methods, split_methods
     from ..bench.pairs import check_compressions
     from ..bench.prompts import PromptsFileError, demo_prompts, first_per_task, read_prompts_jsonl
 
@@ -114,6 +114,7 @@ def bench(
             fail(f"the oracle is defined on greedy output: drop {dropped} from --methods with --do-sample.")
     try:
         method_list = parse_methods(method_specs)
+        check_methods(method_list, sampling)  # as the run will build them: settings its sampling refuses fail now
         if prompts is None:
             per_task = prompts_per_task or DEFAULT_PROMPTS_PER_TASK
             items, prompts_source = demo_prompts(per_task), f"embedded suite, {per_task} per category"

@@ -87,6 +87,8 @@ def get_policy(policy: str | DraftPolicy, **kwargs: Any) -> DraftPolicy:
     if arg:
         if name != "fixed" or not arg.isdigit():
             raise ValueError(f"bad policy spec {policy!r}: only 'fixed:K' takes an argument, e.g. 'fixed:4'.")
+        if "num_tokens" in kwargs:
+            raise ValueError(f"policy {policy!r} sets num_tokens already: drop num_tokens={kwargs['num_tokens']!r}.")
         kwargs["num_tokens"] = int(arg)
     try:
         policy_object = _POLICIES[name](**kwargs)
