@@ -149,7 +149,8 @@ def parse_methods(specs: str | Iterable[str | Method]) -> list[Method]:
             `compiled:oracle`) runs in the compiled loop. `oracle` drafts the draft's runs known in hindsight;
             `context+oracle` takes the context's tokens the target keeps, then those runs (the measuring stick of
             the context policies). A SpecKV method takes `SpecKVGenerator` settings in brackets,
-            `POLICY[key=value,...]` (values read as Python literals, else as text):
+            `POLICY[key=value,...]` (values are Python literals, `true`/`false`/`none` in any case, or a bare word
+            for a text setting; checked against the types `SpecKVGenerator` declares):
             `context+adaptive[max_guesses=0]`, `context+adaptive[context_memory=4096]`,
             `adaptive[loop=transformers]`, `adaptive[sampling=coupled]`; a range's settings go to each method in
             it. `Method` objects pass through (e.g. a SpecKV method with a policy object).
@@ -271,21 +272,14 @@ def _setting_value(key: str, text: str, spec: str) -> Any:
 
 def _with_settings(method: Method, settings: dict[str, Any], written: str, spec: str) -> Method:
     """The SpecKV `method` with `settings`, checked by building its generator once (no model is touched)."""
-    from ..decoding.generator import SpecKVGenerator
-
     if method.kind != "speckv":
         raise ValueError(
             f"bad method {spec!r}: settings in brackets apply to SpecKV policies (e.g. "
             f"context+adaptive[max_guesses=0]), not to {method.name!r}."
         )
     settings = dict(settings)
-    sampling = settings.pop("sampling", None)
-    try:
-        checked = {**settings, **({"sampling": sampling} if sampling is not None else {})}
-        SpecKVGenerator(method.policy, compile=method.compiled, **checked)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"method {spec!r} cannot be built: {error}") from None
-    return Method(
+    sampling = settings.pop("sampling", None)  # the method's own sampling scheme, as `Method.sampling`
+    with_settings = Method(
         f"{method.name}[{written}]",
         "speckv",
         policy=method.policy,
@@ -293,6 +287,11 @@ def _with_settings(method: Method, settings: dict[str, Any], written: str, spec:
         compiled=method.compiled,
         settings=settings,
     )
+    try:
+        speckv_generator(with_settings)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"method {spec!r} cannot be built: {error}") from None
+    return with_settings
 
 
 def _predictor_method(spec: str) -> Method:
