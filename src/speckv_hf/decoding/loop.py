@@ -18,20 +18,19 @@ the pad token after its end.
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.context_source import ContextProposal, ContextSource
-from ..core.ngram import NgramIndex
-from ..core.signals import TokenSignals, batch_token_signals
+from ..core.context_source import ContextProposal
 from ..policies.base import DraftState
 from . import kv_cache
-from .context_candidates import context_columns, count_guessed, guesses_for, plan_run, quorum_runs
+from .context_candidates import count_guessed, guesses_for, plan_run, quorum_runs
 from .coupling import GumbelNoise
 from .loop_call import LoopCall, LoopSettings
-from .step import RecentRate, StepCandidates, account_step, ask_policy, throughput_bar
+from .rows import CallRows
+from .step import RecentRate, StepCandidates, StepTimes, account_step, ask_policy, throughput_bar
+from .step_columns import StepColumns
 from .verification import accept_greedy, accept_sampled
 
 if TYPE_CHECKING:
@@ -90,7 +89,6 @@ class _Loop:
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
         settings = self.settings
-        prompt_length = input_ids.shape[1]
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         batch = kv_cache.RowLayout(input_ids, mask)
         self._start(input_ids, mask)
@@ -103,7 +101,7 @@ class _Loop:
             step += 1
         if settings.streamer is not None:
             settings.streamer.end()
-        return self._output(input_ids, prompt_length)
+        return self._output(input_ids)
 
     def _step(self, batch: Any, step: int, last_verified: float | None):
         """One step, timed: candidates, verification, new tokens, records, streaming (the layout's own bookkeeping
@@ -148,22 +146,16 @@ class _Loop:
             self.draft_checked = True
 
     def _start(self, input_ids: torch.LongTensor, mask: torch.Tensor) -> None:
-        """The call's per-row state: prompts, new tokens, context indexes, streaming position, coupled noise."""
-        self.batch_size = int(input_ids.shape[0])
-        self.prompts = [row.tolist() for row in input_ids]  # what processors see before the new tokens
-        self.generated: list[list[int]] = [[] for _ in range(self.batch_size)]
-        unpadded = [ids[len(ids) - int(m.sum()) :] for ids, m in zip(self.prompts, mask, strict=True)]
-        self.contexts = [NgramIndex(ids) for ids in unpadded]
-        memory = self.call.memory
-        self.sources = [ContextSource(ids, memory=memory) for ids in unpadded] if self.uses_context else []
-        self.streamed = 0
+        """The call's per-row state (prompts, new tokens, context indexes, streaming) and coupled noise."""
+        self.rows = CallRows(input_ids, mask, uses_context=self.uses_context, memory=self.call.memory)
+        self.batch_size = self.rows.size
         self.noise: GumbelNoise | None = None
 
     # -- candidates -----------------------------------------------------------------------------------------------
     def _plan_context(self, b: int, rows: list[int], step: int, cap: int, bar: float | None, length: int):
         """The row's context candidates: what its context source proposes, as much of it as its policy takes
         (`plan_run`; the policy's time counts as the policy's)."""
-        proposal = self.sources[rows[b]].propose(cap)
+        proposal = self.rows.sources[rows[b]].propose(cap)
         if not proposal.tokens:  # nothing to ask the policy (and no clock to read: on CUDA, a read syncs)
             return (), None, 1.0
         state = DraftState(step=step, tokens=[], max_tokens=cap, throughput=bar, sequence_length=length)
@@ -182,7 +174,7 @@ class _Loop:
         n, length = batch.size, batch.ids.shape[1]
         rows = batch.rows.tolist()
         # Room for the target's token, and at most what one verification holds.
-        caps = [min(settings.max_new_tokens - len(self.generated[r]) - 1, self.max_candidates) for r in rows]
+        caps = [min(settings.max_new_tokens - len(self.rows.generated[r]) - 1, self.max_candidates) for r in rows]
         bar = throughput_bar(call.cost, self.recent)
         runs: list[tuple[int, ...]] = [()] * n
         proposals: list[ContextProposal | None] = [None] * n
@@ -193,140 +185,117 @@ class _Loop:
                     runs[b], proposals[b], prefix[b] = self._plan_context(b, rows, step, caps[b], bar, length)
             runs, proposals = quorum_runs(runs, proposals, caps, settings.quorum)
             prefix = [p if run else 1.0 for p, run in zip(prefix, runs, strict=True)]
-        context = [len(run) for run in runs]
-        signals: list[list[TokenSignals]] = [[] for _ in range(n)]
-
-        def ask(b: int) -> bool:
-            state = DraftState(
-                step=step,
-                tokens=signals[b],
-                max_tokens=caps[b] - context[b],
-                throughput=bar,
-                sequence_length=length,
-                prefix_tokens=context[b],
-                prefix_acceptance=prefix[b],
-            )
-            return ask_policy(call.policies[rows[b]], state, call.stats, self.clock)
-
-        drafting = [self.uses_draft and caps[b] > context[b] and ask(b) for b in range(n)]
-        open_rows = [cap > 0 for cap in caps]  # rows whose next column is still a candidate
-        drafts = StepCandidates(
-            batch.ids.new_zeros((n, 0)), batch.ids.new_zeros((n, 0), dtype=torch.bool), signals, context, proposals
-        )
-        columns: list[list[int]] = []
-        valid_columns: list[list[bool]] = []
-        lasts = [self.contexts[r].tail for r in rows]
+        base = DraftState(step=step, tokens=[], max_tokens=0, throughput=bar, sequence_length=length)
         speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
-        pad = settings.pad_token_id
+        cols = StepColumns(
+            runs,
+            caps,
+            prefix,
+            ask=lambda b, state: ask_policy(call.policies[rows[b]], state, call.stats, self.clock),
+            state=base,
+            contexts=[self.rows.contexts[r] for r in rows],
+            eos_token_ids=settings.eos_token_ids,
+            pad_token_id=settings.pad_token_id,
+            uses_draft=self.uses_draft,
+            keep_probs=speculative,
+        )
+        times, forwards = StepTimes(), 0
         fed = 0  # this step's columns the draft has seen
-
-        def take(j, in_context, draft_rows, probs, token, token_ids) -> None:
-            """Appends column `j`: each row's context candidate or drafted token, with its signals."""
-            predictions = [self.contexts[r].lookup(*lasts[b]) for b, r in enumerate(rows)]
-            row_signals = batch_token_signals(probs, token, j, predictions)
-            column = [pad] * n
-            for b in range(n):
-                if in_context[b]:
-                    column[b] = runs[b][j]
-                elif draft_rows[b] and open_rows[b]:
-                    column[b] = token_ids[b]
-                    position = j - context[b]
-                    signal = row_signals[b]
-                    signals[b].append(signal if position == j else replace(signal, position=position))
-            columns.append(column)
-            valid_columns.append(list(open_rows))
-            if speculative:
-                drafts.probs.append(probs)
-            for b in range(n):
-                lasts[b] = (lasts[b][1], column[b])
-                if not open_rows[b]:
-                    continue
-                if column[b] in settings.eos_token_ids or j + 1 >= caps[b]:
-                    open_rows[b] = drafting[b] = False
-                elif draft_rows[b] and drafting[b]:
-                    drafting[b] = ask(b)
-
         start = self.clock.now()
-        while True:
-            j = len(columns)
-            in_context = [open_rows[b] and j < context[b] for b in range(n)]
-            if not any(open_rows):
-                break
-            draft_rows = [open_rows[b] and not in_context[b] for b in range(n)]
-            wanting = [d and w for d, w in zip(draft_rows, drafting, strict=True)]
+        while any(cols.open):
+            j = len(cols)
+            in_context = cols.in_context()
+            draft_rows = [is_open and not inside for is_open, inside in zip(cols.open, in_context, strict=True)]
+            wanting = [d and w for d, w in zip(draft_rows, cols.drafting, strict=True)]
             if any(draft_rows) and not self._continue(wanting, draft_rows):
                 # No draft forward for this column: the rows past their context run stop here.
-                open_rows = in_context
+                cols.open = in_context
                 draft_rows = [False] * n
-                if not any(open_rows):
+                if not any(cols.open):
                     break
             if not any(draft_rows):
-                # Every open row is inside its context run: take the columns up to the first run's end at once.
-                added = context_columns(columns, valid_columns, runs, open_rows, lasts, pad)
-                if speculative:
-                    drafts.probs.extend([None] * added)
-                for b in range(n):
-                    if open_rows[b] and len(columns) == context[b]:
-                        last = runs[b][-1]
-                        if last in settings.eos_token_ids or context[b] >= caps[b]:
-                            open_rows[b] = drafting[b] = False
+                cols.take_context_runs()  # every open row is inside its run: up to the first run's end at once
                 continue
             # From here on some row drafts in this column (the loop continued above otherwise): one draft forward.
             guesses = None
             if self.guides:
-                sources, policies = [self.sources[r] for r in rows], [call.policies[r] for r in rows]
-                guesses = guesses_for(sources, policies, columns, open_rows, draft_rows, caps, self.max_guesses, pad)
-            logits = self._feed(batch, columns, valid_columns, fed, guesses)
-            drafts.forwards += 1
-            views = self._views(rows)
-            if views and columns:
-                views = [v + [c[b] for c in columns] for b, v in enumerate(views)]
-            guessed = torch.tensor(guesses[0], dtype=batch.ids.dtype, device=logits.device) if guesses else None
-            processed = settings.processing(logits, views, guessed, rows)
-            if settings.coupled:
-                # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
-                at = [len(self.generated[r]) + j for r in rows]
-                processed = processed + self._noise(processed).span(rows, at, processed.shape[1])
-            probs = torch.softmax(processed, dim=-1)
-            if guesses is not None:
-                # A processor may forbid every token after a guess that is not the draft's (the position is never
-                # taken then): keep a distribution there, not NaNs.
-                ok = probs.isfinite().all(-1, keepdim=True)
-                probs = torch.where(ok, probs, torch.full_like(probs, 1.0 / probs.shape[-1]))
-            if speculative:
-                flat = probs.reshape(-1, probs.shape[-1])
-                token = torch.multinomial(flat, 1)[:, 0].view(probs.shape[:2])
-            else:
-                token = probs.argmax(-1)
-            token_ids = token.tolist()
+                sources, policies = [self.rows.sources[r] for r in rows], [call.policies[r] for r in rows]
+                pad, most = settings.pad_token_id, self.max_guesses
+                guesses = guesses_for(sources, policies, cols.columns, cols.open, draft_rows, caps, most, pad)
+            probs, token, token_ids = self._draft_tokens(batch, cols, fed, guesses, rows, speculative)
+            forwards += 1
             # Position i's token is the draft's own wherever the guesses before it were its tokens: take positions
             # while every open row's token equals its guess (the draft fed it), and the first one that does not.
             taken = 0
             for i in range(probs.shape[1]):
-                take(j + i, in_context, draft_rows, probs[:, i], token[:, i], [t[i] for t in token_ids])
+                cols.take(in_context, draft_rows, probs[:, i], token[:, i], [t[i] for t in token_ids])
                 taken += 1
-                if guesses is None or i == probs.shape[1] - 1 or not any(open_rows):
+                if guesses is None or i == probs.shape[1] - 1 or not any(cols.open):
                     break
-                if any(open_rows[b] and token_ids[b][i] != guesses[0][b][i] for b in range(n)):
+                if any(cols.open[b] and token_ids[b][i] != guesses[0][b][i] for b in range(n)):
                     break
             fed = j + taken - 1  # the columns the draft has seen: the guesses it confirmed, not the last token
             if guesses is not None:
                 self._forget_guesses(batch, len(guesses[0][0]) - (taken - 1))
-                count_guessed(call.stats, rows, [valid_columns[j + i] for i in range(1, taken)])
+                count_guessed(call.stats, rows, [cols.valid[j + i] for i in range(1, taken)])
                 for b, (guess, real) in enumerate(zip(*guesses, strict=True)):
                     if real:  # each row's policy learns how often the draft confirms its first guess
-                        self.call.policies[rows[b]].observe_guesses(token_ids[b][0] == guess[0])
+                        call.policies[rows[b]].observe_guesses(token_ids[b][0] == guess[0])
             now = self.clock.now()
-            if drafts.forwards == 1:
-                drafts.times.first_draft = now - start
+            if forwards == 1:
+                times.first_draft = now - start
             else:
-                drafts.times.later_draft += now - start
-                drafts.times.later_tokens += 1
+                times.later_draft += now - start
+                times.later_tokens += 1
             start = now
-        if columns:
-            drafts.tokens = torch.tensor(columns, dtype=batch.ids.dtype, device=batch.ids.device).T.contiguous()
-            drafts.valid = torch.tensor(valid_columns, device=batch.ids.device).T.contiguous()
-        return drafts
+        tokens, valid = cols.tensors(batch.ids)
+        return StepCandidates(
+            tokens,
+            valid,
+            cols.signals,
+            cols.context,
+            proposals,
+            probs=cols.probs or [],
+            forwards=forwards,
+            times=times,
+        )
+
+    def _draft_tokens(
+        self,
+        batch: kv_cache.RowLayout,
+        cols: StepColumns,
+        fed: int,
+        guesses: tuple[list[list[int]], list[bool]] | None,
+        rows: list[int],
+        speculative: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """One draft forward over what the draft has not seen, and its tokens: the processed distributions
+        `(rows, 1 + guesses, vocab)`, the tokens `(rows, 1 + guesses)` (sampled, or the argmax), and the same on the
+        host."""
+        settings = self.settings
+        j = len(cols)
+        logits = self._feed(batch, cols.columns, cols.valid, fed, guesses)
+        views = self._views(rows)
+        if views and cols.columns:
+            views = [v + [c[b] for c in cols.columns] for b, v in enumerate(views)]
+        guessed = torch.tensor(guesses[0], dtype=batch.ids.dtype, device=logits.device) if guesses else None
+        processed = settings.processing(logits, views, guessed, rows)
+        if settings.coupled:
+            # The draft's perturbed argmax: the token the target picks here too if its logits agree enough.
+            at = [len(self.rows.generated[r]) + j for r in rows]
+            processed = processed + self._noise(processed).span(rows, at, processed.shape[1])
+        probs = torch.softmax(processed, dim=-1)
+        if guesses is not None:
+            # A processor may forbid every token after a guess that is not the draft's (the position is never
+            # taken then): keep a distribution there, not NaNs.
+            ok = probs.isfinite().all(-1, keepdim=True)
+            probs = torch.where(ok, probs, torch.full_like(probs, 1.0 / probs.shape[-1]))
+        if speculative:
+            flat = probs.reshape(-1, probs.shape[-1])
+            token = torch.multinomial(flat, 1)[:, 0].view(probs.shape[:2])
+        else:
+            token = probs.argmax(-1)
+        return probs, token, token.tolist()
 
     def _forget_guesses(self, batch: kv_cache.RowLayout, count: int) -> None:
         """Drops the draft cache's last `count` columns (guesses the draft did not confirm)."""
@@ -393,7 +362,7 @@ class _Loop:
     def _views(self, rows: list[int]) -> list[list[int]]:
         if self.settings.processing.scores_only:
             return []
-        return [self.prompts[r] + self.generated[r] for r in rows]
+        return [self.rows.view(r) for r in rows]
 
     def _draft_forward(
         self, batch: kv_cache.RowLayout, new_ids: torch.Tensor, mask: torch.Tensor, start: int, padded: bool, keep=1
@@ -447,7 +416,7 @@ class _Loop:
         rows = batch.rows.tolist()
         processed = self.settings.processing(logits, self._views(rows), drafted, rows)
         if self.settings.coupled:
-            noise = self._noise(processed).span(rows, [len(self.generated[r]) for r in rows], k + 1)
+            noise = self._noise(processed).span(rows, [len(self.rows.generated[r]) for r in rows], k + 1)
             return accept_greedy(processed + noise, drafted, valid)
         if self.settings.do_sample:
             return accept_sampled(processed, drafted, valid, self._proposals(drafts, processed.shape[-1]))
@@ -480,39 +449,12 @@ class _Loop:
     def _append(
         self, batch: kv_cache.RowLayout, drafted, num_accepted, next_tokens
     ) -> tuple[list[list[int]], list[bool]]:
-        settings = self.settings
-        drafted_rows, accepted, nexts = drafted.tolist(), num_accepted.tolist(), next_tokens.tolist()
-        appended, finished = [], []
-        for b, r in enumerate(batch.rows.tolist()):
-            new = [*drafted_rows[b][: accepted[b]], nexts[b]]
-            done = False
-            for i, token in enumerate(new):
-                if token in settings.eos_token_ids:
-                    new, done = new[: i + 1], True
-                    break
-            room = settings.max_new_tokens - len(self.generated[r])
-            if len(new) >= room:
-                new, done = new[:room], True
-            if settings.stop_checks and not done:
-                new, done = self._stop_checks(r, new)
-            self.generated[r].extend(new)
-            self.contexts[r].extend(new)
-            if self.sources:
-                self.sources[r].extend(new)
-            if self.noise is not None:
-                self.noise.release(r, None if done else len(self.generated[r]))
-            appended.append(new)
-            finished.append(done)
-        return appended, finished
-
-    def _stop_checks(self, row: int, new: list[int]) -> tuple[list[int], bool]:
-        """Other stopping criteria (stop strings, time), applied after each new token as target-alone would."""
-        base = self.prompts[row] + self.generated[row]
-        for i in range(len(new)):
-            ids = torch.tensor([base + new[: i + 1]], dtype=torch.long)
-            if any(bool(torch.as_tensor(check(ids, None)).any()) for check in self.settings.stop_checks):
-                return new[: i + 1], True
-        return new, False
+        """Each batch row's new tokens (`CallRows.append`); the coupled noise of a row that ended is released."""
+        noise, generated = self.noise, self.rows.generated
+        ended = None if noise is None else (lambda r, done: noise.release(r, None if done else len(generated[r])))
+        return self.rows.append(
+            batch.rows.tolist(), drafted.tolist(), num_accepted.tolist(), next_tokens.tolist(), self.settings, ended
+        )
 
     def _verified_width(self, candidates: int) -> int:
         """The verification width a step of `candidates` candidates pays for (its candidates, in this loop)."""
@@ -520,40 +462,9 @@ class _Loop:
 
     # -- streaming, output ----------------------------------------------------------------------------------------
     def _stream(self, batch: kv_cache.RowLayout, finished: list[bool]) -> None:
-        """Streams like transformers' batched decoding: one `(batch_size,)` tensor per new position, pad for rows
-        that ended, once every row has that position; a single row streams each step's tokens at once."""
-        streamer = self.settings.streamer
-        if streamer is None:
-            return
-        if len(self.generated) == 1:
-            tokens = self.generated[0][self.streamed :]
-            if tokens:
-                streamer.put(torch.tensor([tokens]))
-            self.streamed = len(self.generated[0])
-            return
-        active = set(batch.rows.tolist())
-        for b, done in zip(batch.rows.tolist(), finished, strict=True):
-            if done:
-                active.discard(b)
-        ready = min((len(self.generated[r]) for r in active), default=max(len(g) for g in self.generated))
-        pad = self.settings.pad_token_id
-        for position in range(self.streamed, ready):
-            column = [g[position] if position < len(g) else pad for g in self.generated]
-            streamer.put(torch.tensor(column))
-        self.streamed = max(self.streamed, ready)
+        self.rows.stream(self.settings.streamer, batch.rows.tolist(), finished, self.settings.pad_token_id)
 
-    def _output(self, input_ids: torch.LongTensor, prompt_length: int) -> torch.LongTensor:
+    def _output(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         if self.call.memory is not None:
-            self.call.sequences = [list(source.tokens) for source in self.sources]
-        longest = max(len(g) for g in self.generated)
-        out = torch.full(
-            (input_ids.shape[0], prompt_length + longest),
-            self.settings.pad_token_id,
-            dtype=input_ids.dtype,
-            device=input_ids.device,
-        )
-        out[:, :prompt_length] = input_ids
-        for b, tokens in enumerate(self.generated):
-            if tokens:
-                out[b, prompt_length : prompt_length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
-        return out
+            self.call.sequences = self.rows.sequences()
+        return self.rows.output(input_ids, self.settings.pad_token_id)

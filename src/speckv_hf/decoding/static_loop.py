@@ -193,7 +193,7 @@ class _StaticLoop(_Loop):
         stats.compile_seconds = compiled.compile_seconds - seconds if compiled.graphs > graphs else 0.0
         if settings.streamer is not None:
             settings.streamer.end()
-        return self._output(input_ids, prompt_length)
+        return self._output(input_ids)
 
     def _steps(self, batch: StaticLayout) -> None:
         step = 0
