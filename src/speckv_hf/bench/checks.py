@@ -23,8 +23,9 @@ STALL_MIN_SPREAD = 0.05
 def measurement_warnings(summaries: Sequence[MethodSummary], records: Sequence[CallRecord]) -> list[dict[str, Any]]:
     """What in a run's figures not to trust as they stand: stalled calls and an oracle below another method.
 
-    - `stall`: a method whose total-based speed (`tokens_per_s`, total tokens over total seconds) and median call
-      (`median_tokens_per_s`) differ, relative to the median, by more than the spread of its own calls. The spread
+    - `stall`: a method whose total-based speed (`tokens_per_s`, total tokens over total seconds) is below its
+      median call's (`median_tokens_per_s`), relative to the median, by more than the spread of its own calls (a
+      total above the median is the prompts' mix: a few fast prompts, never a stall). The spread
       is the interquartile range of its per-call tokens per second over their median, and never less than
       `STALL_MIN_SPREAD`. Prompts legitimately run at different speeds, but their mix moves the total away from
       the median by far less than their spread; one call many times slower than the rest (the machine was busy)
@@ -57,7 +58,8 @@ def measurement_warnings(summaries: Sequence[MethodSummary], records: Sequence[C
             continue
         spread = max((summary.iqr_tokens_per_s[1] - summary.iqr_tokens_per_s[0]) / median, STALL_MIN_SPREAD)
         disagreement = summary.tokens_per_s / median - 1
-        if abs(disagreement) > spread:
+        # A stalled call pulls the total below the median call; a total above it comes from the prompts' mix.
+        if -disagreement > spread:
             warnings.append(
                 {
                     "kind": "stall",
@@ -67,7 +69,7 @@ def measurement_warnings(summaries: Sequence[MethodSummary], records: Sequence[C
                     "spread": spread,
                     "message": (
                         f"{summary.method}: {summary.tokens_per_s:.1f} tok/s in total but {median:.1f} tok/s in its "
-                        f"median call, {abs(disagreement):.0%} apart where its calls spread {spread:.0%} "
+                        f"median call, {-disagreement:.0%} below it where its calls spread {spread:.0%} "
                         "(interquartile range over median): likely a stalled call (the machine was busy). The "
                         f"paired figures resist it, totals do not; {rerun}."
                     ),
