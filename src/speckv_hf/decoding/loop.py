@@ -449,7 +449,8 @@ class _Loop:
     def _append(
         self, batch: kv_cache.RowLayout, drafted, num_accepted, next_tokens
     ) -> tuple[list[list[int]], list[bool]]:
-        """Each batch row's new tokens (`CallRows.append`); the coupled noise of a row that ended is released."""
+        """Each batch row's new tokens (`CallRows.append`), releasing the coupled noise up to each row's length (all
+        of a row that ended)."""
         noise, generated = self.noise, self.rows.generated
         ended = None if noise is None else (lambda r, done: noise.release(r, None if done else len(generated[r])))
         return self.rows.append(
