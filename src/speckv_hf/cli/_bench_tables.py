@@ -11,21 +11,21 @@ from rich.table import Table
 __all__ = ["repeat_table", "results_table", "verdict_lines"]
 
 
+def _compact_table(title: str, headers: list[str]) -> Table:
+    """A table with a left-aligned first column and right-aligned figures. No edge and one space of padding: the
+    results table's nine columns fit 80 characters with the longest default method name."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    return table
+
+
 def results_table(compression: str, overall: Any, rows: list, repeats: int) -> Table:
     """One compression's results, a row per method (rich markup in the cells; method names escaped)."""
-    # No edge and one space of padding: nine columns fit 80 characters with the longest default method name.
-    table = Table(
-        title=f"{compression} target (detected: {overall.detected})",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
     headers = ["method", "paired", "IQR", "tok/s", "oracle", "tok/fwd", "acc", "mism"]
     if repeats > 1:
         headers.insert(4, "range")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "method" else "right", no_wrap=True)
+    table = _compact_table(f"{compression} target (detected: {overall.detected})", headers)
     for r in rows:
         cells = [
             escape(r.method),  # settings in brackets are no markup: `context+adaptive[max_guesses=0]`
@@ -44,15 +44,9 @@ def results_table(compression: str, overall: Any, rows: list, repeats: int) -> T
 
 
 def repeat_table(rates: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"repeats in target-only's output ({rates['ngram']}-grams seen before)",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
-    for header in ("task", "calls", "new tok", "repeated", "in prompt", "own output"):
-        table.add_column(header, justify="left" if header == "task" else "right", no_wrap=True)
+    """Each task's share of target-only's new tokens whose n-gram occurred before (in the prompt, in the output)."""
+    title = f"repeats in target-only's output ({rates['ngram']}-grams seen before)"
+    table = _compact_table(title, ["task", "calls", "new tok", "repeated", "in prompt", "own output"])
     for task, row in [*rates["tasks"].items(), ("all", rates["all"])]:
         cells = [f"{row['rate']:.0%}", f"{row['prompt_rate']:.0%}", f"{row['output_rate']:.0%}"]
         table.add_row(task, str(row["calls"]), str(row["tokens"]), *cells)
