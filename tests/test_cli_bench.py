@@ -198,3 +198,22 @@ def test_version_and_module_entry_point():
     assert "--compression" in completed.stdout and "oracle" in completed.stdout
     for command in ("bench", "demo"):
         assert _invoke([command, "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["bench", "demo", "paper", "profile", "train"])
+def test_help_keeps_brackets(command):
+    """Help texts go through rich markup: a bracket the text means (`context+adaptive[max_guesses=0]`, a
+    `[default: ...]`) must be escaped, or it is silently dropped from `--help`."""
+    import re
+
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    bracketed = [
+        segment.replace("\\[", "[")
+        for param in click_command.params
+        for segment in re.findall(r"\S*\\?\[[^\]]*\]", getattr(param, "help", None) or "")
+    ]
+    output = CliRunner().invoke(app, [command, "--help"], terminal_width=2000, env={"COLUMNS": "2000"}).output
+    for segment in bracketed:
+        assert segment in output, f"{segment!r} is missing from `speckv {command} --help`"

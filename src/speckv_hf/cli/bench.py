@@ -52,7 +52,7 @@ def bench(
         "drafted tokens; speckv@PATH for the predictor in folder or Hub repo PATH); target-compiled (the target "
         "alone, static cache, compiled) and compiled:POLICY / compiled:oracle (the compiled loop, warmed up "
         "before the first measured call). A SpecKV method takes SpecKVGenerator settings in brackets, e.g. "
-        "context+adaptive[max_guesses=0] or adaptive[loop=transformers].",
+        r"context+adaptive\[max_guesses=0] or adaptive\[loop=transformers].",  # \[: rich markup
     ),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample instead of greedy decoding (no oracle)."),

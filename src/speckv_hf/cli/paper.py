@@ -19,7 +19,7 @@ ORDER = ("fp16", "int8", "nf4", "Overall")
 
 def paper(
     data: Path | None = typer.Option(
-        None, "--data", help="The paper's released data folder [default: ../shared/data/speckv-paper if it exists]."
+        None, "--data", help="The paper's released data folder \\[default: ../shared/data/speckv-paper if it exists]."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the whole report as JSON (atomically)."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the three tables as Markdown."),
