@@ -26,10 +26,10 @@ from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 from .assisted import AssistedCall, model_device
 from .compiled import CompiledModels, CompileOptions
-from .coupling import SAMPLING_SCHEMES, SAMPLING_SETTINGS
+from .coupling import SAMPLING_SETTINGS
 from .handoff import Handoff
 from .hook import install
-from .loop_call import LoopCall, start_call
+from .loop_call import VERIFICATIONS, LoopCall, start_call
 from .static_loop import warm_up
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ __all__ = ["SpecKVGenerator"]
 
 
 _LOOPS = ("speckv", "transformers")
-_VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
 #: A call that drafted this many tokens and had none accepted warns (once per generator).
 ZERO_ACCEPTANCE_WARNING_TOKENS = 32
 
@@ -251,6 +250,11 @@ class SpecKVGenerator:
         if self.sampling != "auto":
             return self.sampling
         return "coupled" if self.loop == "speckv" else "speculative"
+
+    def verification_for(self, do_sample: bool) -> str:
+        """How a call of this generator verifies candidates: `"greedy"`, or its `sampling_scheme` for a sampled call
+        (`do_sample=True`)."""
+        return self.sampling_scheme if do_sample else "greedy"
 
     @classmethod
     def from_pretrained(
@@ -497,8 +501,8 @@ class SpecKVGenerator:
         Raises:
             ValueError: for an unknown `verification`.
         """
-        if verification not in _VERIFICATIONS:
-            names = ", ".join(map(repr, _VERIFICATIONS))
+        if verification not in VERIFICATIONS:
+            names = ", ".join(map(repr, VERIFICATIONS))
             raise ValueError(f"verification must be one of {names}, got {verification!r}.")
         cost, template, compression, key = self._call_state(target, draft, int(input_ids.shape[0]))
         return start_call(

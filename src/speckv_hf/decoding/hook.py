@@ -237,17 +237,15 @@ def own_loop_decoding(
     generator, draft, request_streamer = speckv_request
     streamer = streamer if streamer is not None else request_streamer
     eos_ids, pad_id = _special_ids(generation_config)
-    do_sample = bool(generation_config.do_sample)
     settings = LoopSettings(
         max_new_tokens=max(int(generation_config.max_length) - int(input_ids.shape[1]), 0),
         eos_token_ids=eos_ids,
         pad_token_id=pad_id,
-        do_sample=do_sample,
+        verification=generator.verification_for(bool(generation_config.do_sample)),
         processing=Processing(logits_processor, batch_size=int(input_ids.shape[0])),
         stop_checks=[c for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))],
         streamer=streamer,
         quorum=generator.batch_quorum,
-        coupled=do_sample and generator.sampling_scheme == "coupled",
     )
     attention_mask = model_kwargs.get("attention_mask")
     validate_prepared(generation_config, input_ids, attention_mask)
@@ -255,8 +253,7 @@ def own_loop_decoding(
     device = model_device(model)
     ids = input_ids.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
-    verification = "coupled" if settings.coupled else "speculative" if do_sample else "greedy"
-    call = generator.start_loop(model, draft, ids, mask, verification)
+    call = generator.start_loop(model, draft, ids, mask, settings.verification)
     run = run_static_loop if call.compiled is not None else run_loop
     sequences = run(call, settings, model, draft, ids, mask).to(input_ids.device)
     generator.finish_loop(call)  # only a call that finished hands on what it learned

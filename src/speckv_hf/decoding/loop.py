@@ -186,7 +186,7 @@ class _Loop:
             runs, proposals = quorum_runs(runs, proposals, caps, settings.quorum)
             prefix = [p if run else 1.0 for p, run in zip(prefix, runs, strict=True)]
         base = DraftState(step=step, tokens=[], max_tokens=0, throughput=bar, sequence_length=length)
-        speculative = settings.do_sample and not settings.coupled  # sampled tokens, verified by min(1, p/q)
+        speculative = settings.speculative  # sampled tokens, verified by min(1, p/q)
         cols = StepColumns(
             runs,
             caps,
@@ -418,32 +418,9 @@ class _Loop:
         if self.settings.coupled:
             noise = self._noise(processed).span(rows, [len(self.rows.generated[r]) for r in rows], k + 1)
             return accept_greedy(processed + noise, drafted, valid)
-        if self.settings.do_sample:
-            return accept_sampled(processed, drafted, valid, self._proposals(drafts, processed.shape[-1]))
+        if self.settings.speculative:
+            return accept_sampled(processed, drafted, valid, drafts.proposal_distributions(processed.shape[-1]))
         return accept_greedy(processed, drafted, valid)
-
-    @staticmethod
-    def _proposals(drafts: StepCandidates, vocab_size: int) -> torch.Tensor | None:
-        """The distributions the candidates were proposed from, `(rows, k, vocab)`: the draft's where it drafted,
-        one-hot at a context candidate (a deterministic proposal: speculative sampling accepts it with probability
-        `p(x)` and, on rejection, samples from `p` without `x`, renormalised)."""
-        tokens = drafts.tokens
-        rows, k = tokens.shape
-        if k == 0:
-            return None
-        columns = [
-            probs if probs is not None else tokens.new_zeros((rows, vocab_size), dtype=torch.float)
-            for probs in drafts.probs
-        ]
-        q = torch.stack(columns, 1)
-        if any(drafts.context):
-            is_context = (
-                torch.arange(k, device=tokens.device)[None, :]
-                < torch.tensor(drafts.context, device=tokens.device)[:, None]
-            )
-            one_hot = torch.zeros_like(q).scatter_(-1, tokens[..., None], 1.0)
-            q = torch.where(is_context[..., None], one_hot, q)
-        return q
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def _append(

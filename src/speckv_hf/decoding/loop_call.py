@@ -24,7 +24,10 @@ from .verification import Processing
 if TYPE_CHECKING:
     from .compiled import CompiledModels
 
-__all__ = ["LoopCall", "LoopSettings", "start_call"]
+__all__ = ["VERIFICATIONS", "LoopCall", "LoopSettings", "start_call"]
+
+#: How a call verifies: greedy matching, speculative sampling, coupled sampling.
+VERIFICATIONS = ("greedy", "speculative", "coupled")
 
 
 @dataclass
@@ -35,9 +38,10 @@ class LoopSettings:
         max_new_tokens: tokens each row may add.
         eos_token_ids: ids that end a row.
         pad_token_id: id written after a row's end.
-        do_sample: sampling (True) or greedy matching (False).
-        coupled: (with `do_sample`) coupled sampling (`speckv_hf.decoding.coupling`: Gumbel noise per position, greedy
-            matching on the perturbed logits) instead of speculative sampling.
+        verification: how the call verifies candidates, the one place this choice lives: `"greedy"` (matching the
+            target's argmax), `"speculative"` (speculative sampling, `min(1, p/q)`) or `"coupled"` (coupled sampling,
+            `speckv_hf.decoding.coupling`: Gumbel noise per position, greedy matching on the perturbed logits);
+            `do_sample`, `coupled` and `speculative` read it.
         processing: the call's logits processors.
         stop_checks: stopping criteria beyond length and EOS (stop strings, time), checked per row per token.
         streamer: transformers streamer, or None.
@@ -47,12 +51,31 @@ class LoopSettings:
     max_new_tokens: int
     eos_token_ids: frozenset[int]
     pad_token_id: int
-    do_sample: bool
+    verification: str
     processing: Processing
-    coupled: bool = False
     stop_checks: list[Any] = field(default_factory=list)
     streamer: Any = None
     quorum: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.verification not in VERIFICATIONS:
+            names = ", ".join(map(repr, VERIFICATIONS))
+            raise ValueError(f"verification must be one of {names}, got {self.verification!r}.")
+
+    @property
+    def do_sample(self) -> bool:
+        """The call samples (speculative or coupled sampling)."""
+        return self.verification != "greedy"
+
+    @property
+    def coupled(self) -> bool:
+        """The call samples with coupled sampling."""
+        return self.verification == "coupled"
+
+    @property
+    def speculative(self) -> bool:
+        """The call samples with speculative sampling: drafted tokens are sampled, and verified by `min(1, p/q)`."""
+        return self.verification == "speculative"
 
 
 @dataclass

@@ -221,6 +221,32 @@ class StepCandidates:
     forwards: int = 0
     times: StepTimes = field(default_factory=StepTimes)
 
+    def proposal_distributions(self, vocab_size: int) -> torch.Tensor | None:
+        """The distributions the candidates were proposed from, for speculative sampling: the draft's where it
+        drafted, one-hot at a context candidate (a deterministic proposal: speculative sampling accepts it with
+        probability `p(x)` and, on rejection, samples from `p` without `x`, renormalised).
+
+        Returns:
+            `torch.FloatTensor` of shape `(rows, k, vocab_size)`, or None for a step without candidates.
+        """
+        tokens = self.tokens
+        rows, k = tokens.shape
+        if k == 0:
+            return None
+        columns = [
+            probs if probs is not None else tokens.new_zeros((rows, vocab_size), dtype=torch.float)
+            for probs in self.probs
+        ]
+        q = torch.stack(columns, 1)
+        if any(self.context):
+            is_context = (
+                torch.arange(k, device=tokens.device)[None, :]
+                < torch.tensor(self.context, device=tokens.device)[:, None]
+            )
+            one_hot = torch.zeros_like(q).scatter_(-1, tokens[..., None], 1.0)
+            q = torch.where(is_context[..., None], one_hot, q)
+        return q
+
 
 def account_step(
     call: LoopCall,
