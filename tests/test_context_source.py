@@ -190,6 +190,36 @@ def test_draft_policy_sees_only_its_own_tokens_once_the_run_was_accepted():
     assert seen == [(2, 1)]  # after a rejected context token the drafted tokens were never judged: not observed
 
 
+def test_a_proposal_no_run_was_taken_of_is_judged_by_what_the_target_emitted():
+    """A declined run costs no step to keep its estimate current: the tokens the target emitted instead say which of
+    its tokens it would have kept, as far as the step's tokens reach."""
+    proposal = ContextProposal(tokens=(1, 2, 3, 4), match_length=3, occurrences=1, agreeing=1, distance=5)
+    m, h = 3, 0  # its match length, and its history (one occurrence)
+
+    def judged(emitted, *, plan_first=True, context_tokens=0, bind_between=False):
+        policy = _bound(ContextPolicy(AdaptivePolicy()))
+        calls = []
+        policy.acceptance.update = lambda match_length, taken, num_accepted, history=0: calls.append(
+            (match_length, taken, num_accepted, history)
+        )
+        if plan_first:
+            policy.plan_context(proposal, _state())
+        if bind_between:  # a new call: the last call's proposal is no step of it
+            policy.bind(policy.context)
+        context = proposal if context_tokens else None
+        policy.observe(StepOutcome(1, [], 0, context_tokens=context_tokens, context=context, emitted=emitted))
+        return calls
+
+    assert judged((1, 2, 9)) == [(m, 3, 2, h)]  # kept 1 and 2, not 3; 4 never judged
+    assert judged((7,)) == [(m, 1, 0, h)]  # the first token was not the target's
+    assert judged((1, 2, 3, 4, 5, 6)) == [(m, 4, 4, h)]  # the whole proposal, and no further
+    assert judged((1, 2)) == [(m, 2, 2, h)]  # past the step's tokens nothing is judged
+    assert judged((1, 2, 9), plan_first=False) == []  # nothing was proposed this step
+    assert judged((1, 2, 9), bind_between=True) == []
+    assert judged(()) == []  # a loop that passes no tokens teaches nothing
+    assert judged((1, 2, 9), context_tokens=2) == [(m, 2, 0, h)]  # a taken run is judged by verification only
+
+
 @pytest.mark.parametrize(
     ("spec", "name", "inner"),
     [

@@ -314,6 +314,7 @@ def account_step(
             num_accepted=accepted[b],
             context_tokens=context[b],
             context=candidates.proposals[b],
+            emitted=tuple(appended[b]),
         )
         call.policies[r].observe(outcome)
         record = None

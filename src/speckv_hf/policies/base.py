@@ -89,6 +89,9 @@ class StepOutcome:
             in front, how many of all the step's candidates, context first.
         context_tokens: context candidates that came before the drafted tokens (0 without a context source).
         context: the proposal they were taken from (None without context candidates).
+        emitted: the tokens the step appended to the row (its accepted candidates, then the target's own token;
+            fewer at an EOS or the length limit): what the target emitted, which also judges candidates the step
+            did not propose (empty where the loop does not pass them).
     """
 
     step: int
@@ -96,6 +99,7 @@ class StepOutcome:
     num_accepted: int
     context_tokens: int = 0
     context: ContextProposal | None = None
+    emitted: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ slope per candidate); a drafted token after it is worth something only if the wh
 
 [`ContextPolicy`][] wraps any draft policy (`"context+adaptive"`, `"context+fixed:4"`) or none (`"context"`: the
 context alone, no draft model). It takes a context token while its expected gain (the probability that it and the
-run before it are accepted, learned online by [`ContextAcceptance`][]) per second of verification beats the
-throughput the call achieves, and takes none where a step that only drafts is expected to make more tokens per
+run before it are accepted, learned online by [`ContextAcceptance`][] from every proposal: a run the step took is
+judged by verification, one it did not by the tokens the target emitted instead) per second of verification beats
+the throughput the call achieves, and takes none where a step that only drafts is expected to make more tokens per
 second (the draft's first-token acceptance, learned here too, against the run's); the wrapped policy then decides on
 drafted tokens with every gain scaled by the run's acceptance.
 """
@@ -127,8 +128,8 @@ class ContextPolicy(DraftPolicy):
         max_context_tokens: the most context tokens one step takes.
         warmup_acceptance: before the call has measured a verification, take context tokens while the run's
             estimated acceptance stays at or above this.
-        explore_every: take every `explore_every`-th run that drafting alone was preferred to anyway, so that the
-            estimate of context tokens stays current (0 never does).
+        explore_every: where guesses are not fed (see `guess_floor`), feed them on every `explore_every`-th draft
+            forward anyway, to notice when the draft starts confirming them (0 never does).
         max_guesses: where a step of a greedy call drafts, the most tokens the context proposes after the
             candidates so far that the draft forward also runs over, as guesses of the draft's own tokens: each
             guess the draft confirms gives a drafted token without a forward of its own (0 feeds none). The
@@ -137,7 +138,7 @@ class ContextPolicy(DraftPolicy):
         guess_floor: guesses are fed while the draft confirms the first guess of at least this share of the
             forwards that carried some (learned online, over about the last 50): guess columns make every draft
             forward dearer, so where the draft seldom confirms them, they are fed on every `explore_every`-th
-            forward only, to notice when that changes.
+            forward only.
         acceptance: the learned acceptance of context tokens (fresh by default).
     """
 
@@ -153,7 +154,7 @@ class ContextPolicy(DraftPolicy):
 
     def __post_init__(self) -> None:
         self._draft_first = _Rate()
-        self._declined = 0
+        self._untaken: ContextProposal | None = None  # this step's proposal while no run of it is taken
         self._guess_rate = _Rate()  # share of guess-carrying draft forwards whose first guess the draft confirmed
         self._guesses_skipped = 0
         if not isinstance(self.explore_every, int) or self.explore_every < 0:
@@ -181,6 +182,7 @@ class ContextPolicy(DraftPolicy):
 
     def bind(self, context: PolicyContext) -> None:
         super().bind(context)
+        self._untaken = None  # a proposal of the last call's last step is no step of this call
         if self.draft_policy is not None:
             self.draft_policy.bind(context)
 
@@ -188,6 +190,7 @@ class ContextPolicy(DraftPolicy):
         limit = min(len(proposal), self.max_context_tokens, state.max_tokens)
         if limit < 1:
             return NO_CONTEXT
+        self._untaken = proposal  # judged against what the target emits, unless a run of it is taken (`observe`)
         n, history = proposal.match_length, ContextAcceptance.history(proposal)
 
         def estimate(match_length: int, position: int) -> float:
@@ -209,11 +212,7 @@ class ContextPolicy(DraftPolicy):
             return NO_CONTEXT
         draft_rate = self._draft_first_acceptance()
         if draft_rate is not None and not self._run_beats_draft(count, product, expected, draft_rate, estimate(n, 0)):
-            # Declined runs are never judged: every `explore_every`-th one is taken anyway, so an estimate that fell
-            # in one passage can rise again in the next.
-            self._declined += 1
-            if not self.explore_every or self._declined % self.explore_every:
-                return NO_CONTEXT
+            return NO_CONTEXT
         return ContextPlan(count, product)
 
     def plan_guesses(self, proposal: ContextProposal, limit: int) -> int:
@@ -265,11 +264,14 @@ class ContextPolicy(DraftPolicy):
         return self.draft_policy is not None and self.draft_policy.should_draft(state)
 
     def observe(self, outcome: StepOutcome) -> None:
-        taken = outcome.context_tokens
+        taken, untaken = outcome.context_tokens, self._untaken
+        self._untaken = None
         if taken and outcome.context is not None:
             proposal = outcome.context
             history = ContextAcceptance.history(proposal)
             self.acceptance.update(proposal.match_length, taken, outcome.num_accepted, history)
+        elif untaken is not None and outcome.emitted:
+            self._judge_untaken(untaken, outcome.emitted)
         if self.draft_policy is None:
             return
         if outcome.tokens and outcome.num_accepted >= taken:  # the draft's first token was judged
@@ -279,6 +281,18 @@ class ContextPolicy(DraftPolicy):
         if taken:
             outcome = StepOutcome(step=outcome.step, tokens=outcome.tokens, num_accepted=outcome.num_accepted - taken)
         self.draft_policy.observe(outcome)
+
+    def _judge_untaken(self, proposal: ContextProposal, emitted: tuple[int, ...]) -> None:
+        """Learns from a proposal the step took no run of, judged against the tokens the target emitted in its
+        place: its token at position `j` would have been accepted where it and the ones before it are the target's
+        tokens there (exactly so for greedy and coupled verification; under speculative sampling the target emits
+        a token with the probability that speculative sampling accepts it as a deterministic proposal). Positions
+        past the step's tokens are not judged. So declined runs cost no step to keep their estimate current."""
+        judged = min(len(proposal.tokens), len(emitted))
+        matched = 0
+        while matched < judged and proposal.tokens[matched] == emitted[matched]:
+            matched += 1
+        self.acceptance.update(proposal.match_length, judged, matched, ContextAcceptance.history(proposal))
 
     def speculation_pays(self) -> bool | None:
         return None  # context candidates cost next to nothing: never fall back to plain decoding on their account
