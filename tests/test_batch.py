@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import LlamaForCausalLM, MistralForCausalLM, TextStreamer
 
 from speckv_hf import SpecKVGenerator
 from speckv_hf.policies.base import FixedPolicy
+from speckv_hf.policies.context import ContextPolicy
 
 from .conftest import EOS, VOCAB, AlwaysContext, GuessOnly, greedy, llama_config, mistral_config, noisy_copy, prompt
 
@@ -506,3 +508,44 @@ def test_failed_call_hands_nothing_on(llama_pairs, monkeypatch):
         greedy(target, prompt(5), assistant_model=draft, candidate_generator=generator, max_new_tokens=20)
     assert generator.last_stats is None
     assert generator._handoff.warm is learned
+
+
+class _EmittedSpy(ContextPolicy):
+    """A context policy that logs, per row's policy, the tokens each step's outcome says the row appended."""
+
+    log: ClassVar[list[tuple[int, tuple[int, ...]]]] = []  # a class attribute: the rows' deep copies share it
+
+    def observe(self, outcome):
+        type(self).log.append((id(self), outcome.emitted))
+        super().observe(outcome)
+
+
+def test_each_rows_policy_is_told_the_tokens_its_row_appended(llama_pairs):
+    """`StepOutcome.emitted` is what judges the context's proposals a step did not take: step after step, a row's
+    policy must be told exactly the tokens its row gained, in a left-padded batch whose rows end at different steps."""
+    target, draft = llama_pairs["llama-noisy"]
+    ids, mask = left_padded([6, 9, 4])
+    plain = greedy(target, ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0)[:, ids.shape[1] :]
+    ends = [int(plain[1, 2]), int(plain[0, 5])]  # tokens the target emits early in two rows: they end there
+    _EmittedSpy.log.clear()
+    generator = SpecKVGenerator(_EmittedSpy(FixedPolicy(2)))
+    out = target.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        assistant_model=draft,
+        candidate_generator=generator,
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=ends,
+        pad_token_id=0,
+    )
+    told: dict[int, list[int]] = {}
+    for policy, emitted in _EmittedSpy.log:
+        told.setdefault(policy, []).extend(emitted)
+    rows = []
+    for row in out[:, ids.shape[1] :].tolist():
+        end = next((i for i, token in enumerate(row) if token in ends), None)
+        rows.append(row if end is None else row[: end + 1])
+    assert sorted(len(row) for row in rows)[1] <= 6  # two rows ended early, at other steps than the third
+    assert len(told) == 3
+    assert sorted(told.values()) == sorted(rows)

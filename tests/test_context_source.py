@@ -220,6 +220,25 @@ def test_a_proposal_no_run_was_taken_of_is_judged_by_what_the_target_emitted():
     assert judged((1, 2, 9), context_tokens=2) == [(m, 2, 0, h)]  # a taken run is judged by verification only
 
 
+def test_a_proposal_is_judged_once_and_a_declined_run_is_never_taken():
+    """A proposal teaches the estimate once, at the step it was made in; and since declined runs are judged without
+    being taken, a run that drafting beats is declined every time, not taken every so often to be judged."""
+    policy = _bound(ContextPolicy(AdaptivePolicy()))
+    token = TokenSignals(confidence=0.9, max_prob=0.9, entropy=0.3, margin=0.8, position=0)
+    for _ in range(50):  # steps without context whose first drafted token was accepted
+        policy.observe(StepOutcome(step=1, tokens=[token, token], num_accepted=2))
+    weak = ContextProposal(tokens=(7, 8), match_length=1, occurrences=1, agreeing=1, distance=3)
+    calls = []
+    policy.acceptance.update = lambda *args: calls.append(args)
+    plans = []
+    for _ in range(16):
+        plans.append(policy.plan_context(weak, _state()).count)
+        policy.observe(StepOutcome(step=2, tokens=[token], num_accepted=1, emitted=(5, 6)))
+        policy.observe(StepOutcome(step=3, tokens=[token], num_accepted=1, emitted=(7, 8)))  # no proposal made
+    assert plans == [0] * 16
+    assert calls == [(1, 2, 0, 0)] * 16  # each proposal judged once, against its own step's tokens
+
+
 @pytest.mark.parametrize(
     ("spec", "name", "inner"),
     [

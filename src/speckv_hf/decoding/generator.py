@@ -429,7 +429,7 @@ class SpecKVGenerator:
         Returns:
             True to run the call as plain decoding, without the draft.
         """
-        if do_sample and self.sampling_scheme == "coupled":
+        if self.verification_for(do_sample) == "coupled":
             return False  # transformers' own sampling would not follow the noise: the text would change
         if not (self.plain_fallback and self.warm_start and getattr(self.policy, "can_skip_drafting", False)):
             return False

@@ -19,6 +19,7 @@ from ..core.context_memory import ContextMemory
 from ..core.cost import Clock, CostModel
 from ..core.stats import GenerationStats
 from ..policies.base import DraftPolicy, PolicyContext
+from .coupling import SAMPLING_SCHEMES
 from .verification import Processing
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["VERIFICATIONS", "LoopCall", "LoopSettings", "start_call"]
 
-#: How a call verifies: greedy matching, speculative sampling, coupled sampling.
-VERIFICATIONS = ("greedy", "speculative", "coupled")
+#: How a call verifies: greedy matching, or one of the sampling schemes (speculative, coupled).
+VERIFICATIONS = ("greedy", *SAMPLING_SCHEMES)
 
 
 @dataclass

@@ -101,7 +101,8 @@ class ContextAcceptance:
         return min(self.rate(history, match_length, position) * bias, 0.995)
 
     def update(self, match_length: int, taken: int, num_accepted: int, history: int = 0) -> None:
-        """Learns from a verified run: `taken` context tokens, of which the first `num_accepted` were accepted (the
+        """Learns from a verified run, or from a proposal no run was taken of, judged by the tokens the target
+        emitted in its place: `taken` context tokens judged, of which the first `num_accepted` were accepted (the
         tokens after the first rejection were not judged)."""
         self.recent_accepted *= self.recent_decay
         self.recent_predicted *= self.recent_decay
@@ -288,7 +289,7 @@ class ContextPolicy(DraftPolicy):
         tokens there (exactly so for greedy and coupled verification; under speculative sampling the target emits
         a token with the probability that speculative sampling accepts it as a deterministic proposal). Positions
         past the step's tokens are not judged. So declined runs cost no step to keep their estimate current."""
-        judged = min(len(proposal.tokens), len(emitted))
+        judged = min(len(proposal.tokens), len(emitted), self.max_context_tokens)  # as far as a run could reach
         matched = 0
         while matched < judged and proposal.tokens[matched] == emitted[matched]:
             matched += 1
