@@ -90,8 +90,8 @@ class StepOutcome:
         context_tokens: context candidates that came before the drafted tokens (0 without a context source).
         context: the proposal they were taken from (None without context candidates).
         emitted: the tokens the step appended to the row (its accepted candidates, then the target's own token;
-            fewer at an EOS or the length limit): what the target emitted, which also judges candidates the step
-            did not propose (empty where the loop does not pass them).
+            fewer at an EOS or the length limit): what the target emitted, which also judges a context proposal the
+            step took no run of (empty where the loop does not pass them).
     """
 
     step: int
