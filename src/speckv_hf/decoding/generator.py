@@ -26,10 +26,10 @@ from ..policies.base import DraftPolicy
 from ..policies.registry import get_policy
 from .assisted import AssistedCall, model_device
 from .compiled import CompiledModels, CompileOptions
-from .coupling import SAMPLING_SETTINGS
 from .handoff import Handoff
 from .hook import install
 from .loop_call import VERIFICATIONS, LoopCall, start_call
+from .settings import check_settings
 from .static_loop import warm_up
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["SpecKVGenerator"]
 
 
-_LOOPS = ("speckv", "transformers")
 #: A call that drafted this many tokens and had none accepted warns (once per generator).
 ZERO_ACCEPTANCE_WARNING_TOKENS = 32
 
@@ -135,53 +134,24 @@ class SpecKVGenerator:
         install()  # generate(candidate_generator=self) needs the hook; idempotent, cheap after once
         self.policy = get_policy(policy, **policy_kwargs)
         self.cost_settings = CostSettings(cost_ratio=cost_ratio, verify_slope=verify_slope)
+        self.compile_options = check_settings(
+            self.policy,
+            probe_every=probe_every,
+            loop=loop,
+            sampling=sampling,
+            context_memory=context_memory,
+            batch_quorum=batch_quorum,
+            compile=compile,
+        )
         self.record_steps = record_steps
         self.warm_start = warm_start
-        if probe_every < 1:
-            raise ValueError(f"probe_every must be >= 1, got {probe_every}.")
-        self.plain_fallback = plain_fallback
+        self.plain_fallback = plain_fallback and self.compile_options is None  # plain decoding would run uncompiled
         self.probe_every = probe_every
-        if loop not in _LOOPS:
-            raise ValueError(f"loop must be one of {', '.join(map(repr, _LOOPS))}, got {loop!r}.")
         self.loop = loop
-        if sampling not in SAMPLING_SETTINGS:
-            raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_SETTINGS))}, got {sampling!r}.")
-        if sampling == "coupled" and loop == "transformers":
-            raise ValueError(
-                "sampling='coupled' runs in speckv-hf's own loop only: drop loop='transformers', or use "
-                "sampling='speculative'."
-            )
         self.sampling = sampling
-        if loop == "transformers" and self.policy.uses_context:
-            raise ValueError(
-                f"policy {self.policy.config()['name']!r} proposes context candidates, which run in speckv-hf's own "
-                "loop only: drop loop='transformers', or use a policy without 'context'."
-            )
-        if not isinstance(context_memory, int) or isinstance(context_memory, bool) or context_memory < 0:
-            raise ValueError(f"context_memory must be an integer >= 0 (tokens kept), got {context_memory!r}.")
-        if context_memory and not self.policy.uses_context:
-            raise ValueError(
-                f"context_memory keeps earlier calls' tokens for context candidates, which policy "
-                f"{self.policy.config()['name']!r} does not take: use a context policy, e.g. "
-                "SpecKVGenerator('context+adaptive', context_memory=...)."
-            )
         self.context_memory = context_memory
-        if not 0 < batch_quorum <= 1:
-            raise ValueError(f"batch_quorum must be in (0, 1], got {batch_quorum!r}.")
         self.batch_quorum = batch_quorum
-        if compile is True:
-            compile = CompileOptions()
-        if compile is not False and not isinstance(compile, CompileOptions):
-            raise TypeError(f"compile must be True, False or a CompileOptions, got {compile!r}.")
-        if compile and loop == "transformers":
-            raise ValueError(
-                "compile=True runs speckv-hf's own loop (transformers' assisted loop refuses static caches): "
-                "drop loop='transformers'."
-            )
-        self.compile_options: CompileOptions | None = compile or None
-        self._compiled = CompiledModels.shared(compile) if compile else None
-        if compile:
-            self.plain_fallback = False  # plain decoding would run uncompiled
+        self._compiled = CompiledModels.shared(self.compile_options) if self.compile_options else None
         self._lock = threading.Lock()  # the zero-acceptance warning's flag
         self._local = threading.local()
         self._handoff = Handoff()  # what finished calls hand to the next ones (warm state, context memories)
